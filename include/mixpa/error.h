@@ -1,0 +1,16 @@
+// The one error type for invalid input: its message names the input and the rule.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace mixpa {
+
+// Thrown for anything the caller can fix: bad shapes, dtypes, page ids, files, options.
+// The CLI prints what() on one line and exits 2; Python raises ValueError with the same text.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& message) : std::runtime_error(message) {}
+};
+
+}  // namespace mixpa

@@ -1,0 +1,171 @@
+// Case table and generator. Values come from a counter-based hash (splitmix64 of
+// seed, tensor id and element index), so generation parallelises without changing a byte.
+#include "core/cases.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <sstream>
+
+#include "core/parallel.h"
+#include "mixpa/error.h"
+
+namespace mixpa {
+namespace {
+
+CaseSpec origin_case(std::string name, std::int64_t batch, std::int64_t heads, std::int64_t block_size) {
+  CaseSpec c;
+  c.name = std::move(name);
+  c.batch = batch;
+  c.num_heads = heads;
+  c.num_kv_heads = 1;
+  c.head_dim = 128;
+  c.block_size = block_size;
+  c.context_lens = {8192};
+  c.max_model_len = 32768;
+  c.scale = 1.0;
+  return c;
+}
+
+CaseSpec decode_32k() {
+  CaseSpec c;
+  c.name = "Decode32k";  // batch-1 long-context decode, GQA 32/8 (benchmark shape)
+  c.batch = 1;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.block_size = 64;
+  c.context_lens = {32768};
+  c.max_model_len = 32768;
+  c.scale = 1.0 / std::sqrt(128.0);
+  return c;
+}
+
+const std::vector<CaseSpec>& table() {
+  static const std::vector<CaseSpec> cases = {
+      origin_case("Case1", 256, 16, 128),
+      origin_case("Case2", 64, 64, 64),
+      origin_case("SmallCase1", 24, 16, 128),
+      decode_32k(),
+  };
+  return cases;
+}
+
+constexpr std::uint64_t splitmix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+enum Stream : std::uint64_t { kQuery = 1, kKey = 2, kValue = 3, kTable = 4 };
+
+std::uint64_t draw(std::uint64_t seed, Stream stream, std::uint64_t index) {
+  return splitmix64(splitmix64(seed * 4 + stream) ^ index);
+}
+
+// Uniform in [-range, range), then rounded to bf16.
+bf16 uniform_bf16(std::uint64_t bits, double range) {
+  const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;  // [0, 1)
+  return bf16::from_float(static_cast<float>((2.0 * u - 1.0) * range));
+}
+
+void fill_uniform(std::vector<bf16>& v, std::uint64_t seed, Stream stream, double range,
+                  const std::function<void(double)>& progress, std::atomic<std::int64_t>& done, std::int64_t total) {
+  constexpr std::int64_t kChunk = 1 << 20;
+  const std::int64_t n = static_cast<std::int64_t>(v.size());
+  const std::int64_t chunks = (n + kChunk - 1) / kChunk;
+  // A reporter thread polls the shared counter while the workers fill.
+  std::atomic<bool> finished{false};
+  std::thread reporter;
+  if (progress)
+    reporter = std::thread([&] {
+      while (!finished.load()) {
+        progress(static_cast<double>(done.load()) / static_cast<double>(std::max<std::int64_t>(total, 1)));
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+    });
+  parallel_chunks(n, std::max<std::int64_t>(chunks, 1), hardware_threads(), [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t i = b; i < e; ++i) v[i] = uniform_bf16(draw(seed, stream, static_cast<std::uint64_t>(i)), range);
+    done += e - b;
+  });
+  finished = true;
+  if (reporter.joinable()) reporter.join();
+}
+
+}  // namespace
+
+std::span<const CaseSpec> case_table() { return table(); }
+
+const CaseSpec& find_case(std::string_view name) {
+  for (const CaseSpec& c : table())
+    if (c.name == name) return c;
+  std::ostringstream s;
+  s << "case: unknown case '" << name << "', expected one of {";
+  bool first = true;
+  for (const CaseSpec& c : table()) {
+    s << (first ? "" : ", ") << c.name;
+    first = false;
+  }
+  s << '}';
+  throw Error(s.str());
+}
+
+Inputs Case::inputs() const {
+  const std::int64_t b = spec.batch, h = spec.num_heads, kvh = spec.num_kv_heads, d = spec.head_dim;
+  Inputs in;
+  in.query = TensorView::contiguous(query.data(), DType::kBF16, {b, h, d});
+  in.key_cache = TensorView::contiguous(key_cache.data(), DType::kBF16, {num_blocks, spec.block_size, kvh, d});
+  in.value_cache = TensorView::contiguous(value_cache.data(), DType::kBF16, {num_blocks, spec.block_size, kvh, d});
+  in.block_table = TensorView::contiguous(block_table.data(), DType::kI32, {b, max_blocks_per_req});
+  in.context_lens = TensorView::contiguous(context_lens.data(), DType::kI32, {b});
+  return in;
+}
+
+std::int64_t Case::kv_bytes_read() const {
+  std::int64_t tokens = 0;
+  for (std::int32_t len : context_lens) tokens += len;
+  return tokens * spec.num_kv_heads * spec.head_dim * 2 /*bytes*/ * 2 /*K and V*/;
+}
+
+Case generate_case(const CaseSpec& spec, std::uint64_t seed, const std::function<void(double)>& progress) {
+  if (spec.batch < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 || spec.head_dim < 1 || spec.block_size < 1)
+    throw Error("case " + spec.name + ": batch must be >= 0 and heads, head_dim, block_size >= 1");
+  if (spec.context_lens.empty()) throw Error("case " + spec.name + ": context_lens is empty");
+  Case c;
+  c.spec = spec;
+  c.scale = spec.scale;
+  c.context_lens.resize(spec.batch);
+  for (std::int64_t b = 0; b < spec.batch; ++b)
+    c.context_lens[b] = spec.context_lens[b % static_cast<std::int64_t>(spec.context_lens.size())];
+  const std::int64_t bs = spec.block_size;
+  c.max_blocks_per_req = (spec.max_model_len + bs - 1) / bs;
+  std::int64_t max_len = 0;
+  for (std::int32_t len : c.context_lens) max_len = std::max<std::int64_t>(max_len, len);
+  c.num_blocks = spec.num_blocks > 0 ? spec.num_blocks : std::max<std::int64_t>(1, spec.batch * ((max_len + bs - 1) / bs));
+
+  const std::int64_t kv_elems = c.num_blocks * bs * spec.num_kv_heads * spec.head_dim;
+  const std::int64_t q_elems = spec.batch * spec.num_heads * spec.head_dim;
+  c.query.resize(q_elems);
+  c.key_cache.resize(kv_elems);
+  c.value_cache.resize(kv_elems);
+  std::atomic<std::int64_t> done{0};
+  const std::int64_t total = q_elems + 2 * kv_elems;
+  fill_uniform(c.query, seed, kQuery, spec.qk_range, progress, done, total);
+  fill_uniform(c.key_cache, seed, kKey, spec.qk_range, progress, done, total);
+  fill_uniform(c.value_cache, seed, kValue, spec.v_range, progress, done, total);
+
+  // Page ids uniform in [0, num_blocks), drawn with replacement for every entry (SPEC §4).
+  c.block_table.resize(spec.batch * c.max_blocks_per_req);
+  for (std::size_t i = 0; i < c.block_table.size(); ++i) {
+    const std::uint64_t r = draw(seed, kTable, i) >> 32;
+    c.block_table[i] = static_cast<std::int32_t>((r * static_cast<std::uint64_t>(c.num_blocks)) >> 32);
+  }
+  if (progress) progress(1.0);
+  return c;
+}
+
+}  // namespace mixpa

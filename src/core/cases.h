@@ -1,0 +1,60 @@
+// The one table of cases (the origin's scene cases plus benchmark shapes) and the
+// deterministic generator that turns a case spec + seed into tensors. Unit tests, scene
+// tests, the CLI (`mixpa gen` / `run --case`), benchmarks and Python all draw from here.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mixpa/paged_attention.h"
+
+namespace mixpa {
+
+struct CaseSpec {
+  std::string name;
+  std::int64_t batch = 1;
+  std::int64_t num_heads = 16;
+  std::int64_t num_kv_heads = 1;
+  std::int64_t head_dim = 128;
+  std::int64_t block_size = 128;
+  std::vector<std::int32_t> context_lens{8192};  // repeated or cut to batch (SPEC §4)
+  std::int64_t max_model_len = 32768;            // max_blocks_per_req = ceil(max_model_len / block_size)
+  std::int64_t num_blocks = 0;                   // 0 = batch * ceil(max(context_lens) / block_size)
+  double scale = 1.0;                            // stored in the case file's metadata
+  // Value ranges: query and keys ~ U(-qk_range, qk_range), values ~ U(-v_range, v_range).
+  double qk_range = 0.5;
+  double v_range = 1.0;
+};
+
+// The origin's cases (SPEC §4) and the benchmark shapes; the first three are the origin's.
+std::span<const CaseSpec> case_table();
+// Looks a case up by name; throws mixpa::Error listing the known names.
+const CaseSpec& find_case(std::string_view name);
+
+// Owning tensors of one generated case.
+struct Case {
+  CaseSpec spec;
+  std::vector<bf16> query;        // [batch, num_heads, head_dim]
+  std::vector<bf16> key_cache;    // [num_blocks, block_size, num_kv_heads, head_dim]
+  std::vector<bf16> value_cache;  // same
+  std::vector<std::int32_t> block_table;   // [batch, max_blocks_per_req]
+  std::vector<std::int32_t> context_lens;  // [batch]
+  std::int64_t num_blocks = 0;
+  std::int64_t max_blocks_per_req = 0;
+  double scale = 1.0;
+
+  Inputs inputs() const;
+  std::int64_t out_elements() const { return spec.batch * spec.num_heads * spec.head_dim; }
+  // Bytes of K and V a kernel must read: every used page's rows of every kv head (context only).
+  std::int64_t kv_bytes_read() const;
+};
+
+// Deterministic in (spec, seed): the same bytes for every thread count and platform.
+// `progress` (may be empty) gets the fraction done, possibly from a helper thread.
+Case generate_case(const CaseSpec& spec, std::uint64_t seed, const std::function<void(double)>& progress = {});
+
+}  // namespace mixpa

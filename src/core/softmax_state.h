@@ -1,0 +1,53 @@
+// The online-softmax state of one query row, shared by the reference, sim, cpu and the
+// split-KV merge: m is the running maximum of scaled scores, l the sum of (bf16-rounded)
+// exp(score - m), and o (held by the caller, head_dim floats) the unnormalised output.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace mixpa {
+
+struct SoftmaxState {
+  float m = -std::numeric_limits<float>::infinity();
+  float l = 0.0f;
+
+  bool empty() const { return l == 0.0f && m == -std::numeric_limits<float>::infinity(); }
+
+  // Folds a partial (o_part, m_part, l_part) into (o, m, l), rescaling both to the larger max.
+  // This is the vector core's UP step when m_part is the new running max (its factor is
+  // exp(0) = 1 exactly), and the split-KV log-sum-exp merge in general.
+  // An empty state takes the partial as is: no 0 * garbage, no exp(-inf - -inf) = NaN.
+  // An empty partial (m_part = -inf, l_part = 0) leaves the state unchanged.
+  void merge(float* o, const float* o_part, float m_part, float l_part, std::int64_t dim) {
+    if (m_part == -std::numeric_limits<float>::infinity() && l_part == 0.0f) return;
+    if (empty()) {
+      for (std::int64_t d = 0; d < dim; ++d) o[d] = o_part[d];
+      m = m_part;
+      l = l_part;
+      return;
+    }
+    const float m_new = m > m_part ? m : m_part;
+    const float alpha = std::exp(m - m_new);
+    const float beta = std::exp(m_part - m_new);
+    for (std::int64_t d = 0; d < dim; ++d) o[d] = alpha * o[d] + beta * o_part[d];
+    l = alpha * l + beta * l_part;
+    m = m_new;
+  }
+
+  // out = o / l; an empty state (context length 0) yields zeros.
+  void finalize(const float* o, float* out, std::int64_t dim) const {
+    if (empty()) {
+      for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+      return;
+    }
+    const float inv = 1.0f / l;
+    for (std::int64_t d = 0; d < dim; ++d) out[d] = o[d] * inv;
+  }
+
+  // log(sum exp(score)) of the rows folded so far; -inf when empty.
+  float lse() const { return empty() ? m : m + std::log(l); }
+};
+
+}  // namespace mixpa

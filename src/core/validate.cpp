@@ -1,0 +1,156 @@
+// Every rule of SPEC §1 as a check with a message that names the input and the rule.
+#include "core/validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+
+namespace mixpa {
+namespace {
+
+template <class... Parts>
+[[noreturn]] void fail(const Parts&... parts) {
+  std::ostringstream s;
+  (s << ... << parts);
+  throw Error(s.str());
+}
+
+std::string set_string(const auto& values) {
+  std::ostringstream s;
+  s << '{';
+  bool first = true;
+  for (auto v : values) {
+    s << (first ? "" : ", ") << v;
+    first = false;
+  }
+  s << '}';
+  return s.str();
+}
+
+void require_tensor(const TensorView& t, const char* name, DType dtype, int rank, const char* dims) {
+  if (!t.present()) fail(name, ": missing (expected ", dtype_name(dtype), ' ', dims, ')');
+  if (t.dtype != dtype) fail(name, ": dtype is ", dtype_name(t.dtype), ", expected ", dtype_name(dtype));
+  if (t.rank != rank) fail(name, ": rank is ", t.rank, " (shape ", t.shape_string(), "), expected ", rank, ' ', dims);
+  // Dimensions are bounded so that every product of them fits in 64 bits.
+  __int128 total = 1;
+  for (int d = 0; d < rank; ++d) {
+    if (t.shape[d] < 0) fail(name, ": dimension ", d, " is ", t.shape[d], ", must be >= 0");
+    if (t.shape[d] > std::numeric_limits<std::int32_t>::max())
+      fail(name, ": dimension ", d, " is ", t.shape[d], ", must be < 2^31");
+    total *= t.shape[d];
+  }
+  if (total > (__int128{1} << 60)) fail(name, ": shape ", t.shape_string(), " has more than 2^60 elements");
+  if (t.numel() > 0 && t.data == nullptr) fail(name, ": data pointer is null for shape ", t.shape_string());
+}
+
+void require_contiguous(const TensorView& t, const char* name) {
+  if (!t.is_contiguous()) fail(name, ": must be contiguous (row-major), shape ", t.shape_string());
+}
+
+CacheStrides cache_strides(const TensorView& t, const char* name) {
+  if (t.shape[3] > 1 && t.strides[3] != 1) fail(name, ": head_dim stride is ", t.strides[3], ", must be 1");
+  for (int d = 0; d < 3; ++d)
+    if (t.strides[d] < 0) fail(name, ": stride ", d, " is ", t.strides[d], ", must be >= 0");
+  return CacheStrides{t.strides[0], t.strides[1], t.strides[2]};
+}
+
+}  // namespace
+
+float resolve_scale(const Options& options, std::int64_t head_dim) {
+  if (!options.scale) return static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  const double s = *options.scale;
+  if (!std::isfinite(s)) fail("scale: ", s, " is not finite");
+  if (!std::isfinite(static_cast<float>(s))) fail("scale: ", s, " overflows float32");
+  return static_cast<float>(s);
+}
+
+void validate_options(const Options& options) {
+  if (options.hw_blocks < 1) fail("hw_blocks: ", options.hw_blocks, " must be >= 1");
+  if (options.pipe_depth < 1) fail("pipe_depth: ", options.pipe_depth, " must be >= 1");
+  if (options.num_threads < 0) fail("num_threads: ", options.num_threads, " must be >= 0 (0 = all cores)");
+}
+
+Shape validate_shapes(const Inputs& in) {
+  require_tensor(in.query, "query", DType::kBF16, 3, "[batch, num_heads, head_dim]");
+  require_tensor(in.key_cache, "key_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
+  require_tensor(in.value_cache, "value_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
+  require_tensor(in.block_table, "block_table", DType::kI32, 2, "[batch, max_blocks_per_req]");
+  require_tensor(in.context_lens, "context_lens", DType::kI32, 1, "[batch]");
+  require_contiguous(in.query, "query");
+  require_contiguous(in.block_table, "block_table");
+  require_contiguous(in.context_lens, "context_lens");
+
+  Shape s;
+  s.batch = in.query.shape[0];
+  s.num_heads = in.query.shape[1];
+  s.head_dim = in.query.shape[2];
+  s.num_blocks = in.key_cache.shape[0];
+  s.block_size = in.key_cache.shape[1];
+  s.num_kv_heads = in.key_cache.shape[2];
+  s.max_blocks_per_req = in.block_table.shape[1];
+
+  for (int d = 0; d < 4; ++d)
+    if (in.value_cache.shape[d] != in.key_cache.shape[d])
+      fail("value_cache: shape ", in.value_cache.shape_string(), " differs from key_cache shape ",
+           in.key_cache.shape_string());
+  if (in.key_cache.shape[3] != s.head_dim)
+    fail("key_cache: head_dim is ", in.key_cache.shape[3], " but query head_dim is ", s.head_dim);
+  if (in.block_table.shape[0] != s.batch)
+    fail("block_table: batch is ", in.block_table.shape[0], " but query batch is ", s.batch);
+  if (in.context_lens.shape[0] != s.batch)
+    fail("context_lens: batch is ", in.context_lens.shape[0], " but query batch is ", s.batch);
+  if (s.num_heads < 1) fail("query: num_heads is ", s.num_heads, ", must be >= 1");
+  if (s.num_kv_heads < 1) fail("key_cache: num_kv_heads is ", s.num_kv_heads, ", must be >= 1");
+  if (s.num_heads % s.num_kv_heads != 0)
+    fail("num_heads % num_kv_heads: num_heads ", s.num_heads, " is not a multiple of num_kv_heads ", s.num_kv_heads);
+  if (std::find(kSupportedHeadDims.begin(), kSupportedHeadDims.end(), s.head_dim) == kSupportedHeadDims.end())
+    fail("query: head_dim ", s.head_dim, " is not supported, expected one of ", set_string(kSupportedHeadDims));
+  if (std::find(kSupportedBlockSizes.begin(), kSupportedBlockSizes.end(), s.block_size) == kSupportedBlockSizes.end())
+    fail("key_cache: block_size ", s.block_size, " is not supported, expected one of ",
+         set_string(kSupportedBlockSizes));
+  cache_strides(in.key_cache, "key_cache");
+  cache_strides(in.value_cache, "value_cache");
+  return s;
+}
+
+Problem validate(const Inputs& in, const Options& options, const OutputView& out) {
+  validate_options(options);
+  Problem p;
+  p.shape = validate_shapes(in);
+  const Shape& s = p.shape;
+  p.scale = resolve_scale(options, s.head_dim);
+
+  if (out.shape[0] != s.batch || out.shape[1] != s.num_heads || out.shape[2] != s.head_dim)
+    fail("out: shape [", out.shape[0], ", ", out.shape[1], ", ", out.shape[2], "], expected [", s.batch, ", ",
+         s.num_heads, ", ", s.head_dim, "]");
+  if (out.data == nullptr && s.batch > 0) fail("out: data pointer is null");
+
+  p.query = in.query.as<bf16>();
+  p.key_cache = in.key_cache.as<bf16>();
+  p.value_cache = in.value_cache.as<bf16>();
+  p.k_strides = cache_strides(in.key_cache, "key_cache");
+  p.v_strides = cache_strides(in.value_cache, "value_cache");
+  p.block_table = in.block_table.as<std::int32_t>();
+  p.context_lens = in.context_lens.as<std::int32_t>();
+
+  const std::int64_t max_tokens = s.max_blocks_per_req * s.block_size;
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    const std::int64_t len = p.context_lens[b];
+    if (len < 0) fail("context_lens[", b, "] = ", len, " is negative");
+    if (len > max_tokens)
+      fail("context_lens[", b, "] = ", len, " exceeds max_blocks_per_req * block_size = ", s.max_blocks_per_req,
+           " * ", s.block_size, " = ", max_tokens);
+    const std::int64_t pages = p.num_pages(b);
+    for (std::int64_t j = 0; j < pages; ++j) {
+      const std::int64_t page = p.page(b, j);
+      if (page < 0 || page >= s.num_blocks)
+        fail("block_table[", b, "][", j, "] = ", page, " is outside [0, ", s.num_blocks, ") (page ", j,
+             " of request ", b, " with context length ", len, ")");
+    }
+  }
+  return p;
+}
+
+}  // namespace mixpa

@@ -1,0 +1,35 @@
+// The golden executors: the origin's per-page online softmax, and exact float64 attention.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "core/plan.h"
+#include "core/problem.h"
+#include "mixpa/paged_attention.h"
+
+namespace mixpa {
+
+// Executor "reference": SPEC §3's numerics page by page, one row at a time, fp32,
+// single-threaded: running max, P rounded to bf16, l = row sum of rounded P.
+void run_reference(const Problem& problem, const Plan& plan, const Options& options, float* out);
+
+// Exact attention in float64 over the bf16 inputs (two-pass softmax). out: [batch, heads, head_dim].
+// Multi-threaded over requests; `progress` (may be empty) is called with the fraction done,
+// possibly from several threads at once.
+void exact_attention_f64(const Problem& problem, double* out, const std::function<void(double)>& progress = {});
+
+// SPEC §1's pass/fail check |out - ref| <= atol + rtol * |ref|, with its figures.
+struct AccuracyReport {
+  double max_abs_error = 0;
+  double max_rel_excess = 0;       // max of |out-ref| - (atol + rtol*|ref|); <= 0 means pass
+  std::int64_t worst_index = -1;   // flat index of the largest excess
+  std::int64_t failures = 0;       // elements outside the bound (NaN counts as a failure)
+  bool pass() const { return failures == 0; }
+};
+inline constexpr double kCheckAtol = 2e-3;
+inline constexpr double kCheckRtol = 2e-3;
+AccuracyReport compare_to_exact(const float* out, const double* exact, std::int64_t n, double atol = kCheckAtol,
+                                double rtol = kCheckRtol);
+
+}  // namespace mixpa
