@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/validate.h"
+#include "cpu/cpu_executor.h"
 #include "reference/reference.h"
 
 namespace mixpa {
@@ -12,6 +13,7 @@ namespace mixpa {
 std::span<const ExecutorEntry> executor_table() {
   // Fastest first. Each executor adds its own line here.
   static const ExecutorEntry table[] = {
+      {"cpu", "SIMD bf16 (AVX-512 BF16 / AVX2 / scalar), all cores, split-KV", &run_cpu},
       {"reference", "origin per-page online softmax, fp32, single-threaded (golden)", &run_reference},
   };
   return table;

@@ -1,0 +1,39 @@
+// Split-KV (flash-decoding) planning: which page ranges of a request are computed as separate
+// work items and merged afterwards with the log-sum-exp rule (SoftmaxState::merge).
+// A pure function of the shapes and context lengths, never of the thread count, so every
+// executor (cpu, cuda) that follows it gets bitwise the same result for any number of workers.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/plan.h"
+
+namespace mixpa {
+
+// Enough items to balance up to ~64 workers; below this many logical blocks requests are split.
+inline constexpr std::int64_t kSplitTargetItems = 256;
+// A chunk reads at least this many tokens: its merge (rows x head_dim floats) stays negligible.
+inline constexpr std::int64_t kSplitMinChunkTokens = 2048;
+
+// One work item: pages [page_begin, page_end) of logical block `logical_block`.
+struct KvChunk {
+  std::int64_t logical_block = 0;
+  std::int64_t page_begin = 0;
+  std::int64_t page_end = 0;
+};
+
+struct SplitKvPlan {
+  std::vector<KvChunk> chunks;          // grouped by logical block, pages in increasing order
+  std::vector<std::int64_t> first;      // chunks of block i are [first[i], first[i+1]); size blocks + 1
+  std::int64_t max_chunks_per_block = 0;
+  std::int64_t num_chunks(std::int64_t block) const { return first[block + 1] - first[block]; }
+};
+
+// Pages per request b come from context_lens[b] and plan.shape.block_size. A request with no
+// pages still gets one (empty) chunk so its output is written (zeros).
+SplitKvPlan plan_split_kv(const Plan& plan, const std::int32_t* context_lens,
+                          std::int64_t target_items = kSplitTargetItems,
+                          std::int64_t min_chunk_tokens = kSplitMinChunkTokens);
+
+}  // namespace mixpa

@@ -1,0 +1,52 @@
+// The cpu executor's micro-kernel interface: one work item = a head tile of one request over a
+// range of its pages. Each instruction-set flavour (avx512bf16, avx2, scalar) implements it in
+// its own translation unit compiled for that target; dispatch picks one at run time.
+//
+// Per page every flavour runs the MIX stages in the origin's order:
+//   qk_page (cube QK) -> softmax_page (vector SF) -> pv_page (cube PV) -> update (vector UP).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "core/problem.h"
+
+namespace mixpa::cpu {
+
+struct ChunkJob {
+  const Problem* problem = nullptr;
+  std::int64_t batch = 0;
+  std::int64_t kv_head = 0;
+  std::int64_t head_begin = 0;  // first query head of the tile
+  int rows = 0;                 // heads in the tile (<= 64)
+  std::int64_t page_begin = 0;  // pages [page_begin, page_end) of the request
+  std::int64_t page_end = 0;
+};
+
+// Unnormalised partial result: o[rows][head_dim] row-major, and per row the softmax state
+// (m = running max, l = sum of bf16-rounded P). An empty page range gives m = -inf, l = 0.
+struct ChunkOut {
+  float* o = nullptr;
+  float* m = nullptr;
+  float* l = nullptr;
+};
+
+using ChunkKernel = void (*)(const ChunkJob& job, const ChunkOut& out);
+
+enum class Isa { kScalar, kAvx2, kAvx512Bf16 };
+
+std::string_view isa_name(Isa isa);
+// Parses "scalar" / "avx2" / "avx512bf16"; throws mixpa::Error otherwise.
+Isa parse_isa(std::string_view name);
+// Whether this CPU can run the flavour (cpuid via __builtin_cpu_supports).
+bool isa_supported(Isa isa);
+// The best flavour this CPU runs, unless MIXPA_CPU_ISA names another (which must be supported).
+Isa default_isa();
+ChunkKernel chunk_kernel(Isa isa);
+
+// The flavours (defined in kernel_<isa>.cpp).
+void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
+void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
+void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);
+
+}  // namespace mixpa::cpu

@@ -1,0 +1,76 @@
+// The cpu executor: plan the chunks (shapes only), run them on the pool, merge, finalize.
+#include "cpu/cpu_executor.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/parallel.h"
+#include "core/softmax_state.h"
+#include "core/split_kv.h"
+#include "cpu/thread_pool.h"
+#include "mixpa/error.h"
+
+namespace mixpa {
+namespace cpu {
+namespace {
+
+// Partial results of one chunk: rows x head_dim floats plus m and l per row.
+struct Partials {
+  std::int64_t row_floats = 0;  // q_tile * head_dim
+  std::vector<float> o, m, l;
+  ChunkOut at(std::int64_t chunk, int q_tile) {
+    return {o.data() + chunk * row_floats, m.data() + chunk * q_tile, l.data() + chunk * q_tile};
+  }
+};
+
+ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
+  const LogicalBlock lb = plan.logical_block(c.logical_block);
+  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, c.page_begin, c.page_end};
+}
+
+// Merges the chunks of one logical block in chunk order and writes out = o / l.
+void merge_block(const Problem& pr, const Plan& plan, const SplitKvPlan& sp, std::int64_t block, Partials& parts,
+                 float* out) {
+  const LogicalBlock lb = plan.logical_block(block);
+  const std::int64_t dim = pr.shape.head_dim;
+  std::vector<float> o(dim);
+  for (int r = 0; r < lb.rows; ++r) {
+    SoftmaxState st;
+    std::fill(o.begin(), o.end(), 0.0f);
+    for (std::int64_t c = sp.first[block]; c < sp.first[block + 1]; ++c) {
+      const ChunkOut part = parts.at(c, plan.q_tile);
+      st.merge(o.data(), part.o + r * dim, part.m[r], part.l[r], dim);
+    }
+    st.finalize(o.data(), out + (lb.batch * pr.shape.num_heads + lb.head_begin + r) * dim, dim);
+  }
+}
+
+}  // namespace
+
+void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, float* out, Isa isa) {
+  if (!isa_supported(isa)) throw Error("cpu: this CPU cannot run the " + std::string(isa_name(isa)) + " kernels");
+  const ChunkKernel kernel = chunk_kernel(isa);
+  const SplitKvPlan sp = plan_split_kv(plan, pr.context_lens);
+  const std::int64_t n = static_cast<std::int64_t>(sp.chunks.size());
+  const int threads = options.num_threads > 0 ? options.num_threads : hardware_threads();
+  Partials parts;
+  parts.row_floats = std::int64_t{plan.q_tile} * pr.shape.head_dim;
+  parts.o.resize(n * parts.row_floats);
+  parts.m.resize(n * plan.q_tile);
+  parts.l.resize(n * plan.q_tile);
+  ThreadPool::instance().parallel_for(n, threads, [&](std::int64_t c) {
+    kernel(job_for(pr, plan, sp.chunks[c]), parts.at(c, plan.q_tile));
+  });
+  // Merging is (rows x head_dim) per chunk: cheap next to the chunks, but still spread out.
+  ThreadPool::instance().parallel_for(plan.total_logical_blocks, threads, [&](std::int64_t b) {
+    merge_block(pr, plan, sp, b, parts, out);
+  });
+}
+
+}  // namespace cpu
+
+void run_cpu(const Problem& problem, const Plan& plan, const Options& options, float* out) {
+  cpu::run_with_isa(problem, plan, options, out, cpu::default_isa());
+}
+
+}  // namespace mixpa

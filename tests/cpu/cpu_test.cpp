@@ -1,0 +1,169 @@
+// Executor "cpu": every kernel flavour this machine runs against exact attention on the
+// coverage shapes and more, bitwise thread-count determinism, NaN in masked rows, and the
+// split-KV plan it shares with other executors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+#include "common/check.h"
+#include "core/split_kv.h"
+#include "cpu/cpu_executor.h"
+
+namespace mixpa {
+namespace {
+
+using cpu::Isa;
+}  // namespace
+namespace cpu {
+inline void PrintTo(Isa isa, std::ostream* os) { *os << isa_name(isa); }
+}  // namespace cpu
+namespace {
+using testing::coverage_specs;
+using testing::exact;
+using testing::small_spec;
+
+std::vector<Isa> all_isas() { return {Isa::kAvx512Bf16, Isa::kAvx2, Isa::kScalar}; }
+
+// Runs the cpu executor with a forced kernel flavour and thread count.
+std::vector<float> run_isa(const Case& c, Isa isa, int threads = 0) {
+  Options options;
+  options.scale = c.scale;
+  options.num_threads = threads;
+  std::vector<float> out;
+  const OutputView view = testing::output_view(out, c);
+  const Problem p = validate(c.inputs(), options, view);
+  const Plan plan = make_plan(p.shape, p.scale);
+  cpu::run_with_isa(p, plan, options, out.data(), isa);
+  return out;
+}
+
+// More shapes than the shared coverage list: GQA groups 1..128, every head_dim and block
+// size, and long contexts that split into several KV chunks.
+std::vector<CaseSpec> cpu_specs() {
+  std::vector<CaseSpec> specs = coverage_specs();
+  specs.push_back(small_spec("gqa1_mha", 2, 8, 8, 128, 16, {37, 5}));
+  specs.push_back(small_spec("gqa2", 2, 8, 4, 64, 32, {100, 64}));
+  specs.push_back(small_spec("gqa8_hd256", 2, 16, 2, 256, 64, {129, 3}));
+  specs.push_back(small_spec("gqa48", 1, 96, 2, 128, 16, {77}));
+  specs.push_back(small_spec("gqa64_bs128", 1, 64, 1, 128, 128, {300}));
+  specs.push_back(small_spec("gqa128", 1, 128, 1, 64, 32, {90}));
+  specs.push_back(small_spec("gqa3_odd", 2, 9, 3, 64, 16, {31, 18}));
+  specs.push_back(small_spec("split_long", 1, 16, 1, 128, 32, {9000}));
+  specs.push_back(small_spec("split_gqa", 2, 32, 8, 128, 64, {5000, 4097}));
+  specs.push_back(small_spec("split_hd64_bs16", 1, 20, 4, 64, 16, {6001}));
+  return specs;
+}
+
+class CpuCoverage : public ::testing::TestWithParam<std::tuple<Isa, CaseSpec>> {};
+
+TEST_P(CpuCoverage, AgreesWithExact) {
+  const auto& [isa, spec] = GetParam();
+  if (!cpu::isa_supported(isa)) GTEST_SKIP() << "this CPU cannot run " << cpu::isa_name(isa);
+  const Case c = generate_case(spec, 11);
+  const double err = testing::expect_close_to_exact(c, run_isa(c, isa), exact(c));
+  EXPECT_LT(err, 2e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CpuCoverage, ::testing::Combine(::testing::ValuesIn(all_isas()),
+                                                                 ::testing::ValuesIn(cpu_specs())),
+                         [](const auto& info) {
+                           return std::string(cpu::isa_name(std::get<0>(info.param))) + "_" +
+                                  std::get<1>(info.param).name;
+                         });
+
+class CpuIsa : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    if (!cpu::isa_supported(GetParam())) GTEST_SKIP() << "this CPU cannot run " << cpu::isa_name(GetParam());
+  }
+};
+
+// Chunk boundaries come from the shapes only: 1, 2, 3 and 8 threads give the same bits.
+TEST_P(CpuIsa, BitwiseIdenticalForAnyThreadCount) {
+  for (const CaseSpec& spec : {small_spec("det_split", 2, 32, 8, 128, 64, {7000, 2500}),
+                               small_spec("det_batch", 9, 16, 1, 64, 16, {300, 0, 17, 1, 64, 999, 5, 6, 7})}) {
+    const Case c = generate_case(spec, 5);
+    const auto one = run_isa(c, GetParam(), 1);
+    for (int threads : {2, 3, 8}) EXPECT_EQ(one, run_isa(c, GetParam(), threads)) << spec.name << " threads " << threads;
+  }
+}
+
+// Rows past a request's context hold NaN / Inf in K and V: they must not reach the output.
+TEST_P(CpuIsa, MaskedRowsHoldingNaNDoNotLeak) {
+  Case c = generate_case(small_spec("nan_rows", 3, 16, 2, 128, 32, {45, 7, 33}), 3);
+  const auto clean = run_isa(c, GetParam());
+  std::vector<bool> used(c.num_blocks * 32, false);
+  for (std::int64_t b = 0; b < 3; ++b)
+    for (std::int64_t t = 0; t < c.context_lens[b]; ++t) used[c.block_table[b * c.max_blocks_per_req + t / 32] * 32 + t % 32] = true;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  int poisoned = 0;
+  for (std::int64_t row = 0; row < c.num_blocks * 32; ++row) {
+    if (used[row]) continue;
+    ++poisoned;
+    for (std::int64_t d = 0; d < 2 * 128; ++d) {
+      c.key_cache[row * 256 + d] = bf16::from_float(nan);
+      c.value_cache[row * 256 + d] = bf16::from_float(d % 2 ? inf : nan);
+    }
+  }
+  ASSERT_GT(poisoned, 0);
+  EXPECT_EQ(clean, run_isa(c, GetParam()));
+}
+
+TEST_P(CpuIsa, SharpSoftmaxAndNegativeScale) {
+  for (double scale : {40.0, -3.0}) {
+    const Case c = generate_case(small_spec("scale", 2, 16, 1, 128, 32, {100, 33}, scale), 5);
+    const auto out = run_isa(c, GetParam());
+    for (float v : out) ASSERT_TRUE(std::isfinite(v));
+    testing::expect_close_to_exact(c, out, exact(c));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Flavours, CpuIsa, ::testing::ValuesIn(all_isas()),
+                         [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
+
+TEST(CpuExecutor, IsTheAutoDefaultAndRunsThroughTheApi) {
+  EXPECT_EQ(executor_names().front(), "cpu");
+  const Case c = generate_case(small_spec("api", 3, 16, 1, 128, 64, {200, 0, 64}), 2);
+  const auto out = testing::run_case(c, "auto");
+  testing::expect_close_to_exact(c, out, exact(c));
+  EXPECT_EQ(out, testing::run_case(c, "cpu"));
+}
+
+TEST(CpuExecutor, OriginSmallCase1AgreesWithExact) {
+  const Case c = generate_case(find_case("SmallCase1"), 1);
+  const double err = testing::expect_close_to_exact(c, testing::run_case(c, "cpu"), exact(c));
+  EXPECT_LT(err, 5e-4);
+}
+
+TEST(SplitKv, ChunksCoverEveryPageInOrder) {
+  const Case c = generate_case(small_spec("sp", 3, 32, 8, 128, 64, {32768, 0, 100}), 1);
+  const Plan plan = make_plan(Shape{3, 32, 8, 128, c.num_blocks, 64, c.max_blocks_per_req}, 1.0f);
+  const SplitKvPlan sp = plan_split_kv(plan, c.context_lens.data());
+  ASSERT_EQ(sp.first.size(), static_cast<std::size_t>(plan.total_logical_blocks + 1));
+  for (std::int64_t b = 0; b < plan.total_logical_blocks; ++b) {
+    const std::int64_t pages = (c.context_lens[plan.logical_block(b).batch] + 63) / 64;
+    std::int64_t next = 0;
+    ASSERT_GE(sp.num_chunks(b), 1);
+    for (std::int64_t i = sp.first[b]; i < sp.first[b + 1]; ++i) {
+      EXPECT_EQ(sp.chunks[i].logical_block, b);
+      EXPECT_EQ(sp.chunks[i].page_begin, next);
+      next = sp.chunks[i].page_end;
+    }
+    EXPECT_EQ(next, pages);
+  }
+  // The 32k request is split (few logical blocks); the 100-token one is not (too short).
+  EXPECT_GT(sp.num_chunks(0), 4);
+  EXPECT_EQ(sp.num_chunks(2 * plan.q_loop), 1);
+}
+
+TEST(SplitKv, LargeBatchIsNotSplit) {
+  const Plan plan = make_plan(Shape{256, 16, 1, 128, 16384, 128, 256}, 1.0f);
+  const std::vector<std::int32_t> lens(256, 8192);
+  const SplitKvPlan sp = plan_split_kv(plan, lens.data());
+  EXPECT_EQ(sp.chunks.size(), 256u);
+}
+
+}  // namespace
+}  // namespace mixpa
