@@ -1,0 +1,243 @@
+// AVX-512 BF16 flavour of the chunk kernel (vdpbf16ps for both matmuls).
+//
+// Layout: the head tile's rows live in SIMD lanes (16 rows per zmm, RV = 1..4 zmm per tile),
+// so the online-softmax state m, l and the rescale factor are plain vectors and no horizontal
+// reduction is ever needed:
+//   QK  s[j]   (lanes = rows) += Qt[p] . bcst(K_j pair p)     Qt = Q as bf16 pairs, transposed once
+//   SF  P pairs of tokens (2jp, 2jp+1) interleaved per lane, rounded to bf16 (vcvtne2ps2bf16)
+//   PV  ot[d]  (lanes = rows) += Ppair[jp] . bcst(V pair (2jp, 2jp+1) at d)
+// Each K/V row is read from memory once per tile and used by all its rows. V rows are
+// interleaved in pairs within 128-bit lanes (vpunpck{l,h}wd); `ot` is kept in that
+// position order and put back in dim order once per chunk.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/chunk_kernel.h"
+#include "cpu/scratch.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2")
+// GCC 12 flags its own _mm512_undefined_* helpers as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace mixpa::cpu {
+namespace {
+
+constexpr int kLanes = 16;
+
+inline std::uint32_t load_pair(const bf16* p) {
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// exp(x) for x <= 0 (arguments are score - running max): Cody-Waite reduction, degree-6
+// polynomial (about 1 ulp), vscalefps for 2^n. Below -87.3 (and -inf) the result is 0.
+inline __m512 exp512(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+inline void prefetch_row(const bf16* row, std::int64_t dim) {
+  for (std::int64_t b = 0; b < dim * 2; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T0);
+}
+
+// Everything one chunk works on. Widths: W = RV * 16 lanes.
+struct Tile {
+  const ChunkJob* job;
+  const Problem* pr;
+  std::int64_t dim, bs;
+  std::uint32_t* qt;  // [dim/2][W]   Q pairs, lanes = rows
+  float* s;           // [bs][W]      scaled scores of one page
+  std::uint32_t* pp;  // [bs/2][W]    bf16 P pairs of one page
+  std::uint32_t* vi;  // [bs/2][dim]  V pairs of one page, unpack position order
+  float* ot;          // [dim][W]     running unnormalised output, position order
+  float m[64], l[64];  // running max / sum per row
+};
+
+// QK for NJ consecutive valid tokens starting at j0; writes s[j0 .. j0+NJ).
+template <int RV, int NJ>
+inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale, std::int64_t prefetch_page) {
+  constexpr int W = RV * kLanes, PB = RV == 3 ? 2 : 8 / RV;
+  const bf16* k[NJ];
+  for (int j = 0; j < NJ; ++j) {
+    k[j] = t.pr->key_row(page, j0 + j, t.job->kv_head);
+    prefetch_row(t.pr->value_row(prefetch_page, j0 + j, t.job->kv_head), t.dim);
+  }
+  __m512 acc[NJ][RV];
+  for (int j = 0; j < NJ; ++j)
+    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (std::int64_t p0 = 0; p0 < t.dim / 2; p0 += PB) {
+    __m512bh q[PB][RV];
+    for (int b = 0; b < PB; ++b)
+      for (int v = 0; v < RV; ++v) q[b][v] = (__m512bh)_mm512_load_si512(t.qt + (p0 + b) * W + v * kLanes);
+    for (int j = 0; j < NJ; ++j)
+      for (int b = 0; b < PB; ++b) {
+        const __m512bh kk = (__m512bh)_mm512_set1_epi32(static_cast<int>(load_pair(k[j] + 2 * (p0 + b))));
+        for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], q[b][v], kk);
+      }
+  }
+  for (int j = 0; j < NJ; ++j)
+    for (int v = 0; v < RV; ++v) _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes, _mm512_mul_ps(acc[j][v], scale));
+}
+
+// Cube QK: scores of the page's valid tokens; meanwhile prefetch this page's V rows.
+template <int RV>
+void qk_page(Tile& t, std::int64_t page, std::int64_t valid) {
+  constexpr int TJ = RV == 3 ? 5 : 16 / RV;
+  const __m512 scale = _mm512_set1_ps(t.pr->scale);
+  std::int64_t j = 0;
+  for (; j + TJ <= valid; j += TJ) qk_tokens<RV, TJ>(t, page, j, scale, page);
+  for (; j < valid; ++j) qk_tokens<RV, 1>(t, page, j, scale, page);
+}
+
+// Vector SF: running max, P = bf16(exp(s - M)) as token pairs, l_i = sum of rounded P.
+// Returns the rescale factor alpha = exp(M_old - M_new) and l_i per lane.
+template <int RV>
+void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
+  constexpr int W = RV * kLanes;
+  alignas(64) static constexpr std::int16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                               21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26,
+                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+  for (int v = 0; v < RV; ++v) {
+    const __m512 m_old = _mm512_loadu_ps(t.m + v * kLanes);
+    __m512 mx = m_old;
+    for (std::int64_t j = 0; j < valid; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(t.s + j * W + v * kLanes));
+    alpha[v] = exp512(_mm512_sub_ps(m_old, mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (std::int64_t jp = 0; jp < (valid + 1) / 2; ++jp) {
+      const __m512 a = exp512(_mm512_sub_ps(_mm512_load_ps(t.s + 2 * jp * W + v * kLanes), mx));
+      const __m512 b = 2 * jp + 1 < valid ? exp512(_mm512_sub_ps(_mm512_load_ps(t.s + (2 * jp + 1) * W + v * kLanes), mx))
+                                          : _mm512_setzero_ps();
+      const __m512i pair = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+      _mm512_store_si512(t.pp + jp * W + v * kLanes, pair);
+      sum = _mm512_dpbf16_ps(sum, (__m512bh)pair, ones);
+    }
+    _mm512_storeu_ps(t.m + v * kLanes, mx);
+    l_i[v] = sum;
+  }
+}
+
+// Vector UP for positions [pos0, pos0 + TD): O = alpha * O + oi.
+template <int RV, int TD>
+inline void update(Tile& t, std::int64_t pos0, const __m512 (&oi)[TD][RV], const __m512* alpha) {
+  constexpr int W = RV * kLanes;
+  for (int d = 0; d < TD; ++d)
+    for (int v = 0; v < RV; ++v) {
+      float* o = t.ot + (pos0 + d) * W + v * kLanes;
+      _mm512_store_ps(o, _mm512_fmadd_ps(alpha[v], _mm512_load_ps(o), oi[d][v]));
+    }
+}
+
+// V rows paired (2jp, 2jp+1) per dim; a missing odd row pairs with 0 (never loaded).
+void interleave_v(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next_page) {
+  for (std::int64_t jp = 0; jp < (valid + 1) / 2; ++jp) {
+    const bf16* a = t.pr->value_row(page, 2 * jp, t.job->kv_head);
+    const bf16* b = 2 * jp + 1 < valid ? t.pr->value_row(page, 2 * jp + 1, t.job->kv_head) : nullptr;
+    if (next_page >= 0) {
+      prefetch_row(t.pr->key_row(next_page, 2 * jp, t.job->kv_head), t.dim);
+      prefetch_row(t.pr->key_row(next_page, 2 * jp + 1, t.job->kv_head), t.dim);
+    }
+    for (std::int64_t c = 0; c < t.dim; c += 32) {
+      const __m512i va = _mm512_loadu_si512(a + c);
+      const __m512i vb = b ? _mm512_loadu_si512(b + c) : _mm512_setzero_si512();
+      _mm512_store_si512(t.vi + jp * t.dim + c, _mm512_unpacklo_epi16(va, vb));
+      _mm512_store_si512(t.vi + jp * t.dim + c + 16, _mm512_unpackhi_epi16(va, vb));
+    }
+  }
+}
+
+// Cube PV then vector UP, TD output positions at a time (accumulators stay in registers).
+template <int RV>
+void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next_page, const __m512* alpha) {
+  constexpr int W = RV * kLanes, TD = RV >= 3 ? 4 : 16 / RV;
+  interleave_v(t, page, valid, next_page);
+  const std::int64_t pairs = (valid + 1) / 2;
+  for (std::int64_t pos0 = 0; pos0 < t.dim; pos0 += TD) {
+    __m512 acc[TD][RV];
+    for (int d = 0; d < TD; ++d)
+      for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_setzero_ps();
+    for (std::int64_t jp = 0; jp < pairs; ++jp) {
+      __m512bh p[RV];
+      for (int v = 0; v < RV; ++v) p[v] = (__m512bh)_mm512_load_si512(t.pp + jp * W + v * kLanes);
+      const std::uint32_t* vrow = t.vi + jp * t.dim + pos0;
+      for (int d = 0; d < TD; ++d) {
+        const __m512bh vv = (__m512bh)_mm512_set1_epi32(static_cast<int>(vrow[d]));
+        for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_dpbf16_ps(acc[d][v], p[v], vv);
+      }
+    }
+    update<RV, TD>(t, pos0, acc, alpha);
+  }
+}
+
+// Dim of unpack position `pos`: per 32 dims, positions 0-15 hold dims 8L+i, 16-31 hold 8L+4+i.
+inline std::int64_t dim_of_position(std::int64_t pos) {
+  const std::int64_t q = pos % 16;
+  return pos / 32 * 32 + (q / 4) * 8 + (pos % 32) / 16 * 4 + q % 4;
+}
+
+template <int RV>
+void attend(const ChunkJob& job, const ChunkOut& out) {
+  constexpr int W = RV * kLanes;
+  const Problem& pr = *job.problem;
+  Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
+  t.qt = static_cast<std::uint32_t*>(scratch(0, t.dim / 2 * W * 4));
+  t.s = static_cast<float*>(scratch(1, t.bs * W * 4));
+  t.pp = static_cast<std::uint32_t*>(scratch(2, (t.bs / 2 + 1) * W * 4));
+  t.vi = static_cast<std::uint32_t*>(scratch(3, (t.bs / 2 + 1) * t.dim * 4));
+  t.ot = static_cast<float*>(scratch(4, t.dim * W * 4));
+  for (std::int64_t p = 0; p < t.dim / 2; ++p)
+    for (int r = 0; r < W; ++r)
+      t.qt[p * W + r] = r < job.rows ? load_pair(pr.query_row(job.batch, job.head_begin + r) + 2 * p) : 0u;
+  for (std::int64_t i = 0; i < t.dim * W; ++i) t.ot[i] = 0.0f;
+  for (int r = 0; r < W; ++r) {
+    t.m[r] = -__builtin_inff();
+    t.l[r] = 0.0f;
+  }
+  const std::int64_t len = pr.context_len(job.batch);
+  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
+    const std::int64_t page = pr.page(job.batch, i);
+    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
+    const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
+    __m512 alpha[RV], l_i[RV];
+    qk_page<RV>(t, page, valid);
+    softmax_page<RV>(t, valid, alpha, l_i);
+    pv_page<RV>(t, page, valid, next, alpha);
+    for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
+      _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
+  }
+  for (int r = 0; r < job.rows; ++r) {
+    for (std::int64_t pos = 0; pos < t.dim; ++pos) out.o[r * t.dim + dim_of_position(pos)] = t.ot[pos * W + r];
+    out.m[r] = t.m[r];
+    out.l[r] = t.l[r];
+  }
+}
+
+}  // namespace
+
+void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out) {
+  switch ((job.rows + kLanes - 1) / kLanes) {
+    case 1: return attend<1>(job, out);
+    case 2: return attend<2>(job, out);
+    case 3: return attend<3>(job, out);
+    default: return attend<4>(job, out);
+  }
+}
+
+}  // namespace mixpa::cpu
+
+#pragma GCC pop_options
