@@ -77,15 +77,23 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale,
     prefetch_row(t.pr->value_row(prefetch_page, j0 + j, t.job->kv_head), t.dim);
   }
   __m512 acc[NJ][RV];
+#pragma GCC unroll 16
   for (int j = 0; j < NJ; ++j)
+#pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  // Fully unrolled so the NJ x RV accumulators stay in registers as independent chains.
   for (std::int64_t p0 = 0; p0 < t.dim / 2; p0 += PB) {
     __m512bh q[PB][RV];
+#pragma GCC unroll 8
     for (int b = 0; b < PB; ++b)
+#pragma GCC unroll 4
       for (int v = 0; v < RV; ++v) q[b][v] = (__m512bh)_mm512_load_si512(t.qt + (p0 + b) * W + v * kLanes);
-    for (int j = 0; j < NJ; ++j)
-      for (int b = 0; b < PB; ++b) {
+#pragma GCC unroll 8
+    for (int b = 0; b < PB; ++b)
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) {
         const __m512bh kk = (__m512bh)_mm512_set1_epi32(static_cast<int>(load_pair(k[j] + 2 * (p0 + b))));
+#pragma GCC unroll 4
         for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], q[b][v], kk);
       }
   }
@@ -173,10 +181,13 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next_p
       for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_setzero_ps();
     for (std::int64_t jp = 0; jp < pairs; ++jp) {
       __m512bh p[RV];
+#pragma GCC unroll 4
       for (int v = 0; v < RV; ++v) p[v] = (__m512bh)_mm512_load_si512(t.pp + jp * W + v * kLanes);
       const std::uint32_t* vrow = t.vi + jp * t.dim + pos0;
+#pragma GCC unroll 16
       for (int d = 0; d < TD; ++d) {
         const __m512bh vv = (__m512bh)_mm512_set1_epi32(static_cast<int>(vrow[d]));
+#pragma GCC unroll 4
         for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_dpbf16_ps(acc[d][v], p[v], vv);
       }
     }

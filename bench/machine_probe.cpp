@@ -1,0 +1,129 @@
+// Bandwidth and peak probes. The SIMD loops are compiled for their targets with function
+// attributes and chosen at run time, like the cpu executor's kernels.
+#include "machine_probe.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+namespace mixpa::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Sums 64-byte lines of [p, p + bytes) with independent accumulators (reads only).
+__attribute__((target("avx512f"))) std::uint64_t read_avx512(const char* p, std::int64_t bytes) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  std::int64_t i = 0;
+  for (; i + 256 <= bytes; i += 256) {
+    a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(p + i));
+    a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(p + i + 64));
+    a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(p + i + 128));
+    a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(p + i + 192));
+  }
+  for (; i + 64 <= bytes; i += 64) a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(p + i));
+  return static_cast<std::uint64_t>(_mm512_reduce_add_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3))));
+}
+
+std::uint64_t read_plain(const char* p, std::int64_t bytes) {
+  std::uint64_t acc[8] = {};
+  for (std::int64_t i = 0; i + 64 <= bytes; i += 64)
+    for (int k = 0; k < 8; ++k) acc[k] ^= *reinterpret_cast<const std::uint64_t*>(p + i + 8 * k);
+  std::uint64_t r = 0;
+  for (auto a : acc) r ^= a;
+  return r;
+}
+
+// Runs fn(item) for items [0, n) on `threads` threads (static interleave), returns seconds.
+template <class Fn>
+double timed_parallel(std::int64_t n, int threads, Fn&& fn) {
+  std::vector<std::thread> pool;
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  Clock::time_point start;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      ++ready;
+      while (!go.load()) {
+      }
+      for (std::int64_t i = t; i < n; i += threads) fn(i);
+    });
+  while (ready.load() < threads) {
+  }
+  start = Clock::now();
+  go = true;
+  for (auto& th : pool) th.join();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+double measure_kv_read_bandwidth(const Case& c, int threads, int reps) {
+  const std::int64_t bs = c.spec.block_size, row = c.spec.num_kv_heads * c.spec.head_dim;
+  const bool wide = __builtin_cpu_supports("avx512f");
+  std::atomic<std::uint64_t> sink{0};
+  std::vector<double> gbps;
+  for (int rep = 0; rep < reps; ++rep) {
+    const double s = timed_parallel(c.spec.batch, threads, [&](std::int64_t b) {
+      std::uint64_t acc = 0;
+      const std::int64_t len = c.context_lens[b];
+      for (std::int64_t j = 0; j * bs < len; ++j) {
+        const std::int64_t page = c.block_table[b * c.max_blocks_per_req + j];
+        const std::int64_t bytes = std::min(bs, len - j * bs) * row * 2;
+        for (const auto* cache : {c.key_cache.data(), c.value_cache.data()}) {
+          const char* p = reinterpret_cast<const char*>(cache + page * bs * row);
+          acc ^= wide ? read_avx512(p, bytes) : read_plain(p, bytes);
+        }
+      }
+      sink ^= acc;
+    });
+    gbps.push_back(static_cast<double>(c.kv_bytes_read()) / s / 1e9);
+  }
+  std::sort(gbps.begin(), gbps.end());
+  return gbps[gbps.size() / 2];
+}
+
+namespace {
+
+constexpr std::int64_t kPeakIters = 20'000'000;
+
+__attribute__((target("avx512f,avx512bf16"))) float peak_bf16_thread() {
+  __m512 acc[16];
+  for (int k = 0; k < 16; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
+  const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x2f802f80);  // 2^-32: normal, adds nothing visible
+  for (std::int64_t i = 0; i < kPeakIters; ++i)
+    for (int k = 0; k < 16; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
+  __m512 s = acc[0];
+  for (int k = 1; k < 16; ++k) s = _mm512_add_ps(s, acc[k]);
+  return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) float peak_fma_thread() {
+  __m256 acc[16];
+  for (int k = 0; k < 16; ++k) acc[k] = _mm256_set1_ps(static_cast<float>(k));
+  const __m256 a = _mm256_set1_ps(1.0f), b = _mm256_set1_ps(1e-30f);
+  for (std::int64_t i = 0; i < kPeakIters; ++i)
+    for (int k = 0; k < 16; ++k) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
+  float out[8];
+  _mm256_storeu_ps(out, acc[3]);
+  return out[0];
+}
+
+}  // namespace
+
+Peak measure_dot_peak(int threads) {
+  const bool bf16 = __builtin_cpu_supports("avx512bf16");
+  std::atomic<float> sink{0};
+  const double s = timed_parallel(threads, threads, [&](std::int64_t) {
+    sink = bf16 ? peak_bf16_thread() : peak_fma_thread();
+  });
+  const double flop_per_instr = bf16 ? 64 : 16;
+  return {flop_per_instr * 16.0 * static_cast<double>(kPeakIters) * threads / s / 1e9,
+          bf16 ? "vdpbf16ps zmm" : "vfmadd231ps ymm"};
+}
+
+}  // namespace mixpa::bench

@@ -1,0 +1,23 @@
+// Measurements of this machine taken in the same run as the kernels they judge: read
+// bandwidth over the very pages a case reads, and the peak of the dot-product instruction.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/cases.h"
+
+namespace mixpa::bench {
+
+// GB/s of a multithreaded streaming read of every K and V row the case's kernel reads,
+// page by page in block-table order (same layout, same randomness of page order).
+double measure_kv_read_bandwidth(const Case& c, int threads, int reps);
+
+struct Peak {
+  double gflops = 0;
+  std::string instruction;  // "vdpbf16ps zmm" or "vfmadd231ps ymm"
+};
+// Dot-product peak with 16 independent accumulator chains per thread on `threads` threads.
+Peak measure_dot_peak(int threads);
+
+}  // namespace mixpa::bench
