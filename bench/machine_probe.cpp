@@ -83,13 +83,12 @@ double measure_kv_read_bandwidth(const Case& c, int threads, int reps) {
     });
     gbps.push_back(static_cast<double>(c.kv_bytes_read()) / s / 1e9);
   }
-  std::sort(gbps.begin(), gbps.end());
-  return gbps[gbps.size() / 2];
+  return *std::max_element(gbps.begin(), gbps.end());  // the best pass: the strictest roofline
 }
 
 namespace {
 
-constexpr std::int64_t kPeakIters = 20'000'000;
+constexpr std::int64_t kPeakIters = 4'000'000;
 
 __attribute__((target("avx512f,avx512bf16"))) float peak_bf16_thread() {
   __m512 acc[16];
@@ -118,11 +117,14 @@ __attribute__((target("avx2,fma"))) float peak_fma_thread() {
 Peak measure_dot_peak(int threads) {
   const bool bf16 = __builtin_cpu_supports("avx512bf16");
   std::atomic<float> sink{0};
-  const double s = timed_parallel(threads, threads, [&](std::int64_t) {
-    sink = bf16 ? peak_bf16_thread() : peak_fma_thread();
-  });
+  // Best of several short trials: the machine is shared, and the peak is what it can do.
+  double best = 1e30;
+  for (int trial = 0; trial < 7; ++trial)
+    best = std::min(best, timed_parallel(threads, threads, [&](std::int64_t) {
+             sink = bf16 ? peak_bf16_thread() : peak_fma_thread();
+           }));
   const double flop_per_instr = bf16 ? 64 : 16;
-  return {flop_per_instr * 16.0 * static_cast<double>(kPeakIters) * threads / s / 1e9,
+  return {flop_per_instr * 16.0 * static_cast<double>(kPeakIters) * threads / best / 1e9,
           bf16 ? "vdpbf16ps zmm" : "vfmadd231ps ymm"};
 }
 

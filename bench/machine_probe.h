@@ -9,7 +9,7 @@
 
 namespace mixpa::bench {
 
-// GB/s of a multithreaded streaming read of every K and V row the case's kernel reads,
+// Best GB/s of `reps` multithreaded streaming reads of every K and V row the case's kernel reads,
 // page by page in block-table order (same layout, same randomness of page order).
 double measure_kv_read_bandwidth(const Case& c, int threads, int reps);
 

@@ -113,9 +113,9 @@ int bench_main(int argc, char** argv) {
     const double bytes = static_cast<double>(c.kv_bytes_read());
     const double flops = 4.0 * static_cast<double>(tokens) * c.spec.num_heads * c.spec.head_dim;
     std::vector<float> out;
-    const double bw_before = measure_kv_read_bandwidth(c, threads, 3);
+    const double bw_before = measure_kv_read_bandwidth(c, threads, 5);
     const double t = time_mixpa(c, a, out);
-    const double bw_after = measure_kv_read_bandwidth(c, threads, 3);
+    const double bw_after = measure_kv_read_bandwidth(c, threads, 5);
     const double bw = std::max(bw_before, bw_after);  // the better of the two: the stricter roofline
     const double roof = std::max(bytes / (bw * 1e9), flops / (peak.gflops * 1e9));
     std::printf("%-10s  %8.2f ms  KV %6.1f GB/s  %7.1f GFLOP/s | read bw %5.1f/%5.1f GB/s  roofline %7.2f ms (%s)"

@@ -48,5 +48,7 @@ ChunkKernel chunk_kernel(Isa isa);
 void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);
+// The AVX-512 BF16 kernel for tiles of <= 8 rows (called by attend_chunk_avx512bf16).
+void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out);
 
 }  // namespace mixpa::cpu

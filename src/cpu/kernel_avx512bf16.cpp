@@ -21,9 +21,15 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2")
 // GCC 12 flags its own _mm512_undefined_* helpers as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "cpu/kernel_avx512bf16_parts.h"
 
 namespace mixpa::cpu {
 namespace {
+
+using avx512::dim_of_position;
+using avx512::exp512;
+using avx512::interleave_v;
+using avx512::prefetch_row;
 
 constexpr int kLanes = 16;
 
@@ -31,27 +37,6 @@ inline std::uint32_t load_pair(const bf16* p) {
   std::uint32_t v;
   std::memcpy(&v, p, 4);
   return v;
-}
-
-// exp(x) for x <= 0 (arguments are score - running max): Cody-Waite reduction, degree-6
-// polynomial (about 1 ulp), vscalefps for 2^n. Below -87.3 (and -inf) the result is 0.
-inline __m512 exp512(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(live, p, n);
-}
-
-inline void prefetch_row(const bf16* row, std::int64_t dim) {
-  for (std::int64_t b = 0; b < dim * 2; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T0);
 }
 
 // Everything one chunk works on. Widths: W = RV * 16 lanes.
@@ -151,29 +136,11 @@ inline void update(Tile& t, std::int64_t pos0, const __m512 (&oi)[TD][RV], const
     }
 }
 
-// V rows paired (2jp, 2jp+1) per dim; a missing odd row pairs with 0 (never loaded).
-void interleave_v(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next_page) {
-  for (std::int64_t jp = 0; jp < (valid + 1) / 2; ++jp) {
-    const bf16* a = t.pr->value_row(page, 2 * jp, t.job->kv_head);
-    const bf16* b = 2 * jp + 1 < valid ? t.pr->value_row(page, 2 * jp + 1, t.job->kv_head) : nullptr;
-    if (next_page >= 0) {
-      prefetch_row(t.pr->key_row(next_page, 2 * jp, t.job->kv_head), t.dim);
-      prefetch_row(t.pr->key_row(next_page, 2 * jp + 1, t.job->kv_head), t.dim);
-    }
-    for (std::int64_t c = 0; c < t.dim; c += 32) {
-      const __m512i va = _mm512_loadu_si512(a + c);
-      const __m512i vb = b ? _mm512_loadu_si512(b + c) : _mm512_setzero_si512();
-      _mm512_store_si512(t.vi + jp * t.dim + c, _mm512_unpacklo_epi16(va, vb));
-      _mm512_store_si512(t.vi + jp * t.dim + c + 16, _mm512_unpackhi_epi16(va, vb));
-    }
-  }
-}
-
 // Cube PV then vector UP, TD output positions at a time (accumulators stay in registers).
 template <int RV>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next_page, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV >= 3 ? 4 : 16 / RV;
-  interleave_v(t, page, valid, next_page);
+  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, (valid + 1) / 2, next_page);
   const std::int64_t pairs = (valid + 1) / 2;
   for (std::int64_t pos0 = 0; pos0 < t.dim; pos0 += TD) {
     __m512 acc[TD][RV];
@@ -193,12 +160,6 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next_p
     }
     update<RV, TD>(t, pos0, acc, alpha);
   }
-}
-
-// Dim of unpack position `pos`: per 32 dims, positions 0-15 hold dims 8L+i, 16-31 hold 8L+4+i.
-inline std::int64_t dim_of_position(std::int64_t pos) {
-  const std::int64_t q = pos % 16;
-  return pos / 32 * 32 + (q / 4) * 8 + (pos % 32) / 16 * 4 + q % 4;
 }
 
 template <int RV>
@@ -241,6 +202,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
 }  // namespace
 
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out) {
+  if (job.rows <= 8) return attend_chunk_avx512bf16_narrow(job, out);
   switch ((job.rows + kLanes - 1) / kLanes) {
     case 1: return attend<1>(job, out);
     case 2: return attend<2>(job, out);
