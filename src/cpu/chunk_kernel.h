@@ -33,18 +33,19 @@ struct ChunkOut {
 
 using ChunkKernel = void (*)(const ChunkJob& job, const ChunkOut& out);
 
-enum class Isa { kScalar, kAvx2, kAvx512Bf16 };
+enum class Isa { kScalar, kAvx2, kAvx512Bf16, kAmx };
 
 std::string_view isa_name(Isa isa);
-// Parses "scalar" / "avx2" / "avx512bf16"; throws mixpa::Error otherwise.
+// Parses "scalar" / "avx2" / "avx512bf16" / "amx"; throws mixpa::Error otherwise.
 Isa parse_isa(std::string_view name);
-// Whether this CPU can run the flavour (cpuid via __builtin_cpu_supports).
+// Whether this CPU (and OS) can run the flavour: cpuid, and for AMX the kernel's permission.
 bool isa_supported(Isa isa);
 // The best flavour this CPU runs, unless MIXPA_CPU_ISA names another (which must be supported).
 Isa default_isa();
 ChunkKernel chunk_kernel(Isa isa);
 
-// The flavours (defined in kernel_<isa>.cpp).
+// The flavours (defined in kernel_<isa>.cpp); amx = AMX-BF16 tiles + AVX-512 BF16.
+void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);

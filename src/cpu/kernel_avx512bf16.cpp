@@ -96,33 +96,10 @@ void qk_page(Tile& t, std::int64_t page, std::int64_t valid) {
   for (; j < valid; ++j) qk_tokens<RV, 1>(t, page, j, scale, page);
 }
 
-// Vector SF: running max, P = bf16(exp(s - M)) as token pairs, l_i = sum of rounded P.
-// Returns the rescale factor alpha = exp(M_old - M_new) and l_i per lane.
+// Vector SF (shared with the AMX kernel).
 template <int RV>
 void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
-  constexpr int W = RV * kLanes;
-  alignas(64) static constexpr std::int16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                               21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26,
-                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i idx = _mm512_load_si512(kInterleave);
-  const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
-  for (int v = 0; v < RV; ++v) {
-    const __m512 m_old = _mm512_loadu_ps(t.m + v * kLanes);
-    __m512 mx = m_old;
-    for (std::int64_t j = 0; j < valid; ++j) mx = _mm512_max_ps(mx, _mm512_load_ps(t.s + j * W + v * kLanes));
-    alpha[v] = exp512(_mm512_sub_ps(m_old, mx));
-    __m512 sum = _mm512_setzero_ps();
-    for (std::int64_t jp = 0; jp < (valid + 1) / 2; ++jp) {
-      const __m512 a = exp512(_mm512_sub_ps(_mm512_load_ps(t.s + 2 * jp * W + v * kLanes), mx));
-      const __m512 b = 2 * jp + 1 < valid ? exp512(_mm512_sub_ps(_mm512_load_ps(t.s + (2 * jp + 1) * W + v * kLanes), mx))
-                                          : _mm512_setzero_ps();
-      const __m512i pair = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-      _mm512_store_si512(t.pp + jp * W + v * kLanes, pair);
-      sum = _mm512_dpbf16_ps(sum, (__m512bh)pair, ones);
-    }
-    _mm512_storeu_ps(t.m + v * kLanes, mx);
-    l_i[v] = sum;
-  }
+  avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
 }
 
 // Vector UP for positions [pos0, pos0 + TD): O = alpha * O + oi.

@@ -1,0 +1,196 @@
+// AMX-BF16 flavour of the chunk kernel: the two matmuls on the tile unit (the "cube"), the
+// online softmax on AVX-512 (the "vector" side), as in the MIX design.
+//
+//   QK  S^T[16 tokens x 16 rows] += K rows [16 x 32 dims] (tileloadd straight from the cache)
+//                                   . Qt pairs [16 x 16 x 2] (Q transposed once per chunk)
+//   SF  rows in lanes (shared with the AVX-512 kernel) -> P pairs [jp][rows]
+//   PV  O[16 rows x 16 positions] += P [16 rows x 32 tokens] (P pairs transposed, 16x16 words)
+//                                    . V pairs [16 x 16 x 2] (two V rows interleaved)
+//   UP  O rows rescaled by alpha before PV accumulates into them (tileloadd / tilestored).
+// Tiles of <= 8 rows use the narrow AVX-512 kernel (a 16-column tile would idle).
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/chunk_kernel.h"
+#include "cpu/scratch.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2,amx-tile,amx-bf16")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "cpu/kernel_avx512bf16_parts.h"
+
+namespace mixpa::cpu {
+namespace {
+
+using avx512::dim_of_position;
+using avx512::interleave_v;
+using avx512::prefetch_row;
+
+constexpr int kLanes = 16;
+
+// Palette 1, eight tiles of 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// 16x16 transpose of 32-bit words: four butterfly stages swapping off-diagonal blocks.
+inline void transpose16(__m512i* r) {
+  for (int b = 8; b >= 1; b /= 2) {
+    alignas(64) std::int32_t ia[16], ib[16];
+    for (int lane = 0; lane < 16; ++lane) {
+      ia[lane] = (lane & b) == 0 ? lane : 16 + lane - b;
+      ib[lane] = (lane & b) == 0 ? lane + b : 16 + lane;
+    }
+    const __m512i xa = _mm512_load_si512(ia), xb = _mm512_load_si512(ib);
+    for (int i = 0; i < 16; ++i)
+      if ((i & b) == 0) {
+        const __m512i lo = _mm512_permutex2var_epi32(r[i], xa, r[i + b]);
+        r[i + b] = _mm512_permutex2var_epi32(r[i], xb, r[i + b]);
+        r[i] = lo;
+      }
+  }
+}
+
+struct Tile {
+  const ChunkJob* job;
+  const Problem* pr;
+  std::int64_t dim, bs, pairs_pad;  // pairs_pad: bs/2 rounded up to 16 (a PV k-step)
+  std::uint32_t* qt;   // [dim/2][W]       Q pairs, lanes = rows
+  float* s;            // [bs][W]          S^T
+  std::uint32_t* pp;   // [pairs_pad][W]   P pairs, lanes = rows
+  std::uint32_t* prm;  // [W][pairs_pad]   P pairs row-major (AMX A operand)
+  std::uint32_t* vi;   // [pairs_pad][dim] V pairs (AMX B operand)
+  float* o;            // [W][dim]         running O, unpack position order
+  float m[64], l[64];
+};
+
+// Cube QK on the tile unit: S^T for every 16-token block holding valid tokens. Rows of the last
+// block past `valid` are still inside the page; their scores are never read.
+template <int RV>
+void qk_page(Tile& t, std::int64_t page, std::int64_t valid) {
+  constexpr int W = RV * kLanes;
+  const std::int64_t kstride = t.pr->k_strides.row * 2;
+  for (std::int64_t j0 = 0; j0 < valid; j0 += 16) {
+    for (std::int64_t j = j0; j < valid && j < j0 + 16; ++j) prefetch_row(t.pr->value_row(page, j, t.job->kv_head), t.dim);
+    const bf16* k = t.pr->key_row(page, j0, t.job->kv_head);
+    for (int v = 0; v < RV; ++v) {
+      _tile_zero(0);
+      for (std::int64_t c = 0; c < t.dim / 32; ++c) {
+        _tile_loadd(1, k + 32 * c, kstride);
+        _tile_loadd(2, t.qt + 16 * c * W + v * kLanes, W * 4);
+        _tile_dpbf16ps(0, 1, 2);
+      }
+      _tile_stored(0, t.s + j0 * W + v * kLanes, W * 4);
+    }
+  }
+  const __m512 scale = _mm512_set1_ps(t.pr->scale);
+  for (std::int64_t j = 0; j < valid * RV; ++j) _mm512_store_ps(t.s + j * kLanes, _mm512_mul_ps(_mm512_load_ps(t.s + j * kLanes), scale));
+}
+
+// P pairs [jp][rows] -> row-major [rows][jp], zero past the page's pairs.
+template <int RV>
+void transpose_p(Tile& t, std::int64_t pairs) {
+  constexpr int W = RV * kLanes;
+  for (std::int64_t jp = pairs; jp < t.pairs_pad; ++jp)
+    for (int v = 0; v < RV; ++v) _mm512_store_si512(t.pp + jp * W + v * kLanes, _mm512_setzero_si512());
+  for (std::int64_t jp0 = 0; jp0 < t.pairs_pad; jp0 += 16)
+    for (int v = 0; v < RV; ++v) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(t.pp + (jp0 + i) * W + v * kLanes);
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(t.prm + (v * kLanes + i) * t.pairs_pad + jp0, r[i]);
+    }
+}
+
+// Vector UP (O = alpha * O, per row) then cube PV accumulating P.V into O on the tile unit.
+template <int RV>
+void pv_page(Tile& t, std::int64_t pairs, const __m512* alpha) {
+  constexpr int W = RV * kLanes;
+  alignas(64) float a[W];
+  for (int v = 0; v < RV; ++v) _mm512_store_ps(a + v * kLanes, alpha[v]);
+  for (int r = 0; r < W; ++r) {
+    const __m512 ar = _mm512_set1_ps(a[r]);
+    float* o = t.o + r * t.dim;
+    for (std::int64_t d = 0; d < t.dim; d += 16) _mm512_store_ps(o + d, _mm512_mul_ps(ar, _mm512_load_ps(o + d)));
+  }
+  const std::int64_t steps = (pairs + 15) / 16;
+  for (int v = 0; v < RV; ++v)
+    for (std::int64_t pos = 0; pos < t.dim; pos += 16) {
+      float* o = t.o + v * kLanes * t.dim + pos;
+      _tile_loadd(0, o, t.dim * 4);
+      for (std::int64_t k = 0; k < steps; ++k) {
+        _tile_loadd(1, t.prm + v * kLanes * t.pairs_pad + 16 * k, t.pairs_pad * 4);
+        _tile_loadd(2, t.vi + 16 * k * t.dim + pos, t.dim * 4);
+        _tile_dpbf16ps(0, 1, 2);
+      }
+      _tile_stored(0, o, t.dim * 4);
+    }
+}
+
+template <int RV>
+void attend(const ChunkJob& job, const ChunkOut& out) {
+  constexpr int W = RV * kLanes;
+  const Problem& pr = *job.problem;
+  Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, 0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
+  t.pairs_pad = (t.bs / 2 + 15) / 16 * 16;
+  t.qt = static_cast<std::uint32_t*>(scratch(0, t.dim / 2 * W * 4));
+  t.s = static_cast<float*>(scratch(1, t.bs * W * 4));
+  t.pp = static_cast<std::uint32_t*>(scratch(2, t.pairs_pad * W * 4));
+  t.vi = static_cast<std::uint32_t*>(scratch(3, t.pairs_pad * t.dim * 4));
+  t.o = static_cast<float*>(scratch(4, W * t.dim * 4));
+  t.prm = static_cast<std::uint32_t*>(scratch(5, W * t.pairs_pad * 4));
+  for (std::int64_t p = 0; p < t.dim / 2; ++p)
+    for (int r = 0; r < W; ++r) {
+      std::uint32_t w = 0;
+      if (r < job.rows) std::memcpy(&w, pr.query_row(job.batch, job.head_begin + r) + 2 * p, 4);
+      t.qt[p * W + r] = w;
+    }
+  for (std::int64_t i = 0; i < W * t.dim; ++i) t.o[i] = 0.0f;
+  for (int r = 0; r < W; ++r) {
+    t.m[r] = -__builtin_inff();
+    t.l[r] = 0.0f;
+  }
+  const TileConfig config;
+  _tile_loadconfig(&config);
+  const std::int64_t len = pr.context_len(job.batch);
+  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
+    const std::int64_t page = pr.page(job.batch, i);
+    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
+    const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
+    const std::int64_t pairs = (valid + 1) / 2;
+    __m512 alpha[RV], l_i[RV];
+    qk_page<RV>(t, page, valid);
+    avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
+    transpose_p<RV>(t, pairs);
+    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, valid, (pairs + 15) / 16 * 16, next);
+    pv_page<RV>(t, pairs, alpha);
+    for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
+      _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
+  }
+  _tile_release();
+  for (int r = 0; r < job.rows; ++r) {
+    for (std::int64_t pos = 0; pos < t.dim; ++pos) out.o[r * t.dim + dim_of_position(pos)] = t.o[r * t.dim + pos];
+    out.m[r] = t.m[r];
+    out.l[r] = t.l[r];
+  }
+}
+
+}  // namespace
+
+void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out) {
+  if (job.rows <= 8) return attend_chunk_avx512bf16_narrow(job, out);
+  switch ((job.rows + kLanes - 1) / kLanes) {
+    case 1: return attend<1>(job, out);
+    case 2: return attend<2>(job, out);
+    case 3: return attend<3>(job, out);
+    default: return attend<4>(job, out);
+  }
+}
+
+}  // namespace mixpa::cpu
+
+#pragma GCC pop_options
