@@ -112,7 +112,45 @@ __attribute__((target("avx2,fma"))) float peak_fma_thread() {
   return out[0];
 }
 
+struct alignas(64) AmxConfig {
+  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+constexpr std::int64_t kAmxIters = 400'000;
+
+// Four independent 16x16 fp32 accumulator tiles (one tdpbf16ps = 16*16*32 MACs).
+__attribute__((target("amx-tile,amx-bf16"))) void peak_amx_thread() {
+  const AmxConfig config;
+  _tile_loadconfig(&config);
+  alignas(64) std::uint16_t ones[16 * 32];
+  for (auto& x : ones) x = 0x3f80;
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (std::int64_t i = 0; i < kAmxIters; ++i) {
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_dpbf16ps(1, 4, 5);
+    _tile_dpbf16ps(2, 4, 5);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+  alignas(64) float out[16 * 16];
+  _tile_stored(0, out, 64);
+  _tile_release();
+}
+
 }  // namespace
+
+Peak measure_amx_peak(int threads) {
+  double best = 1e30;
+  for (int trial = 0; trial < 7; ++trial)
+    best = std::min(best, timed_parallel(threads, threads, [&](std::int64_t) { peak_amx_thread(); }));
+  return {4.0 * 16 * 16 * 32 * 2 * static_cast<double>(kAmxIters) * threads / best / 1e9, "tdpbf16ps (AMX)"};
+}
 
 Peak measure_dot_peak(int threads) {
   const bool bf16 = __builtin_cpu_supports("avx512bf16");

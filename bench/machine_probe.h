@@ -19,5 +19,8 @@ struct Peak {
 };
 // Dot-product peak with 16 independent accumulator chains per thread on `threads` threads.
 Peak measure_dot_peak(int threads);
+// The AMX tile peak (tdpbf16ps, four independent accumulator tiles per thread). Only call it
+// when the cpu executor's "amx" flavour is supported (that also obtains the OS permission).
+Peak measure_amx_peak(int threads);
 
 }  // namespace mixpa::bench

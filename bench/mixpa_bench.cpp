@@ -16,6 +16,7 @@
 
 #include "core/cases.h"
 #include "core/parallel.h"
+#include "cpu/chunk_kernel.h"
 #include "machine_probe.h"
 #include "mixpa/paged_attention.h"
 #include "peer_dump.h"
@@ -103,9 +104,22 @@ int bench_main(int argc, char** argv) {
   const int threads = a.threads > 0 ? a.threads : hardware_threads();
   std::cout << "mixpa_bench: executor " << a.executor << ", " << threads << " threads, median of " << a.reps
             << " runs\n";
-  const Peak peak = measure_dot_peak(threads);
-  std::cout << "machine: dot-product peak " << peak.gflops << " GFLOP/s (" << peak.instruction
-            << ", 16 chains x " << threads << " threads)\n\n";
+  const Peak dot = measure_dot_peak(threads);
+  std::cout << "machine: dot-product peak " << dot.gflops << " GFLOP/s (" << dot.instruction << ", 16 chains x "
+            << threads << " threads)\n";
+  // The roofline's compute term uses the fastest bf16 instruction the cpu executor runs here.
+  Peak peak = dot;
+  if (a.executor == "cpu" || a.executor == "auto") {
+    const cpu::Isa isa = cpu::default_isa();
+    std::cout << "cpu executor kernels: " << cpu::isa_name(isa) << '\n';
+    if (isa == cpu::Isa::kAmx) {
+      const Peak amx = measure_amx_peak(threads);
+      std::cout << "machine: AMX peak " << amx.gflops << " GFLOP/s (" << amx.instruction << ", 4 tiles x " << threads
+                << " threads)\n";
+      if (amx.gflops > peak.gflops) peak = amx;
+    }
+  }
+  std::cout << "roofline compute term uses " << peak.instruction << "\n\n";
   for (const std::string& name : a.cases) {
     const Case c = generate_case(find_case(name), 1);
     std::int64_t tokens = 0;
