@@ -11,3 +11,9 @@ cmake --build build -j"$jobs"
 ctest --test-dir build -j"$jobs" --output-on-failure
 
 # (sections added by each area below)
+
+echo "== cpu executor: thread-pool and split-KV tests under ThreadSanitizer =="
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMIXPA_SANITIZE=thread -DMIXPA_CUDA=OFF \
+  -DMIXPA_BUILD_BENCH=OFF >/dev/null
+cmake --build build-tsan -j"$jobs" --target test_cpu
+./build-tsan/tests/test_cpu --gtest_filter='*Bitwise*:*CpuExecutor*:*SplitKv*'

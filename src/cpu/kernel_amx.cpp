@@ -26,7 +26,7 @@ namespace {
 
 using avx512::dim_of_position;
 using avx512::interleave_v;
-using avx512::prefetch_row;
+using avx512::prefetch_rows;
 
 constexpr int kLanes = 16;
 
@@ -71,11 +71,11 @@ struct Tile {
 // Cube QK on the tile unit: S^T for every 16-token block holding valid tokens. Rows of the last
 // block past `valid` are still inside the page; their scores are never read.
 template <int RV>
-void qk_page(Tile& t, std::int64_t page, std::int64_t valid) {
+void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
   constexpr int W = RV * kLanes;
   const std::int64_t kstride = t.pr->k_strides.row * 2;
   for (std::int64_t j0 = 0; j0 < valid; j0 += 16) {
-    for (std::int64_t j = j0; j < valid && j < j0 + 16; ++j) prefetch_row(t.pr->value_row(page, j, t.job->kv_head), t.dim);
+    prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid);
     const bf16* k = t.pr->key_row(page, j0, t.job->kv_head);
     for (int v = 0; v < RV; ++v) {
       _tile_zero(0);
@@ -157,16 +157,17 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   const TileConfig config;
   _tile_loadconfig(&config);
   const std::int64_t len = pr.context_len(job.batch);
+  if (job.page_begin < job.page_end) prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, job.page_begin), 0, t.bs);
   for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
     const std::int64_t page = pr.page(job.batch, i);
     const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
     const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
     const std::int64_t pairs = (valid + 1) / 2;
     __m512 alpha[RV], l_i[RV];
-    qk_page<RV>(t, page, valid);
+    qk_page<RV>(t, page, valid, next);
     avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
     transpose_p<RV>(t, pairs);
-    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, valid, (pairs + 15) / 16 * 16, next);
+    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, valid, (pairs + 15) / 16 * 16);
     pv_page<RV>(t, pairs, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));

@@ -29,7 +29,7 @@ namespace {
 using avx512::dim_of_position;
 using avx512::exp512;
 using avx512::interleave_v;
-using avx512::prefetch_row;
+using avx512::prefetch_rows;
 
 constexpr int kLanes = 16;
 
@@ -54,12 +54,11 @@ struct Tile {
 
 // QK for NJ consecutive valid tokens starting at j0; writes s[j0 .. j0+NJ).
 template <int RV, int NJ>
-inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale, std::int64_t prefetch_page) {
+inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale) {
   constexpr int W = RV * kLanes, PB = RV == 3 ? 2 : 8 / RV;
   const bf16* k[NJ];
   for (int j = 0; j < NJ; ++j) {
     k[j] = t.pr->key_row(page, j0 + j, t.job->kv_head);
-    prefetch_row(t.pr->value_row(prefetch_page, j0 + j, t.job->kv_head), t.dim);
   }
   __m512 acc[NJ][RV];
 #pragma GCC unroll 16
@@ -86,14 +85,15 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale,
     for (int v = 0; v < RV; ++v) _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes, _mm512_mul_ps(acc[j][v], scale));
 }
 
-// Cube QK: scores of the page's valid tokens; meanwhile prefetch this page's V rows.
+// Cube QK: scores of the page's valid tokens; meanwhile prefetch the next page.
 template <int RV>
-void qk_page(Tile& t, std::int64_t page, std::int64_t valid) {
+void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
   constexpr int TJ = RV == 3 ? 5 : 16 / RV;
+  prefetch_rows(t.pr, t.job->kv_head, t.dim, next, 0, t.bs);
   const __m512 scale = _mm512_set1_ps(t.pr->scale);
   std::int64_t j = 0;
-  for (; j + TJ <= valid; j += TJ) qk_tokens<RV, TJ>(t, page, j, scale, page);
-  for (; j < valid; ++j) qk_tokens<RV, 1>(t, page, j, scale, page);
+  for (; j + TJ <= valid; j += TJ) qk_tokens<RV, TJ>(t, page, j, scale);
+  for (; j < valid; ++j) qk_tokens<RV, 1>(t, page, j, scale);
 }
 
 // Vector SF (shared with the AMX kernel).
@@ -115,9 +115,9 @@ inline void update(Tile& t, std::int64_t pos0, const __m512 (&oi)[TD][RV], const
 
 // Cube PV then vector UP, TD output positions at a time (accumulators stay in registers).
 template <int RV>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next_page, const __m512* alpha) {
+void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV >= 3 ? 4 : 16 / RV;
-  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, (valid + 1) / 2, next_page);
+  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, (valid + 1) / 2);
   const std::int64_t pairs = (valid + 1) / 2;
   for (std::int64_t pos0 = 0; pos0 < t.dim; pos0 += TD) {
     __m512 acc[TD][RV];
@@ -163,9 +163,9 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
     const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
     __m512 alpha[RV], l_i[RV];
-    qk_page<RV>(t, page, valid);
+    qk_page<RV>(t, page, valid, next);
     softmax_page<RV>(t, valid, alpha, l_i);
-    pv_page<RV>(t, page, valid, next, alpha);
+    pv_page<RV>(t, page, valid, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
   }

@@ -81,12 +81,12 @@ struct Tile {
 
 // Cube QK for 16 tokens from j0 (rows past `valid` read a zero row and score -inf).
 template <int C>
-void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale) {
+void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, std::int64_t next) {
+  avx512::prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid);
   constexpr int NT = 16;
   const bf16* k[NT];
   for (int j = 0; j < NT; ++j) {
     k[j] = j0 + j < valid ? t.pr->key_row(page, j0 + j, t.job->kv_head) : kZeroRow;
-    if (j0 + j < valid) avx512::prefetch_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.dim);  // for PV
   }
   __m512 acc[NT];
 #pragma GCC unroll 16
@@ -189,15 +189,16 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   }
   const __m512 scale = _mm512_set1_ps(pr.scale);
   const std::int64_t len = pr.context_len(job.batch);
+  if (job.page_begin < job.page_end) avx512::prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, job.page_begin), 0, t.bs);
   for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
     const std::int64_t page = pr.page(job.batch, i);
     const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
     const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
     const std::int64_t blocks = (valid + 15) / 16;
     __m512 alpha, l_i;
-    for (std::int64_t b = 0; b < blocks; ++b) qk_block<C>(t, page, b * 16, valid, scale);
+    for (std::int64_t b = 0; b < blocks; ++b) qk_block<C>(t, page, b * 16, valid, scale, next);
     softmax_page<C>(t, blocks * 16 / C, alpha, l_i);
-    interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, blocks * 8, next);
+    interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, blocks * 8);
     pv_page<C>(t, blocks * 8, alpha);
     _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
   }

@@ -29,22 +29,25 @@ inline __m512 exp512(__m512 x) {
   return _mm512_maskz_scalef_ps(live, p, n);
 }
 
-inline void prefetch_row(const bf16* row, std::int64_t dim) {
-  for (std::int64_t b = 0; b < dim * 2; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T0);
+// Pages are random in memory, so the hardware streamers (which stop at 4 KiB boundaries) do
+// not find them: each kernel prefetches the K and V rows of its *next* page while it computes
+// the current one, spread over the current page's token blocks so requests stay in flight
+// all the time. Into L2 (T1): measured 1.8x vs 1.95x of the roofline for T0 on Case1.
+inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
+                          std::int64_t j0, std::int64_t j1) {
+  if (page < 0) return;
+  for (std::int64_t j = j0; j < j1 && j < pr->shape.block_size; ++j)
+    for (const bf16* row : {pr->key_row(page, j, kv_head), pr->value_row(page, j, kv_head)})
+      for (std::int64_t b = 0; b < dim * 2; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T1);
 }
 
 // vi[jp][dim] = V rows (2jp, 2jp+1) paired per dim within 128-bit lanes (vpunpck{l,h}wd), for
-// jp < pairs; rows at or past `valid` pair as 0 and are never loaded. Meanwhile the K rows of
-// `next_page` (if >= 0) are prefetched.
+// jp < pairs; rows at or past `valid` pair as 0 and are never loaded.
 inline void interleave_v(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::uint32_t* vi, std::int64_t page,
-                         std::int64_t valid, std::int64_t pairs, std::int64_t next_page) {
+                         std::int64_t valid, std::int64_t pairs) {
   for (std::int64_t jp = 0; jp < pairs; ++jp) {
     const bf16* a = 2 * jp < valid ? pr->value_row(page, 2 * jp, kv_head) : nullptr;
     const bf16* b = 2 * jp + 1 < valid ? pr->value_row(page, 2 * jp + 1, kv_head) : nullptr;
-    if (next_page >= 0 && 2 * jp + 1 < pr->shape.block_size) {
-      prefetch_row(pr->key_row(next_page, 2 * jp, kv_head), dim);
-      prefetch_row(pr->key_row(next_page, 2 * jp + 1, kv_head), dim);
-    }
     for (std::int64_t c = 0; c < dim; c += 32) {
       const __m512i va = a ? _mm512_loadu_si512(a + c) : _mm512_setzero_si512();
       const __m512i vb = b ? _mm512_loadu_si512(b + c) : _mm512_setzero_si512();
