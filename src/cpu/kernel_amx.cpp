@@ -37,19 +37,27 @@ struct alignas(64) TileConfig {
   std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-// 16x16 transpose of 32-bit words: four butterfly stages swapping off-diagonal blocks.
+// 16x16 transpose of 32-bit words: four butterfly stages swapping off-diagonal blocks of b
+// (b = 8, 4, 2, 1). Index tables: lanes without bit b keep theirs / take the partner's.
+struct TransposeIndex {
+  alignas(64) std::int32_t a[4][16], b[4][16];
+  TransposeIndex() {
+    for (int s = 0, blk = 8; s < 4; ++s, blk /= 2)
+      for (int lane = 0; lane < 16; ++lane) {
+        a[s][lane] = (lane & blk) == 0 ? lane : 16 + lane - blk;
+        b[s][lane] = (lane & blk) == 0 ? lane + blk : 16 + lane;
+      }
+  }
+};
+const TransposeIndex kTranspose;
+
 inline void transpose16(__m512i* r) {
-  for (int b = 8; b >= 1; b /= 2) {
-    alignas(64) std::int32_t ia[16], ib[16];
-    for (int lane = 0; lane < 16; ++lane) {
-      ia[lane] = (lane & b) == 0 ? lane : 16 + lane - b;
-      ib[lane] = (lane & b) == 0 ? lane + b : 16 + lane;
-    }
-    const __m512i xa = _mm512_load_si512(ia), xb = _mm512_load_si512(ib);
+  for (int s = 0, blk = 8; s < 4; ++s, blk /= 2) {
+    const __m512i xa = _mm512_load_si512(kTranspose.a[s]), xb = _mm512_load_si512(kTranspose.b[s]);
     for (int i = 0; i < 16; ++i)
-      if ((i & b) == 0) {
-        const __m512i lo = _mm512_permutex2var_epi32(r[i], xa, r[i + b]);
-        r[i + b] = _mm512_permutex2var_epi32(r[i], xb, r[i + b]);
+      if ((i & blk) == 0) {
+        const __m512i lo = _mm512_permutex2var_epi32(r[i], xa, r[i + blk]);
+        r[i + blk] = _mm512_permutex2var_epi32(r[i], xb, r[i + blk]);
         r[i] = lo;
       }
   }
@@ -75,7 +83,7 @@ void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) 
   constexpr int W = RV * kLanes;
   const std::int64_t kstride = t.pr->k_strides.row * 2;
   for (std::int64_t j0 = 0; j0 < valid; j0 += 16) {
-    prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid);
+    prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid, 1);
     const bf16* k = t.pr->key_row(page, j0, t.job->kv_head);
     for (int v = 0; v < RV; ++v) {
       _tile_zero(0);
@@ -167,7 +175,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     qk_page<RV>(t, page, valid, next);
     avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
     transpose_p<RV>(t, pairs);
-    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, valid, (pairs + 15) / 16 * 16);
+    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, valid, (pairs + 15) / 16 * 16, next);
     pv_page<RV>(t, pairs, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));

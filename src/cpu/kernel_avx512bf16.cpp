@@ -89,7 +89,7 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale)
 template <int RV>
 void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
   constexpr int TJ = RV == 3 ? 5 : 16 / RV;
-  prefetch_rows(t.pr, t.job->kv_head, t.dim, next, 0, t.bs);
+  prefetch_rows(t.pr, t.job->kv_head, t.dim, next, 0, t.bs, 1);
   const __m512 scale = _mm512_set1_ps(t.pr->scale);
   std::int64_t j = 0;
   for (; j + TJ <= valid; j += TJ) qk_tokens<RV, TJ>(t, page, j, scale);
@@ -115,9 +115,9 @@ inline void update(Tile& t, std::int64_t pos0, const __m512 (&oi)[TD][RV], const
 
 // Cube PV then vector UP, TD output positions at a time (accumulators stay in registers).
 template <int RV>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512* alpha) {
+void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV >= 3 ? 4 : 16 / RV;
-  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, (valid + 1) / 2);
+  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, (valid + 1) / 2, next);
   const std::int64_t pairs = (valid + 1) / 2;
   for (std::int64_t pos0 = 0; pos0 < t.dim; pos0 += TD) {
     __m512 acc[TD][RV];
@@ -165,7 +165,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     __m512 alpha[RV], l_i[RV];
     qk_page<RV>(t, page, valid, next);
     softmax_page<RV>(t, valid, alpha, l_i);
-    pv_page<RV>(t, page, valid, alpha);
+    pv_page<RV>(t, page, valid, next, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
   }

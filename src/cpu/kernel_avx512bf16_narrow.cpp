@@ -82,7 +82,7 @@ struct Tile {
 // Cube QK for 16 tokens from j0 (rows past `valid` read a zero row and score -inf).
 template <int C>
 void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, std::int64_t next) {
-  avx512::prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid);
+  avx512::prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid, 1);
   constexpr int NT = 16;
   const bf16* k[NT];
   for (int j = 0; j < NT; ++j) {
@@ -198,7 +198,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     __m512 alpha, l_i;
     for (std::int64_t b = 0; b < blocks; ++b) qk_block<C>(t, page, b * 16, valid, scale, next);
     softmax_page<C>(t, blocks * 16 / C, alpha, l_i);
-    interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, blocks * 8);
+    interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, blocks * 8, next);
     pv_page<C>(t, blocks * 8, alpha);
     _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
   }

@@ -33,19 +33,28 @@ inline __m512 exp512(__m512 x) {
 // not find them: each kernel prefetches the K and V rows of its *next* page while it computes
 // the current one, spread over the current page's token blocks so requests stay in flight
 // all the time. Into L2 (T1): measured 1.8x vs 1.95x of the roofline for T0 on Case1.
+// `which`: 1 = K rows, 2 = V rows, 3 = both.
 inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
-                          std::int64_t j0, std::int64_t j1) {
+                          std::int64_t j0, std::int64_t j1, int which = 3) {
   if (page < 0) return;
-  for (std::int64_t j = j0; j < j1 && j < pr->shape.block_size; ++j)
-    for (const bf16* row : {pr->key_row(page, j, kv_head), pr->value_row(page, j, kv_head)})
-      for (std::int64_t b = 0; b < dim * 2; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row) + b, _MM_HINT_T1);
+  for (std::int64_t j = j0; j < j1 && j < pr->shape.block_size; ++j) {
+    if (which & 1)
+      for (std::int64_t b = 0; b < dim * 2; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(pr->key_row(page, j, kv_head)) + b, _MM_HINT_T1);
+    if (which & 2)
+      for (std::int64_t b = 0; b < dim * 2; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(pr->value_row(page, j, kv_head)) + b, _MM_HINT_T1);
+  }
 }
 
 // vi[jp][dim] = V rows (2jp, 2jp+1) paired per dim within 128-bit lanes (vpunpck{l,h}wd), for
-// jp < pairs; rows at or past `valid` pair as 0 and are never loaded.
+// jp < pairs; rows at or past `valid` pair as 0 and are never loaded. Meanwhile the V rows of
+// `next` (a page id, or -1) are prefetched, spread over the pairs.
 inline void interleave_v(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::uint32_t* vi, std::int64_t page,
-                         std::int64_t valid, std::int64_t pairs) {
+                         std::int64_t valid, std::int64_t pairs, std::int64_t next) {
+  const std::int64_t bs = pr->shape.block_size;
   for (std::int64_t jp = 0; jp < pairs; ++jp) {
+    prefetch_rows(pr, kv_head, dim, next, jp * bs / pairs, (jp + 1) * bs / pairs, 2);
     const bf16* a = 2 * jp < valid ? pr->value_row(page, 2 * jp, kv_head) : nullptr;
     const bf16* b = 2 * jp + 1 < valid ? pr->value_row(page, 2 * jp + 1, kv_head) : nullptr;
     for (std::int64_t c = 0; c < dim; c += 32) {
