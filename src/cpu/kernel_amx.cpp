@@ -165,11 +165,12 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   const TileConfig config;
   _tile_loadconfig(&config);
   const std::int64_t len = pr.context_len(job.batch);
-  if (job.page_begin < job.page_end) prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, job.page_begin), 0, t.bs);
+  for (std::int64_t i = job.page_begin; i < job.page_end && i < job.page_begin + avx512::kPrefetchPages; ++i)
+    avx512::prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, i), 0, t.bs);
   for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
     const std::int64_t page = pr.page(job.batch, i);
     const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
+    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t pairs = (valid + 1) / 2;
     __m512 alpha[RV], l_i[RV];
     qk_page<RV>(t, page, valid, next);

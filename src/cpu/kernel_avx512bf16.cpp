@@ -161,7 +161,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
     const std::int64_t page = pr.page(job.batch, i);
     const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
+    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     __m512 alpha[RV], l_i[RV];
     qk_page<RV>(t, page, valid, next);
     softmax_page<RV>(t, valid, alpha, l_i);

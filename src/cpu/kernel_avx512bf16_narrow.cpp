@@ -189,11 +189,12 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   }
   const __m512 scale = _mm512_set1_ps(pr.scale);
   const std::int64_t len = pr.context_len(job.batch);
-  if (job.page_begin < job.page_end) avx512::prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, job.page_begin), 0, t.bs);
+  for (std::int64_t i = job.page_begin; i < job.page_end && i < job.page_begin + avx512::kPrefetchPages; ++i)
+    avx512::prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, i), 0, t.bs);
   for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
     const std::int64_t page = pr.page(job.batch, i);
     const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + 1 < job.page_end ? pr.page(job.batch, i + 1) : -1;
+    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t blocks = (valid + 15) / 16;
     __m512 alpha, l_i;
     for (std::int64_t b = 0; b < blocks; ++b) qk_block<C>(t, page, b * 16, valid, scale, next);

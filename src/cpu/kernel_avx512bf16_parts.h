@@ -33,6 +33,13 @@ inline __m512 exp512(__m512 x) {
 // not find them: each kernel prefetches the K and V rows of its *next* page while it computes
 // the current one, spread over the current page's token blocks so requests stay in flight
 // all the time. Into L2 (T1): measured 1.8x vs 1.95x of the roofline for T0 on Case1.
+// How many pages ahead of the one being computed the prefetches run (1, 2 and 4 measured
+// the same on Case1: 1.57-1.75x of the roofline, within noise).
+#ifndef MIXPA_PREFETCH_PAGES
+#define MIXPA_PREFETCH_PAGES 1
+#endif
+constexpr std::int64_t kPrefetchPages = MIXPA_PREFETCH_PAGES;
+
 // `which`: 1 = K rows, 2 = V rows, 3 = both.
 inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
                           std::int64_t j0, std::int64_t j1, int which = 3) {
