@@ -6,6 +6,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +26,8 @@ using namespace nb::literals;
 
 namespace mixpa::python {
 namespace {
+
+std::atomic<bool> gil_held_during_run{true};  // for the tests: was the GIL released?
 
 constexpr const char* kNames[] = {"query", "key_cache", "value_cache", "block_table", "context_lens"};
 
@@ -78,6 +81,7 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
   record_seen(std::move(seen));
   {
     nb::gil_scoped_release release;
+    gil_held_during_run = PyGILState_Check() != 0;
     run(in, options, view);
   }
   return result;
@@ -143,6 +147,7 @@ NB_MODULE(_mixpa, m) {
   m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
   m.def("case_names", &case_names);
   m.def("make_case", &make_case, "name"_a, "seed"_a);
+  m.def("_gil_held_during_last_run", [] { return gil_held_during_run.load(); });
   m.def("_last_call", &seen_list, "(name, data pointer, shape, strides) of each tensor the last call saw.");
 #if MIXPA_PYTHON_HAVE_IO
   m.def("load_case", &load_case_file, "path"_a);
