@@ -11,3 +11,9 @@ cmake --build build -j"$jobs"
 ctest --test-dir build -j"$jobs" --output-on-failure
 
 # (sections added by each area below)
+
+echo "== python: pip install . + pytest tests/python =="
+# CI needs: numpy ml_dtypes pytest scikit-build-core nanobind (torch optional: its tests skip without it).
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore numpy ml_dtypes pytest scikit-build-core nanobind
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation .
+python3 -m pytest tests/python -q
