@@ -7,7 +7,7 @@
             paged_attention on it, against the KV cache's size.
 
     python3 bench/python/python_overhead.py overhead --case SmallCase1 --executor reference
-    python3 bench/python/python_overhead.py rss --case Case1 --executor reference
+    python3 bench/python/python_overhead.py rss --case Case1 --executor reference [--torch]
 """
 import argparse
 import resource
@@ -51,15 +51,22 @@ def overhead(args):
 
 
 def rss(args):
+    if args.torch:
+        import torch  # noqa: F401 (imported before the baseline: torch itself takes memory)
     base = peak_rss_bytes()
     c = mixpa.make_case(args.case, args.seed)
     after_case = peak_rss_bytes()
+    inputs = c.inputs()
+    if args.torch:  # the same memory as torch tensors (torch.from_numpy shares it)
+        import torch
+        inputs = [torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype.itemsize == 2
+                  else torch.from_numpy(a) for a in inputs]
     t = time.perf_counter()
-    out = c.run(executor=args.executor)
+    out = mixpa.paged_attention(*inputs, scale=c.scale, executor=args.executor)
     seconds = time.perf_counter() - t
     after_call = peak_rss_bytes()
     kv = c.kv_bytes
-    print(f"{args.case}: KV cache {kv / MiB:.0f} MiB (key + value), out {out.nbytes / MiB:.1f} MiB, "
+    print(f"{args.case} ({'torch' if args.torch else 'numpy'} inputs): KV cache {kv / MiB:.0f} MiB (key + value), out {out.numel() * 4 / MiB if args.torch else out.nbytes / MiB:.1f} MiB, "
           f"executor={args.executor} call {seconds:.2f} s")
     print(f"  peak RSS: after import {base / MiB:.0f} MiB, after make_case {after_case / MiB:.0f} MiB, "
           f"after paged_attention {after_call / MiB:.0f} MiB")
@@ -74,6 +81,7 @@ def main():
     ap.add_argument("--executor", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--torch", action="store_true", help="rss: pass torch tensors (sharing the NumPy memory)")
     args = ap.parse_args()
     args.case = args.case or ("SmallCase1" if args.mode == "overhead" else "Case1")
     (overhead if args.mode == "overhead" else rss)(args)

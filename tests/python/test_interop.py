@@ -121,3 +121,11 @@ def test_torch_cuda_tensor(rng):
         pytest.skip("cuda executor present: device tensors are the cuda area's to test")
     with pytest.raises(ValueError, match="query: CUDA tensor given but this build has no cuda executor"):
         mixpa.paged_attention(*tensors)
+
+
+def test_executors_and_auto(rng):
+    names = mixpa.executors()
+    assert isinstance(names, list) and "reference" in names and all(isinstance(n, str) for n in names)
+    p = random_problem(rng)
+    np.testing.assert_array_equal(mixpa.paged_attention(*p.inputs(), executor="auto"),
+                                  mixpa.paged_attention(*p.inputs(), executor=names[0]))
