@@ -49,6 +49,11 @@ bool to_mixpa_dtype(nb::dlpack::dtype t, bool bf16_bits, DType& out) {
   return true;
 }
 
+std::string expected_dtype(std::string_view name) {
+  if (name == "block_table" || name == "context_lens") return "I32 (int32)";
+  return "BF16 (torch.bfloat16 or ml_dtypes.bfloat16)";
+}
+
 std::string names_string() {
   std::ostringstream s;
   s << '{';
@@ -91,20 +96,23 @@ std::vector<SeenTensor> seen_last;
 TensorView import_tensor(const char* name, nb::handle obj, bool bf16_bits, std::vector<ReadArray>& keep) {
   if (obj.is_none()) return {};
   ReadArray a;
-  if (!nb::try_cast(obj, a, /*convert=*/false))
+  if (!nb::try_cast(obj, a, /*convert=*/false)) {
+    PyErr_Clear();  // a failed import may leave the producer's error (e.g. BufferError) set
+    if (nb::hasattr(obj, "dtype")) {  // an array, but not one DLPack can share (byte order, object dtype, ...)
+      const nb::object dtype = obj.attr("dtype");
+      throw Error(std::string(name) + ": cannot read a " + nb::type_name(obj.type()).c_str() + " of dtype " +
+                  nb::str(dtype).c_str() + " in place, expected " + expected_dtype(name));
+    }
     throw Error(std::string(name) + ": expected a NumPy array or a PyTorch tensor (DLPack or buffer protocol), got " +
                 nb::type_name(obj.type()).c_str());
+  }
   require_cpu(name, a.device_type());
   if (a.ndim() < 1 || a.ndim() > static_cast<size_t>(kMaxRank))
     throw Error(std::string(name) + ": rank is " + std::to_string(a.ndim()) + " (shape " + shape_of(a) +
                 "), mixpa tensors have rank 1 to " + std::to_string(kMaxRank));
   TensorView v;
-  if (!to_mixpa_dtype(a.dtype(), bf16_bits, v.dtype)) {
-    const std::string_view n(name);
-    const bool index = n == "block_table" || n == "context_lens";
-    throw Error(std::string(name) + ": dtype is " + dlpack_dtype_name(a.dtype()) + ", expected " +
-                (index ? "I32 (int32)" : "BF16 (torch.bfloat16 or ml_dtypes.bfloat16)"));
-  }
+  if (!to_mixpa_dtype(a.dtype(), bf16_bits, v.dtype))
+    throw Error(std::string(name) + ": dtype is " + dlpack_dtype_name(a.dtype()) + ", expected " + expected_dtype(name));
   v.data = a.data();
   v.rank = static_cast<int>(a.ndim());
   for (int d = 0; d < v.rank; ++d) {
@@ -117,9 +125,11 @@ TensorView import_tensor(const char* name, nb::handle obj, bool bf16_bits, std::
 
 WriteArray import_output(nb::handle obj, float*& data, std::array<std::int64_t, 3>& shape) {
   WriteArray a;
-  if (!nb::try_cast(obj, a, /*convert=*/false))
+  if (!nb::try_cast(obj, a, /*convert=*/false)) {
+    PyErr_Clear();
     throw Error(std::string("out: expected a writable float32 NumPy array or PyTorch tensor, got ") +
                 nb::type_name(obj.type()).c_str() + " (read-only arrays are not accepted)");
+  }
   require_cpu("out", a.device_type());
   const auto t = a.dtype();
   if (t.code != static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float) || t.bits != 32 || t.lanes != 1)

@@ -134,6 +134,12 @@ def test_not_an_array():
     expect_rejected(replace("block_table", lambda x: x.tolist()), "block_table: expected a NumPy array", "list")
 
 
+def test_array_that_cannot_be_shared():
+    expect_rejected(replace("context_lens", lambda x: x.astype(">i4")), "context_lens: cannot read a ndarray of dtype",
+                    "in place, expected I32")
+    expect_rejected(replace("query", lambda x: x.astype(object)), "query: cannot read", "expected BF16")
+
+
 @pytest.mark.parametrize("scale,fragment", [(float("inf"), "not finite"), (float("nan"), "not finite"),
                                             (1e300, "overflows float32")])
 def test_non_finite_scale(scale, fragment):
