@@ -17,3 +17,9 @@ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMIXPA_SANITIZE=thre
   -DMIXPA_BUILD_BENCH=OFF >/dev/null
 cmake --build build-tsan -j"$jobs" --target test_cpu
 ./build-tsan/tests/test_cpu --gtest_filter='*Bitwise*:*CpuExecutor*:*SplitKv*'
+
+echo "== python: pip install . + pytest tests/python =="
+# CI needs: numpy ml_dtypes pytest scikit-build-core nanobind (torch optional: its tests skip without it).
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore numpy ml_dtypes pytest scikit-build-core nanobind
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation .
+python3 -m pytest tests/python -q

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""What calling mixpa from Python costs: per-call overhead and memory (no copy of the KV cache).
+
+  overhead: median time of mixpa.paged_attention on a case vs on an empty problem (same shapes'
+            kind, context 0: validation + dispatch only), from the same run.
+  rss:      peak RSS (ru_maxrss) after import, after make_case (the KV cache), and after
+            paged_attention on it, against the KV cache's size.
+
+    python3 bench/python/python_overhead.py overhead --case SmallCase1 --executor reference
+    python3 bench/python/python_overhead.py rss --case Case1 --executor reference [--torch]
+"""
+import argparse
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import mixpa
+
+MiB = 1 << 20
+
+
+def peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def median_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def overhead(args):
+    c = mixpa.make_case(args.case, args.seed)
+    out = np.empty(c.query.shape, dtype=np.float32)
+    empty_lens = np.zeros_like(c.context_lens)
+    call = lambda: c.run(executor=args.executor, out=out)  # noqa: E731
+    call_empty = lambda: mixpa.paged_attention(c.query, c.key_cache, c.value_cache, c.block_table,  # noqa: E731
+                                               empty_lens, scale=c.scale, executor=args.executor, out=out)
+    call()  # warm-up
+    full = median_seconds(call, args.repeats)
+    empty = median_seconds(call_empty, max(args.repeats, 200))
+    print(f"{args.case} executor={args.executor}: paged_attention median {full * 1e3:.3f} ms over {args.repeats} calls")
+    print(f"  same call with every context length 0 (binding + validation + dispatch): median {empty * 1e6:.1f} us")
+    print(f"  overhead share of the full call: {empty / full:.2e}")
+
+
+def rss(args):
+    if args.torch:
+        import torch  # noqa: F401 (imported before the baseline: torch itself takes memory)
+    base = peak_rss_bytes()
+    c = mixpa.make_case(args.case, args.seed)
+    after_case = peak_rss_bytes()
+    inputs = c.inputs()
+    if args.torch:  # the same memory as torch tensors (torch.from_numpy shares it)
+        import torch
+        inputs = [torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype.itemsize == 2
+                  else torch.from_numpy(a) for a in inputs]
+    t = time.perf_counter()
+    out = mixpa.paged_attention(*inputs, scale=c.scale, executor=args.executor)
+    seconds = time.perf_counter() - t
+    after_call = peak_rss_bytes()
+    kv = c.kv_bytes
+    print(f"{args.case} ({'torch' if args.torch else 'numpy'} inputs): KV cache {kv / MiB:.0f} MiB (key + value), out {out.numel() * 4 / MiB if args.torch else out.nbytes / MiB:.1f} MiB, "
+          f"executor={args.executor} call {seconds:.2f} s")
+    print(f"  peak RSS: after import {base / MiB:.0f} MiB, after make_case {after_case / MiB:.0f} MiB, "
+          f"after paged_attention {after_call / MiB:.0f} MiB")
+    print(f"  growth during the call: {(after_call - after_case) / MiB:.1f} MiB "
+          f"= {(after_call - after_case) / kv:.4f} x KV size (a copy of the KV cache would be >= 1.0)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=["overhead", "rss"])
+    ap.add_argument("--case", default=None)
+    ap.add_argument("--executor", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--torch", action="store_true", help="rss: pass torch tensors (sharing the NumPy memory)")
+    args = ap.parse_args()
+    args.case = args.case or ("SmallCase1" if args.mode == "overhead" else "Case1")
+    (overhead if args.mode == "overhead" else rss)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

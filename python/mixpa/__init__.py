@@ -1,0 +1,141 @@
+"""mixpa: decode-phase paged attention over a bf16 paged KV cache, from NumPy and PyTorch.
+
+All the work happens in the C++ core (the ``_mixpa`` extension): this module only maps
+Python objects onto it. Tensors are passed without copying (DLPack / buffer protocol).
+
+    out = mixpa.paged_attention(query, key_cache, value_cache, block_table, context_lens)
+
+query bf16 [batch, num_heads, head_dim], key_cache / value_cache bf16 [num_blocks, block_size,
+num_kv_heads, head_dim] (any strides with unit head_dim stride), block_table int32
+[batch, max_blocks_per_req], context_lens int32 [batch]; out float32 [batch, num_heads, head_dim].
+bf16 is torch.bfloat16 or NumPy's ml_dtypes.bfloat16. Invalid input raises ValueError with the
+same one-line message as the C++ library and the CLI.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import ml_dtypes
+import numpy as np
+
+from . import _mixpa
+
+__all__ = ["Case", "case_names", "executors", "load_case", "make_case", "paged_attention", "save_case"]
+__version__ = "0.1.0"
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_TENSOR_NAMES = ("query", "key_cache", "value_cache", "block_table", "context_lens")
+
+
+def executors() -> list[str]:
+    """Executors this build can run on this machine, fastest first ("auto" picks the first)."""
+    return list(_mixpa.executors())
+
+
+def case_names() -> list[str]:
+    """Names of the built-in cases (SPEC §4 plus benchmark shapes), for make_case()."""
+    return list(_mixpa.case_names())
+
+
+def _is_torch(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _prepare(tensors):
+    """NumPy bf16 arrays become zero-copy uint16 views (DLPack has no NumPy bf16); the mask
+    tells the core which tensors hold bf16 bits. Everything else passes through untouched."""
+    mask = 0
+    out = []
+    for i, t in enumerate(tensors):
+        if isinstance(t, np.ndarray) and t.dtype == _BF16:
+            t = t.view(np.uint16)
+            mask |= 1 << i
+        out.append(t)
+    return out, mask
+
+
+def paged_attention(query, key_cache, value_cache, block_table, context_lens, *,
+                    scale: Optional[float] = None, executor: str = "auto", out=None,
+                    hw_blocks: int = 24, pipe_depth: int = 2, num_threads: int = 0):
+    """Decode-phase paged attention; returns ``out`` (float32 [batch, num_heads, head_dim]).
+
+    ``scale`` defaults to 1/sqrt(head_dim). ``out``, when given, must be a writable C-contiguous
+    float32 array/tensor of that shape and is written in place and returned; otherwise a new
+    NumPy array is returned (a torch tensor sharing its memory when ``query`` is a torch tensor).
+    The GIL is released while the kernel runs. Raises ValueError on invalid input.
+    """
+    tensors, mask = _prepare((query, key_cache, value_cache, block_table, context_lens))
+    result = _mixpa.paged_attention(*tensors, mask, None if scale is None else float(scale), executor, out,
+                                    hw_blocks, pipe_depth, num_threads)
+    if out is None and _is_torch(query):
+        import torch
+        return torch.from_numpy(result)
+    return result
+
+
+@dataclass
+class Case:
+    """One problem instance: NumPy arrays (bf16 through ml_dtypes) and its softmax scale."""
+    query: np.ndarray
+    key_cache: np.ndarray
+    value_cache: np.ndarray
+    block_table: np.ndarray
+    context_lens: np.ndarray
+    scale: float
+    name: str = ""
+
+    def inputs(self):
+        """The five tensors in paged_attention's order."""
+        return (self.query, self.key_cache, self.value_cache, self.block_table, self.context_lens)
+
+    def run(self, **kwargs):
+        """paged_attention on this case with its own scale (kwargs go to paged_attention)."""
+        kwargs.setdefault("scale", self.scale)
+        return paged_attention(*self.inputs(), **kwargs)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes held by the key and value caches."""
+        return int(self.key_cache.nbytes + self.value_cache.nbytes)
+
+
+def _case_from_dict(d) -> Case:
+    bf16 = {k: d[k].view(_BF16) for k in ("query", "key_cache", "value_cache")}
+    return Case(block_table=d["block_table"], context_lens=d["context_lens"], scale=float(d["scale"]),
+                name=str(d["name"]), **bf16)
+
+
+def make_case(name: str, seed: int = 0) -> Case:
+    """Generates a built-in case (Case1, Case2, SmallCase1, ...): the same bytes as `mixpa gen`.
+    The arrays own the generator's buffers directly (no copy)."""
+    return _case_from_dict(_mixpa.make_case(name, seed))
+
+
+def _require_io():
+    if not getattr(_mixpa, "has_io", False):
+        raise RuntimeError("this build of mixpa has no safetensors I/O (src/io was not built)")
+
+
+def load_case(path) -> Case:
+    """Reads a case file (safetensors: query, key_cache, value_cache, block_table, context_lens,
+    metadata scale). Raises ValueError for a missing, truncated or malformed file."""
+    _require_io()
+    return _case_from_dict(_mixpa.load_case(str(path)))
+
+
+def save_case(path, case: Optional[Case] = None, *, query=None, key_cache=None, value_cache=None,
+              block_table=None, context_lens=None, scale: Optional[float] = None) -> None:
+    """Writes a case file readable by load_case() and the CLI (`mixpa run --case-file`).
+    Pass a Case, or the five tensors and scale as keywords (NumPy or torch; caches may be strided).
+    The file is written to a temporary name and renamed, so a failure leaves no partial file."""
+    _require_io()
+    if case is not None:
+        query, key_cache, value_cache, block_table, context_lens = case.inputs()
+        scale = case.scale if scale is None else scale
+    if scale is None:
+        raise ValueError("scale: missing (save_case needs the softmax scale to store)")
+    tensors, mask = _prepare((query, key_cache, value_cache, block_table, context_lens))
+    _mixpa.save_case(str(path), *tensors, mask, float(scale))

@@ -1,0 +1,160 @@
+// The _mixpa extension: paged_attention over Python tensors (zero-copy, GIL released),
+// executors, cases (generate / load / save). mixpa::Error becomes ValueError, message unchanged.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "case_arrays.h"
+#include "core/cases.h"
+#include "core/validate.h"
+#include "mixpa/error.h"
+#include "mixpa/paged_attention.h"
+#include "tensor_import.h"
+#if MIXPA_PYTHON_HAVE_IO
+#include "io/safetensors.h"
+#endif
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace mixpa::python {
+namespace {
+
+std::atomic<bool> gil_held_during_run{true};  // for the tests: was the GIL released?
+
+constexpr const char* kNames[] = {"query", "key_cache", "value_cache", "block_table", "context_lens"};
+
+// A fresh zero-filled float32 NumPy array owned by a capsule.
+nb::object new_output(std::array<std::int64_t, 3> shape, float*& data) {
+  const size_t n = static_cast<size_t>(shape[0] * shape[1] * shape[2]);
+  auto* heap = new std::vector<float>(n);
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  data = heap->data();
+  return nb::ndarray<nb::numpy, float>(data, {static_cast<size_t>(shape[0]), static_cast<size_t>(shape[1]),
+                                              static_cast<size_t>(shape[2])}, owner).cast();
+}
+
+nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
+                           nb::handle context_lens, unsigned bf16_mask, std::optional<double> scale,
+                           const std::string& executor, nb::handle out, int hw_blocks, int pipe_depth,
+                           int num_threads) {
+  std::vector<ReadArray> keep;
+  const nb::handle objs[] = {query, key_cache, value_cache, block_table, context_lens};
+  TensorView views[5];
+  std::vector<SeenTensor> seen;
+  for (int i = 0; i < 5; ++i) {
+    views[i] = import_tensor(kNames[i], objs[i], (bf16_mask >> i) & 1u, keep);
+    seen.push_back(seen_of(kNames[i], views[i]));
+  }
+  const Inputs in{views[0], views[1], views[2], views[3], views[4]};
+  Options options;
+  options.scale = scale;
+  options.executor = executor;
+  options.hw_blocks = hw_blocks;
+  options.pipe_depth = pipe_depth;
+  options.num_threads = num_threads;
+
+  OutputView view;
+  nb::object result;
+  WriteArray out_array;
+  if (out.is_none()) {
+    // Shapes first, so a malformed (e.g. broadcast) query is reported before any allocation.
+    const Shape s = validate_shapes(in);
+    view.shape = {s.batch, s.num_heads, s.head_dim};
+    result = new_output(view.shape, view.data);
+  } else {
+    out_array = import_output(out, view.data, view.shape);
+    result = nb::borrow(out);
+  }
+  SeenTensor out_seen;
+  out_seen.name = "out";
+  out_seen.data = reinterpret_cast<std::uintptr_t>(view.data);
+  out_seen.shape.assign(view.shape.begin(), view.shape.end());
+  seen.push_back(std::move(out_seen));
+  record_seen(std::move(seen));
+  {
+    nb::gil_scoped_release release;
+    gil_held_during_run = PyGILState_Check() != 0;
+    run(in, options, view);
+  }
+  return result;
+}
+
+nb::list seen_list() {
+  nb::list r;
+  for (const SeenTensor& s : last_seen())
+    r.append(nb::make_tuple(s.name, s.data, nb::cast(s.shape), nb::cast(s.strides)));
+  return r;
+}
+
+nb::dict make_case(const std::string& name, std::uint64_t seed) {
+  const CaseSpec& spec = find_case(name);
+  std::unique_ptr<Case> c;
+  {
+    nb::gil_scoped_release release;
+    c = std::make_unique<Case>(generate_case(spec, seed));
+  }
+  return case_to_dict(std::move(*c));
+}
+
+nb::list case_names() {
+  nb::list r;
+  for (const CaseSpec& c : case_table()) r.append(c.name);
+  return r;
+}
+
+#if MIXPA_PYTHON_HAVE_IO
+nb::dict load_case_file(const std::string& path) {
+  std::unique_ptr<Case> c;
+  {
+    nb::gil_scoped_release release;
+    c = std::make_unique<Case>(load_case(path));
+  }
+  return case_to_dict(std::move(*c));
+}
+
+void save_case_file(const std::string& path, nb::handle query, nb::handle key_cache, nb::handle value_cache,
+                    nb::handle block_table, nb::handle context_lens, unsigned bf16_mask, double scale) {
+  const Case c = case_from_tensors(query, key_cache, value_cache, block_table, context_lens, bf16_mask, scale);
+  nb::gil_scoped_release release;
+  save_case(path, c);
+}
+#endif
+
+}  // namespace
+}  // namespace mixpa::python
+
+NB_MODULE(_mixpa, m) {
+  using namespace mixpa::python;
+  m.doc() = "mixpa C++ core: decode-phase paged attention (use the mixpa package, not this module)";
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const mixpa::Error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+  m.def("paged_attention", &paged_attention, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(),
+        "block_table"_a.none(), "context_lens"_a.none(), "bf16_mask"_a, "scale"_a.none(), "executor"_a,
+        "out"_a.none(), "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a);
+  m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
+  m.def("case_names", &case_names);
+  m.def("make_case", &make_case, "name"_a, "seed"_a);
+  m.def("_gil_held_during_last_run", [] { return gil_held_during_run.load(); });
+  m.def("_last_call", &seen_list, "(name, data pointer, shape, strides) of each tensor the last call saw.");
+#if MIXPA_PYTHON_HAVE_IO
+  m.def("load_case", &load_case_file, "path"_a);
+  m.def("save_case", &save_case_file, "path"_a, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(),
+        "block_table"_a.none(), "context_lens"_a.none(), "bf16_mask"_a, "scale"_a);
+  m.attr("has_io") = true;
+#else
+  m.attr("has_io") = false;
+#endif
+}
