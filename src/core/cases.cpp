@@ -114,7 +114,32 @@ const CaseSpec& find_case(std::string_view name) {
   throw Error(s.str());
 }
 
+namespace {
+TensorView stored_view(const void* data, DType dtype, const std::vector<std::int64_t>& shape) {
+  TensorView v;
+  v.data = data;
+  v.dtype = dtype;
+  v.rank = static_cast<int>(std::min<std::size_t>(shape.size(), kMaxRank));
+  std::int64_t stride = 1;
+  for (int d = v.rank - 1; d >= 0; --d) {
+    v.shape[d] = shape[d];
+    v.strides[d] = stride;
+    stride *= shape[d];
+  }
+  return v;
+}
+}  // namespace
+
 Inputs Case::inputs() const {
+  if (stored_shapes.size() == 5) {
+    Inputs in;
+    in.query = stored_view(query.data(), DType::kBF16, stored_shapes[0]);
+    in.key_cache = stored_view(key_cache.data(), DType::kBF16, stored_shapes[1]);
+    in.value_cache = stored_view(value_cache.data(), DType::kBF16, stored_shapes[2]);
+    in.block_table = stored_view(block_table.data(), DType::kI32, stored_shapes[3]);
+    in.context_lens = stored_view(context_lens.data(), DType::kI32, stored_shapes[4]);
+    return in;
+  }
   const std::int64_t b = spec.batch, h = spec.num_heads, kvh = spec.num_kv_heads, d = spec.head_dim;
   Inputs in;
   in.query = TensorView::contiguous(query.data(), DType::kBF16, {b, h, d});

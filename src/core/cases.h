@@ -46,6 +46,10 @@ struct Case {
   std::int64_t num_blocks = 0;
   std::int64_t max_blocks_per_req = 0;
   double scale = 1.0;
+  bool has_scale = true;
+  // Shapes as stored in a case file (query, key_cache, value_cache, block_table, context_lens);
+  // empty for generated cases. inputs() uses them so that validate() sees the file's shapes.
+  std::vector<std::vector<std::int64_t>> stored_shapes;  // false for a case file without a "scale" entry: use 1/sqrt(head_dim)
 
   Inputs inputs() const;
   std::int64_t out_elements() const { return spec.batch * spec.num_heads * spec.head_dim; }

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,6 +30,8 @@ struct SafetensorsFile {
 };
 
 SafetensorsFile read_safetensors(const std::string& path);
+// Parses an in-memory file image; `origin` names it in error messages.
+SafetensorsFile parse_safetensors(const std::byte* data, std::size_t size, const std::string& origin);
 void write_safetensors(const std::string& path, const SafetensorsFile& file);
 
 // The case format: tensors query, key_cache, value_cache, block_table, context_lens;

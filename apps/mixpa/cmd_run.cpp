@@ -1,0 +1,137 @@
+// `mixpa run`: run a case file or a generated origin case on an executor, time it,
+// optionally verify against exact float64 attention and write the output file.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <vector>
+
+#include "commands.h"
+#include "core/cases.h"
+#include "core/executors.h"
+#include "core/validate.h"
+#include "io/safetensors.h"
+#include "progress.h"
+#include "reference/reference.h"
+
+namespace mixpa::cli {
+
+std::string executors_help() {
+  std::ostringstream s;
+  s << "Executors (--executor NAME; auto = the first available):\n";
+  for (const ExecutorEntry& e : executor_table())
+    s << "  " << e.name << std::string(12 - std::min<std::size_t>(e.name.size(), 11), ' ') << e.summary
+      << (e.is_available() ? "" : " [not available on this machine]") << "\n";
+  return s.str();
+}
+
+std::string cases_help() {
+  std::ostringstream s;
+  s << "Cases (--case NAME, SPEC §4; values U(-0.5,0.5) q/k, U(-1,1) v, bf16):\n";
+  for (const CaseSpec& c : case_table())
+    s << "  " << c.name << std::string(12 - std::min<std::size_t>(c.name.size(), 11), ' ') << "batch " << c.batch
+      << ", heads " << c.num_heads << "/" << c.num_kv_heads << " kv, head_dim " << c.head_dim << ", block_size "
+      << c.block_size << ", context " << c.context_lens.front() << ", scale " << c.scale << "\n";
+  return s.str();
+}
+
+void add_run_command(CLI::App& app, RunArgs& a) {
+  CLI::App* run = app.add_subcommand("run", "Run paged attention on a case file (--input) or an origin case (--case)");
+  run->footer("\nExamples:\n  mixpa run --case SmallCase1\n  mixpa run --case Case1 --executor sim --trace t.json"
+              " --swimlane t.svg\n  mixpa run --input case.safetensors --output out.safetensors\n");
+  auto* in = run->add_option("--input,-i", a.input, "Case file (safetensors: query, key_cache, value_cache, "
+                                                     "block_table, context_lens; metadata 'scale')");
+  auto* cs = run->add_option("--case,-c", a.case_name, "Generate an origin case in memory (Case1, Case2, SmallCase1, ...)");
+  in->excludes(cs);
+  run->add_option("--output,-o", a.output, "Write the output (safetensors, F32 'out' [batch, heads, head_dim])");
+  run->add_option("--executor,--backend,-e", a.executor, "Executor: auto, cpu, sim, reference, cuda (see mixpa --help)");
+  run->add_option("--seed", a.seed, "Seed of --case generation (default 0)");
+  run->add_option("--scale", a.scale, "Softmax scale (default: the file's metadata 'scale', else 1/sqrt(head_dim))");
+  run->add_flag("--no-verify", a.no_verify, "With --case: skip the check against exact float64 attention");
+  run->add_flag("--verify", a.verify, "With --input: check against exact float64 attention");
+  run->add_option("--repeat", a.repeat, "Run N times and report the median time (default 1)")->check(CLI::PositiveNumber);
+  run->add_option("--threads", a.options.num_threads, "OS threads for cpu/sim (default 0 = all cores)");
+  run->add_option("--blocks", a.options.hw_blocks, "Hardware blocks of the SPMD launch (default 24, the origin's)");
+  run->add_option("--pipe-depth", a.options.pipe_depth, "Slots per tile pipe (default 2, the origin's)");
+  run->add_option("--trace", a.options.sim.trace_path, "sim: write Chrome/Perfetto trace events (JSON)");
+  run->add_option("--swimlane", a.options.sim.swimlane_path, "sim: write an SVG swimlane of the pipeline");
+  run->add_option("--watchdog", a.options.sim.watchdog_seconds,
+                  "sim: seconds without progress before a deadlock report (default 10)");
+  run->add_flag("--single-thread", a.options.sim.single_thread, "sim: deterministic single-OS-thread scheduling");
+}
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+Case obtain_case(const RunArgs& a) {
+  if (!a.input.empty()) return load_case(a.input);
+  if (a.case_name.empty()) throw Error("run: give --input FILE or --case NAME");
+  const CaseSpec& spec = find_case(a.case_name);
+  Progress progress("generating " + spec.name);
+  return generate_case(spec, a.seed, [&](double f) { progress.update(f); });
+}
+
+void print_shape(const Case& c, double scale) {
+  std::printf("case %s: batch %lld, heads %lld (kv %lld), head_dim %lld, block_size %lld, pages %lld, scale %g\n",
+              c.spec.name.c_str(), static_cast<long long>(c.spec.batch), static_cast<long long>(c.spec.num_heads),
+              static_cast<long long>(c.spec.num_kv_heads), static_cast<long long>(c.spec.head_dim),
+              static_cast<long long>(c.spec.block_size), static_cast<long long>(c.num_blocks), scale);
+}
+
+}  // namespace
+
+int run_command(RunArgs& a) {
+  Case c = obtain_case(a);
+  Options options = a.options;
+  options.executor = a.executor;
+  if (a.scale) options.scale = a.scale;
+  else if (c.has_scale) options.scale = c.scale;
+  options.report = [](std::string_view line) { std::printf("%.*s\n", static_cast<int>(line.size()), line.data()); };
+
+  // Validate everything (and resolve the executor) before any work or output.
+  const ExecutorEntry& executor = find_executor(options.executor);
+  std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_elements(), 0)));
+  const Inputs inputs = c.inputs();
+  const OutputView view{out.data(), {inputs.query.shape[0], inputs.query.shape[1], inputs.query.shape[2]}};
+  const Problem problem = validate(inputs, options, view);
+  print_shape(c, problem.scale);
+
+  std::vector<double> ms;
+  for (int r = 0; r < a.repeat; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run(inputs, options, view);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const double t = median(ms);
+  const double gbs = static_cast<double>(c.kv_bytes_read()) / (t * 1e-3) / 1e9;
+  std::printf("executor %s: %.3f ms (median of %d), KV read %.1f MB, effective %.1f GB/s\n",
+              std::string(executor.name).c_str(), t, a.repeat, c.kv_bytes_read() / 1e6, gbs);
+
+  int status = 0;
+  const bool verify = a.input.empty() ? !a.no_verify : a.verify;
+  if (verify) {
+    std::vector<double> exact(out.size());
+    {
+      Progress progress("verifying against exact float64");
+      exact_attention_f64(problem, exact.data(), [&](double f) { progress.update(f); });
+    }
+    const AccuracyReport r = compare_to_exact(out.data(), exact.data(), static_cast<std::int64_t>(out.size()));
+    std::printf("verify: max abs error %.3g vs exact float64 attention; %s (|out - ref| <= 2e-3 + 2e-3*|ref|",
+                r.max_abs_error, r.pass() ? "PASS" : "FAIL");
+    if (!r.pass()) std::printf(", %lld elements outside", static_cast<long long>(r.failures));
+    std::printf(")\n");
+    status = r.pass() ? 0 : 1;
+  }
+  if (!a.output.empty()) {
+    save_output(a.output, out.data(), view.shape[0], view.shape[1], view.shape[2]);
+    std::printf("wrote %s\n", a.output.c_str());
+  }
+  return status;
+}
+
+}  // namespace mixpa::cli

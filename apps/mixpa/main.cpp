@@ -1,0 +1,48 @@
+// mixpa: decode-phase paged attention as an SPMD MIX kernel (cube + 2 vector cores per block).
+// Exit codes: 0 success, 1 verification failed, 2 invalid input or usage, 3 internal error.
+#include <cstdio>
+#include <exception>
+#include <new>
+
+#include "commands.h"
+#include "mixpa/error.h"
+
+int main(int argc, char** argv) {
+  using namespace mixpa::cli;
+  CLI::App app{
+      "mixpa: decode-phase paged attention, built as the origin's SPMD MIX kernel\n"
+      "(1 cube + 2 vector cores per hardware block, tile pipes TPUSH/TPOP/TFREE).\n\n"
+      "Examples:\n"
+      "  mixpa run --case SmallCase1                 generate the origin case, run, verify vs exact fp64\n"
+      "  mixpa gen --case Case1 --output case1.safetensors\n"
+      "  mixpa run --input case1.safetensors --output out.safetensors --executor cpu\n",
+      "mixpa"};
+  app.require_subcommand(1);
+  app.footer("\n" + executors_help() + "\n" + cases_help() +
+             "\nExit codes: 0 ok, 1 verification failed, 2 invalid input or usage, 3 internal error.");
+  RunArgs run_args;
+  GenArgs gen_args;
+  add_run_command(app, run_args);
+  add_gen_command(app, gen_args);
+  try {
+    app.parse(argc, argv);
+    if (app.got_subcommand("run")) return run_command(run_args);
+    return gen_command(gen_args);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "mixpa: error: %s (see mixpa --help)\n", e.what());
+    return 2;
+  } catch (const mixpa::Error& e) {
+    std::fprintf(stderr, "mixpa: error: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "mixpa: error: out of memory\n");
+    return 3;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mixpa: internal error: %s\n", e.what());
+    return 3;
+  }
+}

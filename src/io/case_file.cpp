@@ -1,0 +1,119 @@
+// The case file format on top of safetensors: five named tensors plus metadata "scale",
+// and the output file holding "out".
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "io/safetensors.h"
+#include "mixpa/error.h"
+
+namespace mixpa {
+namespace {
+
+const StoredTensor& require(const SafetensorsFile& f, const std::string& path, const char* name, DType dtype,
+                            std::size_t rank, const char* dims) {
+  const StoredTensor* t = f.find(name);
+  if (!t) throw Error(path + ": " + name + ": missing (expected " + std::string(dtype_name(dtype)) + " " + dims + ")");
+  if (t->dtype != dtype)
+    throw Error(path + ": " + name + ": dtype is " + std::string(dtype_name(t->dtype)) + ", expected " +
+                std::string(dtype_name(dtype)));
+  if (t->shape.size() != rank)
+    throw Error(path + ": " + name + ": rank is " + std::to_string(t->shape.size()) + ", expected " +
+                std::to_string(rank) + " " + dims);
+  return *t;
+}
+
+template <class T>
+std::vector<T> copy_out(const StoredTensor& t) {
+  std::vector<T> v(t.bytes.size() / sizeof(T));
+  if (!v.empty()) std::memcpy(v.data(), t.bytes.data(), v.size() * sizeof(T));
+  return v;
+}
+
+template <class T>
+StoredTensor stored(std::string name, DType dtype, std::vector<std::int64_t> shape, const T* data, std::size_t n) {
+  StoredTensor t{std::move(name), dtype, std::move(shape), {}};
+  t.bytes.resize(n * sizeof(T));
+  if (n) std::memcpy(t.bytes.data(), data, n * sizeof(T));
+  return t;
+}
+
+std::string scale_string(double scale) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, scale);  // shortest round-trip form
+  return std::string(buf, r.ptr);
+}
+
+}  // namespace
+
+Case load_case(const std::string& path) {
+  const SafetensorsFile f = read_safetensors(path);
+  const auto& q = require(f, path, "query", DType::kBF16, 3, "[batch, num_heads, head_dim]");
+  const auto& k = require(f, path, "key_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
+  const auto& v = require(f, path, "value_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
+  const auto& bt = require(f, path, "block_table", DType::kI32, 2, "[batch, max_blocks_per_req]");
+  const auto& cl = require(f, path, "context_lens", DType::kI32, 1, "[batch]");
+  if (k.shape != v.shape) throw Error(path + ": value_cache: shape differs from key_cache shape");
+
+  Case c;
+  c.spec.name = path;
+  c.spec.batch = q.shape[0];
+  c.spec.num_heads = q.shape[1];
+  c.spec.head_dim = q.shape[2];
+  c.spec.block_size = k.shape[1];
+  c.spec.num_kv_heads = k.shape[2];
+  c.num_blocks = k.shape[0];
+  c.max_blocks_per_req = bt.shape[1];
+  c.spec.num_blocks = c.num_blocks;
+  c.spec.max_model_len = c.max_blocks_per_req * c.spec.block_size;
+  // Shapes that disagree (e.g. key_cache head_dim vs query) are reported by validate() in run();
+  // Case::inputs() takes its shapes from the spec, so keep the stored shapes where they differ.
+  c.query = copy_out<bf16>(q);
+  c.key_cache = copy_out<bf16>(k);
+  c.value_cache = copy_out<bf16>(v);
+  c.block_table = copy_out<std::int32_t>(bt);
+  c.context_lens = copy_out<std::int32_t>(cl);
+  c.stored_shapes = {q.shape, k.shape, v.shape, bt.shape, cl.shape};
+  c.spec.context_lens = c.context_lens;
+
+  c.has_scale = false;
+  if (auto it = f.metadata.find("scale"); it != f.metadata.end()) {
+    const std::string& s = it->second;
+    double value = 0;
+    const auto r = std::from_chars(s.data(), s.data() + s.size(), value);
+    if (r.ec != std::errc{} || r.ptr != s.data() + s.size())
+      throw Error(path + ": metadata 'scale' = '" + s + "' is not a decimal number");
+    if (!std::isfinite(value)) throw Error(path + ": metadata 'scale' = '" + s + "' is not finite");
+    c.scale = value;
+    c.has_scale = true;
+  }
+  c.spec.scale = c.scale;
+  return c;
+}
+
+void save_case(const std::string& path, const Case& c) {
+  const Inputs in = c.inputs();
+  auto shape_of = [](const TensorView& t) { return std::vector<std::int64_t>(t.shape.begin(), t.shape.begin() + t.rank); };
+  SafetensorsFile f;
+  if (c.has_scale) f.metadata["scale"] = scale_string(c.scale);
+  f.tensors.push_back(stored("query", DType::kBF16, shape_of(in.query), c.query.data(), c.query.size()));
+  f.tensors.push_back(stored("key_cache", DType::kBF16, shape_of(in.key_cache), c.key_cache.data(), c.key_cache.size()));
+  f.tensors.push_back(
+      stored("value_cache", DType::kBF16, shape_of(in.value_cache), c.value_cache.data(), c.value_cache.size()));
+  f.tensors.push_back(
+      stored("block_table", DType::kI32, shape_of(in.block_table), c.block_table.data(), c.block_table.size()));
+  f.tensors.push_back(
+      stored("context_lens", DType::kI32, shape_of(in.context_lens), c.context_lens.data(), c.context_lens.size()));
+  write_safetensors(path, f);
+}
+
+void save_output(const std::string& path, const float* out, std::int64_t batch, std::int64_t num_heads,
+                 std::int64_t head_dim) {
+  SafetensorsFile f;
+  f.tensors.push_back(stored("out", DType::kF32, {batch, num_heads, head_dim}, out,
+                             static_cast<std::size_t>(batch * num_heads * head_dim)));
+  write_safetensors(path, f);
+}
+
+}  // namespace mixpa
