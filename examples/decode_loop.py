@@ -104,6 +104,25 @@ def reference(cache, rids, query, scale, torch):
     return out
 
 
+def admit(cache, arrivals, running, next_id, token_kv, max_batch=4):
+    """Admits waiting requests while the free list covers a newcomer's whole length plus what the
+    running requests still need (so no request runs out of pages mid-decode), and prefills each
+    newcomer's prompt into the cache. Returns the next request id."""
+    def pages_for(tokens):
+        return -(-tokens // cache.block_size)
+
+    committed = sum(pages_for(cache.lengths[r] + left) - len(cache.pages[r]) for r, left in running.items())
+    while arrivals and len(running) < max_batch and len(cache.free_pages) - committed >= pages_for(sum(arrivals[0])):
+        prompt, gen = arrivals.popleft()
+        committed += pages_for(prompt + gen)
+        cache.add_request(next_id)
+        for _ in range(prompt):
+            cache.append(next_id, *token_kv())
+        running[next_id] = gen
+        next_id += 1
+    return next_id
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=24)
@@ -129,25 +148,12 @@ def main(argv=None):
     out_buf = np.empty((8, heads, head_dim), dtype=np.float32)  # reused each step via out=
     next_id, worst, served, steps = 0, 0.0, 0, 0
 
-    def pages_for(tokens):
-        return -(-tokens // block_size)
-
     def token_kv():
         return (rng.uniform(-0.5, 0.5, (kv_heads, head_dim)).astype(BF16),
                 rng.uniform(-1, 1, (kv_heads, head_dim)).astype(BF16))
 
     for step in range(args.steps):
-        # Admit while the free list covers the newcomer's whole length plus what running requests
-        # still need (so no request can run out of pages mid-decode), then prefill its prompt.
-        committed = sum(pages_for(cache.lengths[r] + left) - len(cache.pages[r]) for r, left in running.items())
-        while arrivals and len(running) < 4 and len(cache.free_pages) - committed >= pages_for(sum(arrivals[0])):
-            prompt, gen = arrivals.popleft()
-            committed += pages_for(prompt + gen)
-            cache.add_request(next_id)
-            for _ in range(prompt):
-                cache.append(next_id, *token_kv())
-            running[next_id] = gen
-            next_id += 1
+        next_id = admit(cache, arrivals, running, next_id, token_kv)
         if not running:
             break
         steps += 1
