@@ -128,7 +128,7 @@ def load_case(path) -> Case:
 
 def save_case(path, case: Optional[Case] = None, *, query=None, key_cache=None, value_cache=None,
               block_table=None, context_lens=None, scale: Optional[float] = None) -> None:
-    """Writes a case file readable by load_case() and the CLI (`mixpa run --case-file`).
+    """Writes a case file readable by load_case() and the CLI (`mixpa run --input`).
     Pass a Case, or the five tensors and scale as keywords (NumPy or torch; caches may be strided).
     The file is written to a temporary name and renamed, so a failure leaves no partial file."""
     _require_io()
