@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """What calling mixpa from Python costs: per-call overhead and memory (no copy of the KV cache).
 
-  overhead: median time of mixpa.paged_attention on a case vs on an empty problem (same shapes'
-            kind, context 0: validation + dispatch only), from the same run.
+  overhead: median time of mixpa.paged_attention on a case vs the same call with every context
+            length 0 (argument import + validation + dispatch), and (--cli) vs the C++ CLI's own
+            median for the same case and executor, all from the same run.
   rss:      peak RSS (ru_maxrss) after import, after make_case (the KV cache), and after
             paged_attention on it, against the KV cache's size.
 
-    python3 bench/python/python_overhead.py overhead --case SmallCase1 --executor reference
+    python3 bench/python/python_overhead.py overhead --case SmallCase1 --executor cpu --cli build/mixpa
     python3 bench/python/python_overhead.py rss --case Case1 --executor reference [--torch]
 """
 import argparse
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -48,6 +51,21 @@ def overhead(args):
     print(f"{args.case} executor={args.executor}: paged_attention median {full * 1e3:.3f} ms over {args.repeats} calls")
     print(f"  same call with every context length 0 (binding + validation + dispatch): median {empty * 1e6:.1f} us")
     print(f"  overhead share of the full call: {empty / full:.2e}")
+    if args.cli:
+        cli = cli_median_seconds(args)
+        print(f"  C++ CLI `mixpa run --case {args.case} --no-verify --executor {args.executor} --repeat {args.repeats}`: "
+              f"median {cli * 1e3:.3f} ms; Python / CLI = {full / cli:.3f}")
+
+
+def cli_median_seconds(args):
+    """The CLI's own median (it times run() alone), from a run of it interleaved with ours."""
+    cmd = [args.cli, "run", "--case", args.case, "--seed", str(args.seed), "--no-verify", "--executor", args.executor,
+           "--repeat", str(args.repeats)]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"executor \S+: ([0-9.]+) ms \(median", text)
+    if not match:
+        raise SystemExit(f"cannot find the median in the CLI's output:\n{text}")
+    return float(match.group(1)) / 1e3
 
 
 def rss(args):
@@ -81,6 +99,7 @@ def main():
     ap.add_argument("--executor", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--cli", help="overhead: also time the C++ CLI at this path (e.g. build/mixpa) in the same run")
     ap.add_argument("--torch", action="store_true", help="rss: pass torch tensors (sharing the NumPy memory)")
     args = ap.parse_args()
     args.case = args.case or ("SmallCase1" if args.mode == "overhead" else "Case1")

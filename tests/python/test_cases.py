@@ -131,7 +131,7 @@ def test_load_errors(tmp_path):
 def _cli():
     """The C++ CLI, if built in this checkout (for the same-bytes check against `mixpa gen`)."""
     root = pathlib.Path(__file__).resolve().parents[2]
-    for candidate in (os.environ.get("MIXPA_CLI"), root / "build" / "apps" / "mixpa" / "mixpa", shutil.which("mixpa")):
+    for candidate in (os.environ.get("MIXPA_CLI"), root / "build" / "mixpa", shutil.which("mixpa")):
         if candidate and pathlib.Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
@@ -141,9 +141,9 @@ def _cli():
 def test_make_case_same_bytes_as_cli_gen(tmp_path):
     cli = _cli()
     if cli is None:
-        pytest.skip("the mixpa CLI is not built (build/apps/mixpa/mixpa); set MIXPA_CLI to point at it")
+        pytest.skip("the mixpa CLI is not built (build/mixpa); set MIXPA_CLI to point at it")
     gen = tmp_path / "gen.safetensors"
-    r = subprocess.run([cli, "gen", "--case", "SmallCase1", "--seed", "5", "--out", str(gen)],
+    r = subprocess.run([cli, "gen", "--case", "SmallCase1", "--seed", "5", "--output", str(gen)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     ours = tmp_path / "ours.safetensors"
