@@ -3,6 +3,7 @@
 # GoogleTest, Google Benchmark, CLI11, nlohmann-json, clang for the fuzzer, and the Python
 # packages the extension build and its tests use. torch is optional (its tests skip without it).
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then exec sudo -E bash "$0" "$@"; fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
