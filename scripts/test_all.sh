@@ -10,6 +10,22 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build -j"$jobs" --output-on-failure
 
+echo "== ASan + UBSan build, every fast test (names without 'Slow') =="
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMIXPA_SANITIZE=address,undefined -DMIXPA_CUDA=OFF \
+  -DMIXPA_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan -j"$jobs" -E Slow --output-on-failure
+
+echo "== libFuzzer: safetensors reader + case file + validation + reference, time-boxed =="
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMIXPA_FUZZ=ON -DMIXPA_CUDA=OFF \
+  -DMIXPA_BUILD_BENCH=OFF -DMIXPA_BUILD_CLI=OFF >/dev/null
+cmake --build build-fuzz -j"$jobs" --target fuzz_case_file make_seeds
+rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus
+./build-fuzz/tests/fuzz/make_seeds build-fuzz/corpus
+./build-fuzz/tests/fuzz/fuzz_case_file -max_total_time="${MIXPA_FUZZ_SECONDS:-60}" -max_len=65536 \
+  -rss_limit_mb=2048 -print_final_stats=1 build-fuzz/corpus 2>&1 | tail -n 3
+
 # (sections added by each area below)
 
 echo "== cpu executor: thread-pool and split-KV tests under ThreadSanitizer =="

@@ -47,8 +47,9 @@ std::string scale_string(double scale) {
 
 }  // namespace
 
-Case load_case(const std::string& path) {
-  const SafetensorsFile f = read_safetensors(path);
+Case load_case(const std::string& path) { return case_from_file(read_safetensors(path), path); }
+
+Case case_from_file(const SafetensorsFile& f, const std::string& path) {
   const auto& q = require(f, path, "query", DType::kBF16, 3, "[batch, num_heads, head_dim]");
   const auto& k = require(f, path, "key_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
   const auto& v = require(f, path, "value_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");

@@ -38,6 +38,7 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file);
 // metadata "scale" (decimal string). load_case checks presence and dtypes of the tensors
 // with the same one-line messages as validate(); the rest of SPEC §1 is checked by run().
 Case load_case(const std::string& path);
+Case case_from_file(const SafetensorsFile& file, const std::string& origin);  // load_case without the disk
 void save_case(const std::string& path, const Case& c);
 
 // The output format: one F32 tensor "out" [batch, num_heads, head_dim].

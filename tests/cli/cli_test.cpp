@@ -1,0 +1,192 @@
+// The mixpa CLI end to end: the SmallCase1 scene test, gen/run equivalence, and every
+// invalid input of SPEC §1 (plus a truncated file) -> exit 2, one stderr line, no output file.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+#include "common/check.h"
+#include "io/safetensors.h"
+
+namespace mixpa {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("mixpa_cli_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  Result mixpa(const std::string& args) {
+    const std::string cmd = std::string(MIXPA_CLI_PATH) + " " + args + " >" + (dir_ / "stdout").string() + " 2>" +
+                            (dir_ / "stderr").string();
+    const int status = std::system(cmd.c_str());
+    Result r;
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = slurp(dir_ / "stdout");
+    r.err = slurp(dir_ / "stderr");
+    return r;
+  }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  // Writes a small valid case, lets `mutate` break it, and expects a clean rejection.
+  void expect_rejected(const std::function<void(SafetensorsFile&)>& mutate, const std::string& fragment,
+                       const std::string& extra_args = "") {
+    const Case c = generate_case(testing::small_spec("cli", 3, 8, 2, 64, 16, {40, 0, 17}, 0.125, 12), 3);
+    save_case(path("in.safetensors"), c);
+    SafetensorsFile f = read_safetensors(path("in.safetensors"));
+    mutate(f);
+    write_safetensors(path("in.safetensors"), f);
+    const Result r = mixpa("run --input " + path("in.safetensors") + " --output " + path("out.safetensors") +
+                           " --executor reference " + extra_args);
+    EXPECT_EQ(r.code, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find(fragment), std::string::npos) << "stderr: " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+    EXPECT_FALSE(fs::exists(path("out.safetensors")));
+    for (const auto& e : fs::directory_iterator(dir_))
+      EXPECT_EQ(e.path().filename().string().find("out.safetensors"), std::string::npos) << e.path();
+  }
+
+  fs::path dir_;
+};
+
+StoredTensor& tensor(SafetensorsFile& f, const std::string& name) {
+  for (auto& t : f.tensors)
+    if (t.name == name) return t;
+  throw std::runtime_error("no tensor " + name);
+}
+
+template <class T>
+T* data(StoredTensor& t) { return reinterpret_cast<T*>(t.bytes.data()); }
+
+TEST_F(Cli, SceneSmallCase1Slow) {
+  const Result r = mixpa("run --case SmallCase1");
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("PASS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("GB/s"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, GenThenRunInputEqualsRunCaseSlow) {
+  ASSERT_EQ(mixpa("gen --case SmallCase1 --seed 4 --output " + path("case.safetensors")).code, 0);
+  const Result a = mixpa("run --input " + path("case.safetensors") + " --output " + path("a.safetensors"));
+  const Result b = mixpa("run --case SmallCase1 --seed 4 --no-verify --output " + path("b.safetensors"));
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(slurp(path("a.safetensors")), slurp(path("b.safetensors")));
+  const SafetensorsFile out = read_safetensors(path("a.safetensors"));
+  ASSERT_NE(out.find("out"), nullptr);
+  EXPECT_EQ(out.find("out")->dtype, DType::kF32);
+  EXPECT_EQ(out.find("out")->shape, (std::vector<std::int64_t>{24, 16, 128}));
+}
+
+TEST_F(Cli, RunInputWritesOutputThatMatchesTheLibrary) {
+  const Case c = generate_case(testing::small_spec("cli", 3, 20, 4, 128, 32, {70, 1, 0}, 0.2), 9);
+  save_case(path("c.safetensors"), c);
+  const Result r = mixpa("run --input " + path("c.safetensors") + " --output " + path("o.safetensors") +
+                         " --executor reference --verify");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("PASS"), std::string::npos);
+  const SafetensorsFile out = read_safetensors(path("o.safetensors"));
+  const auto expected = testing::run_case(c, "reference");
+  ASSERT_EQ(out.find("out")->bytes.size(), expected.size() * 4);
+  EXPECT_EQ(0, std::memcmp(out.find("out")->bytes.data(), expected.data(), expected.size() * 4));
+}
+
+TEST_F(Cli, PageIdOutOfRange) {
+  expect_rejected([](SafetensorsFile& f) { data<std::int32_t>(tensor(f, "block_table"))[1] = 12; },
+                  "block_table[0][1] = 12 is outside [0, 12)");
+}
+TEST_F(Cli, NegativeContext) {
+  expect_rejected([](SafetensorsFile& f) { data<std::int32_t>(tensor(f, "context_lens"))[1] = -1; },
+                  "context_lens[1] = -1");
+}
+TEST_F(Cli, ContextTooLong) {
+  expect_rejected([](SafetensorsFile& f) { data<std::int32_t>(tensor(f, "context_lens"))[2] = 100000; },
+                  "exceeds max_blocks_per_req * block_size");
+}
+TEST_F(Cli, HeadsNotDivisibleByKvHeads) {
+  expect_rejected([](SafetensorsFile& f) {
+    auto& q = tensor(f, "query");
+    q.shape = {3, 3, 64};
+    q.bytes.resize(3 * 3 * 64 * 2);
+  }, "not a multiple of num_kv_heads");
+}
+TEST_F(Cli, HeadDimMismatch) {
+  expect_rejected([](SafetensorsFile& f) {
+    auto& q = tensor(f, "query");
+    q.shape = {3, 4, 128};
+  }, "head_dim");
+}
+TEST_F(Cli, BatchMismatch) {
+  expect_rejected([](SafetensorsFile& f) {
+    auto& c = tensor(f, "context_lens");
+    c.shape = {2};
+    c.bytes.resize(8);
+  }, "context_lens: batch is 2");
+}
+TEST_F(Cli, KvShapeMismatch) {
+  expect_rejected([](SafetensorsFile& f) {
+    auto& v = tensor(f, "value_cache");
+    v.shape[0] -= 1;
+    v.bytes.resize(v.bytes.size() - 16 * 2 * 64 * 2);
+  }, "value_cache");
+}
+TEST_F(Cli, WrongDtype) {
+  expect_rejected([](SafetensorsFile& f) { tensor(f, "query").dtype = DType::kF16; }, "query: dtype is F16, expected BF16");
+}
+TEST_F(Cli, MissingTensor) {
+  expect_rejected([](SafetensorsFile& f) {
+    std::erase_if(f.tensors, [](const StoredTensor& t) { return t.name == "value_cache"; });
+  }, "value_cache: missing");
+}
+TEST_F(Cli, NonFiniteScale) {
+  expect_rejected([](SafetensorsFile& f) { f.metadata["scale"] = "inf"; }, "scale");
+  expect_rejected([](SafetensorsFile&) {}, "scale", "--scale nan");
+}
+TEST_F(Cli, TruncatedFile) {
+  const Case c = generate_case(testing::small_spec("cli", 2, 8, 2, 64, 16, {40, 17}), 3);
+  save_case(path("t.safetensors"), c);
+  const std::string bytes = slurp(path("t.safetensors"));
+  std::ofstream(path("t.safetensors"), std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size() / 2);
+  const Result r = mixpa("run --input " + path("t.safetensors") + " --output " + path("out.safetensors"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+  EXPECT_FALSE(fs::exists(path("out.safetensors")));
+}
+TEST_F(Cli, UsageErrors) {
+  EXPECT_EQ(mixpa("").code, 2);
+  EXPECT_EQ(mixpa("run").code, 2);
+  EXPECT_EQ(mixpa("run --case Nope").code, 2);
+  EXPECT_EQ(mixpa("run --case SmallCase1 --executor tpu").code, 2);
+  EXPECT_EQ(mixpa("run --case SmallCase1 --input x").code, 2);
+  const Result h = mixpa("--help");
+  EXPECT_EQ(h.code, 0);
+  EXPECT_NE(h.out.find("SmallCase1"), std::string::npos);
+  EXPECT_NE(h.out.find("reference"), std::string::npos);
+  EXPECT_EQ(mixpa("run --help").code, 0);
+}
+
+}  // namespace
+}  // namespace mixpa
