@@ -7,13 +7,15 @@
 #include "core/validate.h"
 #include "cpu/cpu_executor.h"
 #include "reference/reference.h"
+#include "sim/programs.h"
 
 namespace mixpa {
 
 std::span<const ExecutorEntry> executor_table() {
   // Fastest first. Each executor adds its own line here.
   static const ExecutorEntry table[] = {
-      {"cpu", "SIMD bf16 (AVX-512 BF16 / AVX2 / scalar), all cores, split-KV", &run_cpu},
+      {"cpu", "SIMD bf16 (AMX / AVX-512 BF16 / AVX2 / scalar), all cores, split-KV", &run_cpu},
+      {"sim", "the MIX pipeline simulated: 1 cube + 2 vector workers per block, tile pipes", &sim::run_sim},
       {"reference", "origin per-page online softmax, fp32, single-threaded (golden)", &run_reference},
   };
   return table;

@@ -70,6 +70,8 @@ void validate_options(const Options& options) {
   if (options.hw_blocks < 1) fail("hw_blocks: ", options.hw_blocks, " must be >= 1");
   if (options.pipe_depth < 1) fail("pipe_depth: ", options.pipe_depth, " must be >= 1");
   if (options.num_threads < 0) fail("num_threads: ", options.num_threads, " must be >= 0 (0 = all cores)");
+  if (!(options.sim.watchdog_seconds > 0) || !std::isfinite(options.sim.watchdog_seconds))
+    fail("watchdog: ", options.sim.watchdog_seconds, " seconds must be a positive number");
 }
 
 Shape validate_shapes(const Inputs& in) {

@@ -1,0 +1,125 @@
+// SPMD MIX launcher and the deterministic turn scheduler.
+#include "pipe/launcher.h"
+
+#include <exception>
+#include <thread>
+
+#include "mixpa/error.h"
+
+namespace mixpa {
+namespace {
+thread_local int tl_worker = -1;
+}
+
+const char* core_name(CoreRole role) {
+  switch (role) {
+    case CoreRole::kCube: return "cube";
+    case CoreRole::kVector0: return "vector0";
+    case CoreRole::kVector1: return "vector1";
+  }
+  return "?";
+}
+
+TurnScheduler::TurnScheduler(int workers) : done_(static_cast<std::size_t>(workers), false) {}
+
+void TurnScheduler::begin(int worker) {
+  tl_worker = worker;
+  std::unique_lock lock(mutex_);
+  turn_cv_.wait(lock, [&] { return current_ == worker || aborted_; });
+}
+
+void TurnScheduler::pass_turn_locked(int from) {
+  const int n = static_cast<int>(done_.size());
+  for (int k = 1; k <= n; ++k) {
+    const int next = (from + k) % n;
+    if (!done_[next]) {
+      current_ = next;
+      break;
+    }
+  }
+  turn_cv_.notify_all();
+}
+
+void TurnScheduler::finish(int worker) {
+  std::lock_guard lock(mutex_);
+  done_[worker] = true;
+  pass_turn_locked(worker);
+}
+
+void TurnScheduler::notify(std::condition_variable& cv) {
+  ++progress_;
+  cv.notify_all();
+}
+
+void TurnScheduler::wait(std::unique_lock<std::mutex>& pipe_lock, std::condition_variable&,
+                         const std::function<bool()>& ready) {
+  const int me = tl_worker;
+  while (!ready()) {
+    const std::uint64_t seen = progress_.load();
+    pipe_lock.unlock();
+    {
+      std::unique_lock lock(mutex_);
+      if (aborted_) throw Error("simulation aborted");
+      pass_turn_locked(me);
+      turn_cv_.wait(lock, [&] { return current_ == me || aborted_; });
+      if (aborted_) throw Error("simulation aborted");
+      // The turn went round every live worker and nobody pushed or popped: a deadlock.
+      if (progress_.load() == seen) {
+        deadlocked_ = true;
+        aborted_ = true;
+        turn_cv_.notify_all();
+        throw Error("deadlock");
+      }
+    }
+    pipe_lock.lock();
+  }
+}
+
+void TurnScheduler::abort() {
+  std::lock_guard lock(mutex_);
+  aborted_ = true;
+  turn_cv_.notify_all();
+}
+
+void launch_mix(int block_num, bool single_thread, TurnScheduler* scheduler,
+                const std::function<void(const CoreContext&)>& body,
+                const std::function<void()>& on_worker_error) {
+  const int workers = 3 * block_num;
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+  std::mutex error_mutex;
+  bool failed = false;
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(workers));
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      CoreContext ctx;
+      ctx.block_idx = w / 3;
+      ctx.block_num = block_num;
+      ctx.role = static_cast<CoreRole>(w % 3);
+      ctx.sub_block_id = ctx.role == CoreRole::kVector1 ? 1 : 0;
+      ctx.worker = w;
+      try {
+        if (single_thread) scheduler->begin(w);
+        body(ctx);
+      } catch (...) {
+        errors[w] = std::current_exception();
+        bool first = false;
+        {
+          std::lock_guard lock(error_mutex);
+          first = !failed;
+          failed = true;
+        }
+        if (first) {
+          if (single_thread) scheduler->abort();
+          on_worker_error();
+        }
+      }
+      if (single_thread) scheduler->finish(w);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace mixpa

@@ -1,0 +1,140 @@
+// Tile pipe: counters per part, a condition variable (or a scheduler's wait) for blocking.
+#include "pipe/tile_pipe.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "mixpa/error.h"
+
+namespace mixpa {
+namespace {
+
+struct DefaultWaiter final : PipeWaiter {
+  void wait(std::unique_lock<std::mutex>& lock, std::condition_variable& cv, const std::function<bool()>& ready) override {
+    cv.wait(lock, ready);
+  }
+};
+
+DefaultWaiter& default_waiter() {
+  static DefaultWaiter w;
+  return w;
+}
+
+}  // namespace
+
+TilePipe::TilePipe(PipeConfig config, PipeWaiter* waiter)
+    : config_(std::move(config)), waiter_(waiter ? waiter : &default_waiter()) {
+  if (config_.depth < 1) throw Error("pipe " + config_.name + ": depth " + std::to_string(config_.depth) + " must be >= 1");
+  if (config_.slot_bytes == 0) throw Error("pipe " + config_.name + ": slot_bytes must be > 0");
+  slots_.resize(config_.slot_bytes * static_cast<std::size_t>(config_.depth));
+  pushed_.assign(producer_parts(), 0);
+  popped_.assign(consumer_parts(), 0);
+  freed_.assign(consumer_parts(), 0);
+}
+
+int TilePipe::producer_parts() const {
+  return config_.split == LaneSplit::kUpDown && config_.direction == PipeDirection::kV2C ? 2 : 1;
+}
+int TilePipe::consumer_parts() const {
+  return config_.split == LaneSplit::kUpDown && config_.direction == PipeDirection::kC2V ? 2 : 1;
+}
+
+int TilePipe::part_index(int lane, bool producer_side, const char* op) const {
+  const int parts = producer_side ? producer_parts() : consumer_parts();
+  if (parts == 2) {
+    if (lane != 0 && lane != 1)
+      throw Error("pipe " + config_.name + ": " + op + " with lane id " + std::to_string(lane) +
+                  ", the split side's lanes are {0, 1}");
+    return lane;
+  }
+  if (lane != kWholeTile && lane != 0)
+    throw Error("pipe " + config_.name + ": " + op + " with lane id " + std::to_string(lane) +
+                " on the unsplit side (whole tiles)");
+  return 0;
+}
+
+std::int64_t TilePipe::min_of(const std::vector<std::int64_t>& v) const { return *std::min_element(v.begin(), v.end()); }
+
+void TilePipe::check_open(const char* op) const {
+  if (closed_) throw Error("pipe " + config_.name + ": " + op + " on a closed pipe");
+}
+
+void TilePipe::tpush(const void* tile, std::size_t bytes, int lane) {
+  const int part = part_index(lane, true, "push");
+  const int parts = producer_parts();
+  if (bytes * parts > config_.slot_bytes)
+    throw Error("pipe " + config_.name + ": tile of " + std::to_string(bytes * parts) + " bytes exceeds the slot of " +
+                std::to_string(config_.slot_bytes) + " bytes");
+  std::unique_lock lock(mutex_);
+  check_open("push");
+  const std::int64_t n = pushed_[part];
+  // producer_acquire: tile n may use slot n % depth once every consumer part freed tile n - depth.
+  waiter_->wait(lock, cv_, [&] { return closed_ || n < min_of(freed_) + config_.depth; });
+  check_open("push");
+  std::byte* slot = slots_.data() + static_cast<std::size_t>(n % config_.depth) * config_.slot_bytes;
+  std::memcpy(slot + part * bytes, tile, bytes);
+  ++pushed_[part];  // producer_commit
+  waiter_->notify(cv_);
+}
+
+void TilePipe::tpop(void* tile, std::size_t bytes, int lane) {
+  const int part = part_index(lane, false, "pop");
+  const int parts = consumer_parts();
+  if (bytes * parts > config_.slot_bytes)
+    throw Error("pipe " + config_.name + ": tile of " + std::to_string(bytes * parts) + " bytes exceeds the slot of " +
+                std::to_string(config_.slot_bytes) + " bytes");
+  std::unique_lock lock(mutex_);
+  check_open("pop");
+  const std::int64_t n = popped_[part];
+  // consumer_wait: tile n is full once every producer part pushed it.
+  waiter_->wait(lock, cv_, [&] { return closed_ || n < min_of(pushed_); });
+  check_open("pop");
+  const std::byte* slot = slots_.data() + static_cast<std::size_t>(n % config_.depth) * config_.slot_bytes;
+  std::memcpy(tile, slot + part * bytes, bytes);
+  ++popped_[part];
+  if (config_.free_mode == FreeMode::kAtPop) {
+    ++freed_[part];  // consumer_release
+    waiter_->notify(cv_);
+  }
+}
+
+void TilePipe::tfree(int lane) {
+  const int part = part_index(lane, false, "free");
+  std::unique_lock lock(mutex_);
+  check_open("free");
+  if (config_.free_mode == FreeMode::kAtPop)
+    throw Error("pipe " + config_.name + ": free on a pipe that frees at pop");
+  if (freed_[part] >= popped_[part]) throw Error("pipe " + config_.name + ": free without a pop");
+  ++freed_[part];
+  waiter_->notify(cv_);
+}
+
+void TilePipe::close() {
+  std::lock_guard lock(mutex_);
+  closed_ = true;
+  cv_.notify_all();
+}
+
+bool TilePipe::closed() const {
+  std::lock_guard lock(mutex_);
+  return closed_;
+}
+
+PipeWait TilePipe::pending(bool push, int lane) const {
+  std::lock_guard lock(mutex_);
+  const int part = lane == kWholeTile ? 0 : lane;
+  const auto& counters = push ? pushed_ : popped_;
+  PipeWait w;
+  w.op = push ? "push" : "pop";
+  if (part < 0 || part >= static_cast<int>(counters.size())) return w;
+  w.tile = counters[part];
+  w.slot = static_cast<int>(w.tile % config_.depth);
+  return w;
+}
+
+int TilePipe::occupancy() const {
+  std::lock_guard lock(mutex_);
+  return static_cast<int>(min_of(pushed_) - min_of(freed_));
+}
+
+}  // namespace mixpa

@@ -1,0 +1,24 @@
+// Executor "sim": sets up the runtime from the plan (pipe slots, depth, hardware blocks),
+// runs the cube and vector programs, then writes the trace, swimlane and summary if asked.
+#include "sim/programs.h"
+#include "sim/trace_output.h"
+
+namespace mixpa::sim {
+
+void run_sim(const Problem& problem, const Plan& plan, const Options& options, float* out) {
+  RuntimeConfig rc;
+  rc.block_num = plan.hw_blocks;
+  rc.depth = plan.pipes.depth;
+  rc.sij_slot_bytes = static_cast<std::size_t>(plan.pipes.sij_slot_bytes);
+  rc.pij_slot_bytes = static_cast<std::size_t>(plan.pipes.pij_slot_bytes);
+  rc.oi_slot_bytes = static_cast<std::size_t>(plan.pipes.oi_slot_bytes);
+  rc.single_thread = options.sim.single_thread;
+  rc.watchdog_seconds = options.sim.watchdog_seconds;
+  rc.record = !options.sim.trace_path.empty() || !options.sim.swimlane_path.empty() || bool(options.report);
+  MixRuntime runtime(rc);
+  const ProgramArgs args{&problem, &plan, out};
+  runtime.run([&](Worker& w) { run_programs(w, args); });
+  if (rc.record) emit_trace_outputs(runtime, plan, options);
+}
+
+}  // namespace mixpa::sim
