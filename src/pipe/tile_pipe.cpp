@@ -30,6 +30,8 @@ TilePipe::TilePipe(PipeConfig config, PipeWaiter* waiter)
   pushed_.assign(producer_parts(), 0);
   popped_.assign(consumer_parts(), 0);
   freed_.assign(consumer_parts(), 0);
+  ready_at_.assign(static_cast<std::size_t>(producer_parts() * config_.depth), 0.0);
+  freed_at_.assign(static_cast<std::size_t>(consumer_parts() * config_.depth), 0.0);
 }
 
 int TilePipe::producer_parts() const {
@@ -59,7 +61,7 @@ void TilePipe::check_open(const char* op) const {
   if (closed_) throw Error("pipe " + config_.name + ": " + op + " on a closed pipe");
 }
 
-void TilePipe::tpush(const void* tile, std::size_t bytes, int lane) {
+double TilePipe::tpush(const void* tile, std::size_t bytes, int lane, double now) {
   const int part = part_index(lane, true, "push");
   const int parts = producer_parts();
   if (bytes * parts > config_.slot_bytes)
@@ -71,13 +73,19 @@ void TilePipe::tpush(const void* tile, std::size_t bytes, int lane) {
   // producer_acquire: tile n may use slot n % depth once every consumer part freed tile n - depth.
   waiter_->wait(lock, cv_, [&] { return closed_ || n < min_of(freed_) + config_.depth; });
   check_open("push");
-  std::byte* slot = slots_.data() + static_cast<std::size_t>(n % config_.depth) * config_.slot_bytes;
+  const int index = static_cast<int>(n % config_.depth);
+  std::byte* slot = slots_.data() + static_cast<std::size_t>(index) * config_.slot_bytes;
   std::memcpy(slot + part * bytes, tile, bytes);
+  // Every consumer part has freed this slot's previous tile (and not yet this one).
+  double free_time = 0;
+  for (int c = 0; c < consumer_parts(); ++c) free_time = std::max(free_time, freed_at_[c * config_.depth + index]);
+  ready_at_[part * config_.depth + index] = std::max(now, free_time);
   ++pushed_[part];  // producer_commit
   waiter_->notify(cv_);
+  return free_time;
 }
 
-void TilePipe::tpop(void* tile, std::size_t bytes, int lane) {
+double TilePipe::tpop(void* tile, std::size_t bytes, int lane, double now) {
   const int part = part_index(lane, false, "pop");
   const int parts = consumer_parts();
   if (bytes * parts > config_.slot_bytes)
@@ -89,22 +97,28 @@ void TilePipe::tpop(void* tile, std::size_t bytes, int lane) {
   // consumer_wait: tile n is full once every producer part pushed it.
   waiter_->wait(lock, cv_, [&] { return closed_ || n < min_of(pushed_); });
   check_open("pop");
-  const std::byte* slot = slots_.data() + static_cast<std::size_t>(n % config_.depth) * config_.slot_bytes;
+  const int index = static_cast<int>(n % config_.depth);
+  const std::byte* slot = slots_.data() + static_cast<std::size_t>(index) * config_.slot_bytes;
   std::memcpy(tile, slot + part * bytes, bytes);
+  double ready = 0;
+  for (int p = 0; p < producer_parts(); ++p) ready = std::max(ready, ready_at_[p * config_.depth + index]);
   ++popped_[part];
   if (config_.free_mode == FreeMode::kAtPop) {
+    freed_at_[part * config_.depth + index] = std::max(now, ready);
     ++freed_[part];  // consumer_release
     waiter_->notify(cv_);
   }
+  return ready;
 }
 
-void TilePipe::tfree(int lane) {
+void TilePipe::tfree(int lane, double now) {
   const int part = part_index(lane, false, "free");
   std::unique_lock lock(mutex_);
   check_open("free");
   if (config_.free_mode == FreeMode::kAtPop)
     throw Error("pipe " + config_.name + ": free on a pipe that frees at pop");
   if (freed_[part] >= popped_[part]) throw Error("pipe " + config_.name + ": free without a pop");
+  freed_at_[part * config_.depth + static_cast<int>(freed_[part] % config_.depth)] = now;
   ++freed_[part];
   waiter_->notify(cv_);
 }

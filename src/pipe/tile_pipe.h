@@ -60,12 +60,16 @@ class TilePipe {
 
   // Producer: waits for the slot of this part's next tile to be free (back-pressure), copies
   // `bytes` (a whole tile, or a lane's half) into it and publishes it.
-  void tpush(const void* tile, std::size_t bytes, int lane = kWholeTile);
+  // Simulated time: `now` is the caller's clock; returns when the slot became free in that
+  // time (the latest free of its previous tile by any consumer part), so a caller's clock is
+  // max(now, returned) after the push.
+  double tpush(const void* tile, std::size_t bytes, int lane = kWholeTile, double now = 0);
   // Consumer: waits for this part's next tile to be full and copies `bytes` out of it; frees
-  // the slot part at once when the pipe frees at pop.
-  void tpop(void* tile, std::size_t bytes, int lane = kWholeTile);
+  // the slot part at once when the pipe frees at pop. Returns the tile's ready time (the
+  // latest push of it by any producer part).
+  double tpop(void* tile, std::size_t bytes, int lane = kWholeTile, double now = 0);
   // Consumer, FreeMode::kExplicit: hands back the oldest popped, unfreed tile of this part.
-  void tfree(int lane = kWholeTile);
+  void tfree(int lane = kWholeTile, double now = 0);
 
   // Wakes every waiter; later and pending calls throw mixpa::Error ("closed").
   void close();
@@ -87,6 +91,7 @@ class TilePipe {
   PipeWaiter* waiter_;
   std::vector<std::byte> slots_;  // depth * slot_bytes
   std::vector<std::int64_t> pushed_, popped_, freed_;  // per part
+  std::vector<double> ready_at_, freed_at_;  // per part x slot: simulated push / free time
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   bool closed_ = false;

@@ -4,6 +4,8 @@
 #include <condition_variable>
 #include <sstream>
 #include <thread>
+#include <ctime>
+#include <algorithm>
 
 #include "mixpa/error.h"
 
@@ -26,75 +28,85 @@ const char* stage_name(Stage s) {
 
 // ---- Worker ---------------------------------------------------------------------------
 
-void Worker::close_interval(double now) {
-  if (runtime_->config().record && stage_ != Stage::kIdle && now > stage_t0_)
-    events_.push_back(Event{stage_, logical_block_, page_, nullptr, -1, stage_t0_, now});
+namespace {
+double thread_cpu_us() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) * 1e-3;
+}
+}  // namespace
+
+void Worker::account() {
+  const double cpu = thread_cpu_us();
+  const double took = std::max(0.0, cpu - cpu_mark_us_);
+  if (runtime_->config().record && stage_ != Stage::kIdle && took > 0)
+    events_.push_back(Event{stage_, logical_block_, page_, nullptr, -1, clock_us_, clock_us_ + took});
+  clock_us_ += took;
+  cpu_mark_us_ = cpu;
 }
 
 void Worker::stage(Stage s, std::int64_t logical_block, std::int64_t page) {
-  const double now = runtime_->now_us();
   std::lock_guard lock(mutex_);
-  close_interval(now);
+  account();
   stage_ = s;
   logical_block_ = logical_block;
   page_ = page;
-  stage_t0_ = now;
 }
 
 void Worker::wait_begin(const TilePipe& pipe, bool push, int lane) {
   std::lock_guard lock(mutex_);
+  account();
   waiting_on_ = &pipe;
   waiting_push_ = push;
   waiting_lane_ = lane;
 }
 
-void Worker::wait_end(const TilePipe& pipe, bool push, int lane, double t0) {
-  const double t1 = runtime_->now_us();
+void Worker::wait_end(const TilePipe& pipe, bool push, int lane, double ready) {
   std::lock_guard lock(mutex_);
   waiting_on_ = nullptr;
-  // Waiting inside a pipe call is its own interval; time before it stays with the stage.
-  if (runtime_->config().record && t1 - t0 > 1.0) {
-    close_interval(t0);
-    const PipeWait w = pipe.pending(push, lane);
-    events_.push_back(Event{push ? Stage::kWaitPush : Stage::kWaitPop, logical_block_, page_,
-                            pipe.config().name.c_str(), (w.slot + pipe.config().depth - 1) % pipe.config().depth, t0, t1});
-    stage_t0_ = t1;
+  // On the simulated clock the call waited until the slot was free (push) or the tile was
+  // pushed (pop); blocking in the OS costs no CPU time, so it is not counted twice.
+  if (ready > clock_us_) {
+    if (runtime_->config().record) {
+      const PipeWait w = pipe.pending(push, lane);
+      const int slot = static_cast<int>((w.tile - 1) % pipe.config().depth);
+      events_.push_back(Event{push ? Stage::kWaitPush : Stage::kWaitPop, logical_block_, page_,
+                              pipe.config().name.c_str(), slot, clock_us_, ready});
+    }
+    clock_us_ = ready;
   }
-  if (runtime_->config().record && !ctx_.sub_block_id)  // one vector lane samples for both
-    counters_.push_back(CounterSample{pipe.config().name.c_str(), t1, pipe.occupancy()});
+  if (runtime_->config().record && !ctx_.sub_block_id)  // the cube and one vector lane sample
+    counters_.push_back(CounterSample{pipe.config().name.c_str(), clock_us_, pipe.occupancy()});
   runtime_->progressed();
 }
 
 void Worker::tpush(TilePipe& pipe, const void* tile, std::size_t bytes, int lane) {
-  const double t0 = runtime_->now_us();
   wait_begin(pipe, true, lane);
-  pipe.tpush(tile, bytes, lane);
-  wait_end(pipe, true, lane, t0);
+  const double free_at = pipe.tpush(tile, bytes, lane, clock_us_);
+  wait_end(pipe, true, lane, free_at);
 }
 
 void Worker::tpop(TilePipe& pipe, void* tile, std::size_t bytes, int lane) {
-  const double t0 = runtime_->now_us();
   wait_begin(pipe, false, lane);
-  pipe.tpop(tile, bytes, lane);
-  wait_end(pipe, false, lane, t0);
+  const double ready = pipe.tpop(tile, bytes, lane, clock_us_);
+  wait_end(pipe, false, lane, ready);
 }
 
 void Worker::tfree(TilePipe& pipe, int lane) {
-  pipe.tfree(lane);
+  pipe.tfree(lane, clock_us_);
   runtime_->progressed();
 }
 
 void Worker::done() {
-  const double now = runtime_->now_us();
   std::lock_guard lock(mutex_);
-  close_interval(now);
+  account();
   stage_ = Stage::kIdle;
   done_ = true;
 }
 
 // ---- MixRuntime -----------------------------------------------------------------------
 
-MixRuntime::MixRuntime(RuntimeConfig config) : config_(config), start_(std::chrono::steady_clock::now()) {
+MixRuntime::MixRuntime(RuntimeConfig config) : config_(config) {
   const int workers = 3 * config_.block_num;
   if (config_.single_thread) scheduler_ = std::make_unique<TurnScheduler>(workers);
   PipeWaiter* waiter = scheduler_.get();
@@ -116,10 +128,6 @@ MixRuntime::MixRuntime(RuntimeConfig config) : config_(config), start_(std::chro
 }
 
 MixRuntime::~MixRuntime() = default;
-
-double MixRuntime::now_us() const {
-  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start_).count();
-}
 
 void MixRuntime::close_all() {
   for (BlockPipes& p : pipes_) {
@@ -175,6 +183,7 @@ void MixRuntime::run(const std::function<void(Worker&)>& program) {
                [&](const CoreContext& ctx) {
                  Worker& w = *workers_[static_cast<std::size_t>(ctx.worker)];
                  w.ctx_ = ctx;
+                 w.cpu_mark_us_ = thread_cpu_us();
                  program(w);
                  w.done();
                },

@@ -26,7 +26,7 @@ struct BlockPipes {
   std::unique_ptr<TilePipe> sij, pij, oi;
 };
 
-// One recorded interval of a worker (for traces and the summary).
+// One recorded interval of a worker on its simulated clock (for traces and the summary).
 struct Event {
   Stage stage;
   std::int64_t logical_block;
@@ -70,8 +70,8 @@ class Worker {
  private:
   friend class MixRuntime;
   void wait_begin(const TilePipe& pipe, bool push, int lane);
-  void wait_end(const TilePipe& pipe, bool push, int lane, double t0);
-  void close_interval(double now);
+  void wait_end(const TilePipe& pipe, bool push, int lane, double ready);
+  void account();  // closes the running piece of the current stage on the simulated clock
 
   CoreContext ctx_;
   BlockPipes* pipes_ = nullptr;
@@ -84,7 +84,12 @@ class Worker {
   bool waiting_push_ = false;
   int waiting_lane_ = kWholeTile;
   bool done_ = false;
-  double stage_t0_ = 0;
+  // Simulated time: each core has its own clock, advanced by the thread CPU time its stages
+  // take and moved forward to a tile's push (or a slot's free) time when it waits on a pipe,
+  // so the trace shows the pipeline as on 3 * block_num independent cores, whatever the OS
+  // does with the threads.
+  double clock_us_ = 0;
+  double cpu_mark_us_ = 0;
   std::vector<Event> events_;
   std::vector<CounterSample> counters_;
 
@@ -102,7 +107,6 @@ class MixRuntime {
   // pipe and slot if the pipeline deadlocks (watchdog or, single-threaded, at once).
   void run(const std::function<void(Worker&)>& program);
 
-  double now_us() const;
   void progressed() { ++progress_; }
   const RuntimeConfig& config() const { return config_; }
   const std::vector<std::unique_ptr<Worker>>& workers() const { return workers_; }
@@ -115,7 +119,6 @@ class MixRuntime {
   std::vector<BlockPipes> pipes_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<TurnScheduler> scheduler_;
-  std::chrono::steady_clock::time_point start_;
   std::atomic<std::uint64_t> progress_{0};
 };
 

@@ -16,6 +16,7 @@ struct TraceSummary {
   double cube_busy_pct = 0;    // mean over cube workers: time in load/QK/PV over wall time
   double vector_busy_pct = 0;  // mean over vector workers: time in SF/UP/finalize over wall time
   double overlap_pct = 0;      // cube QK/PV time while a vector of the same block runs SF/UP, over cube QK/PV time
+  double hidden_pct = 0;       // vector SF/UP time while its cube runs QK/PV, over vector SF/UP time
   struct PipeWaits { std::string pipe; double push_us = 0, pop_us = 0; };
   std::vector<PipeWaits> waits;  // sij, pij, oi
   std::vector<std::string> lines() const;
