@@ -28,11 +28,13 @@ rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus
 
 # (sections added by each area below)
 
-echo "== cpu executor: thread-pool and split-KV tests under ThreadSanitizer =="
+echo "== ThreadSanitizer: cpu thread pool / split-KV, tile pipes, MIX launcher, sim =="
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMIXPA_SANITIZE=thread -DMIXPA_CUDA=OFF \
   -DMIXPA_BUILD_BENCH=OFF >/dev/null
-cmake --build build-tsan -j"$jobs" --target test_cpu
+cmake --build build-tsan -j"$jobs" --target test_cpu test_pipe test_sim
 ./build-tsan/tests/test_cpu --gtest_filter='*Bitwise*:*CpuExecutor*:*SplitKv*'
+./build-tsan/tests/test_pipe
+./build-tsan/tests/test_sim --gtest_filter='-*Slow*'
 
 echo "== python: pip install . + pytest tests/python =="
 # CI needs: numpy ml_dtypes pytest scikit-build-core nanobind (torch optional: its tests skip without it).
