@@ -56,6 +56,10 @@ void add_run_command(CLI::App& app, RunArgs& a) {
   run->add_option("--pipe-depth", a.options.pipe_depth, "Slots per tile pipe (default 2, the origin's)");
   run->add_option("--trace", a.options.sim.trace_path, "sim: write Chrome/Perfetto trace events (JSON)");
   run->add_option("--swimlane", a.options.sim.swimlane_path, "sim: write an SVG swimlane of the pipeline");
+  run->add_option("--swimlane-blocks", a.options.sim.swimlane_blocks, "sim: hardware blocks in the swimlane (default 3)");
+  run->add_option("--swimlane-window", a.swimlane_window,
+                  "sim: swimlane window FROM_US TO_US on the simulated clock (default: block 0's first 8 pages)")
+      ->expected(2);
   run->add_option("--watchdog", a.options.sim.watchdog_seconds,
                   "sim: seconds without progress before a deadlock report (default 10)");
   run->add_flag("--single-thread", a.options.sim.single_thread, "sim: deterministic single-OS-thread scheduling");
@@ -91,6 +95,10 @@ int run_command(RunArgs& a) {
   options.executor = a.executor;
   if (a.scale) options.scale = a.scale;
   else if (c.has_scale) options.scale = c.scale;
+  if (a.swimlane_window.size() == 2) {
+    options.sim.swimlane_from_us = a.swimlane_window[0];
+    options.sim.swimlane_to_us = a.swimlane_window[1];
+  }
   options.report = [](std::string_view line) { std::printf("%.*s\n", static_cast<int>(line.size()), line.data()); };
 
   // Validate everything (and resolve the executor) before any work or output.

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "mixpa/paged_attention.h"
 
@@ -16,6 +17,7 @@ struct RunArgs {
   std::optional<double> scale;
   bool no_verify = false, verify = false;
   int repeat = 1;
+  std::vector<double> swimlane_window;
   Options options;
 };
 

@@ -35,6 +35,9 @@ struct Inputs {
 struct SimOptions {
   std::string trace_path;       // Chrome/Perfetto trace events (JSON); empty = none
   std::string swimlane_path;    // SVG swimlane; empty = none
+  int swimlane_blocks = 3;      // hardware blocks drawn in the swimlane, from block 0
+  double swimlane_from_us = 0;  // window on the simulated clock; to < 0: until block 0's
+  double swimlane_to_us = -1;   //   vectors finish 8 pages of their first logical block
   double watchdog_seconds = 10; // no progress for this long = deadlock report
   bool single_thread = false;   // deterministic single-OS-thread scheduling
 };

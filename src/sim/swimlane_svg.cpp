@@ -1,7 +1,8 @@
 // SVG swimlane of a sim run: one lane per worker of the first blocks, a rectangle per
 // stage interval (cube stages blue/purple, vector stages orange/green, waits grey), a time
-// axis and a legend. The window starts at t = 0 and ends when block 0's vectors finish
-// their first logical block, so one request's pipeline is visible page by page.
+// axis and a legend. The default window starts at t = 0 and ends when block 0's vectors
+// finish the first 8 pages of their first logical block, so the pipelining is visible page
+// by page.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -13,6 +14,7 @@
 namespace mixpa::sim {
 namespace {
 
+constexpr int kDefaultPages = 8;  // the default window: the first pages of block 0's first logical block
 constexpr double kWidth = 1400, kLeft = 150, kRight = 20, kTop = 60, kLane = 24, kGap = 6;
 
 const char* colour(Stage s) {
@@ -34,7 +36,7 @@ double window_end(const MixRuntime& rt) {
   double end = 0, all = 0;
   for (int k = 1; k <= 2; ++k)
     for (const Event& e : rt.workers()[k]->events()) {
-      if (e.logical_block == 0) end = std::max(end, e.t1_us);
+      if (e.logical_block == 0 && e.page >= 0 && e.page < kDefaultPages) end = std::max(end, e.t1_us);
     }
   for (const auto& w : rt.workers())
     for (const Event& e : w->events()) all = std::max(all, e.t1_us);
@@ -50,13 +52,14 @@ std::string time_label(double us) {
 
 }  // namespace
 
-void write_swimlane_svg(const MixRuntime& rt, const std::string& path, int blocks) {
-  blocks = std::min(blocks, rt.config().block_num);
-  const double t_end = std::max(window_end(rt), 1.0);
+void write_swimlane_svg(const MixRuntime& rt, const std::string& path, int blocks, double from_us, double to_us) {
+  blocks = std::clamp(blocks, 1, rt.config().block_num);
+  const double t_begin = std::max(from_us, 0.0);
+  const double t_end = std::max(to_us > t_begin ? to_us : window_end(rt), t_begin + 1.0);
   const double plot_w = kWidth - kLeft - kRight;
   const int lanes = 3 * blocks;
   const double height = kTop + lanes * kLane + blocks * kGap + 90;
-  auto x = [&](double t) { return kLeft + plot_w * std::clamp(t / t_end, 0.0, 1.0); };
+  auto x = [&](double t) { return kLeft + plot_w * std::clamp((t - t_begin) / (t_end - t_begin), 0.0, 1.0); };
 
   std::ostringstream s;
   s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kWidth << "\" height=\"" << height
@@ -66,7 +69,8 @@ void write_swimlane_svg(const MixRuntime& rt, const std::string& path, int block
        "<line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" stroke=\"#a0a0a0\" stroke-width=\"2\"/></pattern></defs>\n"
     << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     << "<text x=\"" << kLeft << "\" y=\"24\" font-size=\"16\" font-weight=\"bold\">mixpa sim: MIX pipeline of blocks 0-"
-    << blocks - 1 << " (cube QK/PV vs vector SF/UP), first logical block of block 0</text>\n";
+    << blocks - 1 << " (cube QK/PV vs vector SF/UP), simulated time " << time_label(t_begin) << " - "
+    << time_label(t_end) << "</text>\n";
   double y = kTop;
   for (int b = 0; b < blocks; ++b) {
     for (int k = 0; k < 3; ++k) {
@@ -76,7 +80,7 @@ void write_swimlane_svg(const MixRuntime& rt, const std::string& path, int block
       s << "<rect x=\"" << kLeft << "\" y=\"" << y << "\" width=\"" << plot_w << "\" height=\"" << kLane - 4
         << "\" fill=\"#fafafa\" stroke=\"#eeeeee\"/>\n";
       for (const Event& e : w.events()) {
-        if (e.t0_us >= t_end) continue;
+        if (e.t0_us >= t_end || e.t1_us <= t_begin) continue;
         const double x0 = x(e.t0_us), x1 = std::max(x(e.t1_us), x0 + 0.5);
         s << "<rect x=\"" << x0 << "\" y=\"" << y << "\" width=\"" << x1 - x0 << "\" height=\"" << kLane - 4
           << "\" fill=\"" << colour(e.stage) << "\"><title>" << stage_name(e.stage);
@@ -96,7 +100,7 @@ void write_swimlane_svg(const MixRuntime& rt, const std::string& path, int block
   s << "<line x1=\"" << kLeft << "\" y1=\"" << y + 4 << "\" x2=\"" << kLeft + plot_w << "\" y2=\"" << y + 4
     << "\" stroke=\"black\"/>\n";
   for (int i = 0; i <= 10; ++i) {
-    const double t = t_end * i / 10, xt = x(t);
+    const double t = t_begin + (t_end - t_begin) * i / 10, xt = x(t);
     s << "<line x1=\"" << xt << "\" y1=\"" << y + 4 << "\" x2=\"" << xt << "\" y2=\"" << y + 10
       << "\" stroke=\"black\"/><text x=\"" << xt << "\" y=\"" << y + 24 << "\" text-anchor=\"middle\">"
       << time_label(t) << "</text>\n";

@@ -142,7 +142,8 @@ void write_chrome_trace(const MixRuntime& runtime, const Plan& plan, const std::
 
 void emit_trace_outputs(const MixRuntime& runtime, const Plan& plan, const Options& options) {
   if (!options.sim.trace_path.empty()) write_chrome_trace(runtime, plan, options.sim.trace_path);
-  if (!options.sim.swimlane_path.empty()) write_swimlane_svg(runtime, options.sim.swimlane_path);
+  if (!options.sim.swimlane_path.empty()) write_swimlane_svg(runtime, options.sim.swimlane_path, options.sim.swimlane_blocks, options.sim.swimlane_from_us,
+                       options.sim.swimlane_to_us);
   if (options.report)
     for (const std::string& line : summarize(runtime).lines()) options.report(line);
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+
 #include <vector>
 
 #include "core/plan.h"
@@ -24,8 +25,10 @@ struct TraceSummary {
 
 TraceSummary summarize(const MixRuntime& runtime);
 void write_chrome_trace(const MixRuntime& runtime, const Plan& plan, const std::string& path);
-// Window: blocks [0, blocks) from t = 0 until block 0's vectors finish their first logical block.
-void write_swimlane_svg(const MixRuntime& runtime, const std::string& path, int blocks = 3);
+// Window: blocks [0, blocks), simulated time [from_us, to_us); to_us < 0 means until block 0's
+// vectors finish the first 8 pages of their first logical block.
+void write_swimlane_svg(const MixRuntime& runtime, const std::string& path, int blocks = 3, double from_us = 0,
+                        double to_us = -1);
 
 // Writes what `options` asks for and sends the summary to options.report.
 void emit_trace_outputs(const MixRuntime& runtime, const Plan& plan, const Options& options);
