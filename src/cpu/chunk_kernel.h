@@ -1,6 +1,7 @@
 // The cpu executor's micro-kernel interface: one work item = a head tile of one request over a
 // range of its pages. Each instruction-set flavour (avx512bf16, avx2, scalar) implements it in
 // its own translation unit compiled for that target; dispatch picks one at run time.
+// (avx512 = AVX-512F without BF16: bf16 widened to fp32; the others as named.)
 //
 // Per page every flavour runs the MIX stages in the origin's order:
 //   qk_page (cube QK) -> softmax_page (vector SF) -> pv_page (cube PV) -> update (vector UP).
@@ -33,10 +34,10 @@ struct ChunkOut {
 
 using ChunkKernel = void (*)(const ChunkJob& job, const ChunkOut& out);
 
-enum class Isa { kScalar, kAvx2, kAvx512Bf16, kAmx };
+enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 
 std::string_view isa_name(Isa isa);
-// Parses "scalar" / "avx2" / "avx512bf16" / "amx"; throws mixpa::Error otherwise.
+// Parses "scalar" / "avx2" / "avx512" / "avx512bf16" / "amx"; throws mixpa::Error otherwise.
 Isa parse_isa(std::string_view name);
 // Whether this CPU (and OS) can run the flavour: cpuid, and for AMX the kernel's permission.
 bool isa_supported(Isa isa);
@@ -48,6 +49,9 @@ ChunkKernel chunk_kernel(Isa isa);
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
+// AVX-512F with fp32 FMAs (no BF16 instructions); tiles of <= 8 rows go to the narrow kernel.
+void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out);
+void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);
 // The AVX-512 BF16 kernel for tiles of <= 8 rows (called by attend_chunk_avx512bf16).
 void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out);

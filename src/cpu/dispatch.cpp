@@ -1,5 +1,5 @@
 // Run-time choice of the kernel flavour: cpuid decides what this CPU can run; MIXPA_CPU_ISA
-// may pick a lesser one (benchmarks, debugging).
+// may pick a lesser one (benchmarks, debugging). Order: amx, avx512bf16, avx512, avx2, scalar.
 #include <cstdlib>
 #if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
@@ -36,6 +36,7 @@ std::string_view isa_name(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
     case Isa::kAvx512Bf16: return "avx512bf16";
     case Isa::kAmx: return "amx";
   }
@@ -43,9 +44,9 @@ std::string_view isa_name(Isa isa) {
 }
 
 Isa parse_isa(std::string_view name) {
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Bf16, Isa::kAmx})
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16, Isa::kAmx})
     if (isa_name(isa) == name) return isa;
-  throw Error("MIXPA_CPU_ISA: unknown instruction set '" + std::string(name) + "', expected scalar, avx2, avx512bf16 or amx");
+  throw Error("MIXPA_CPU_ISA: unknown instruction set '" + std::string(name) + "', expected scalar, avx2, avx512, avx512bf16 or amx");
 }
 
 bool isa_supported(Isa isa) {
@@ -54,6 +55,11 @@ bool isa_supported(Isa isa) {
   __builtin_cpu_init();
 #if defined(MIXPA_CPU_HAS_AVX2)
   if (isa == Isa::kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+#if defined(MIXPA_CPU_HAS_AVX512)
+  if (isa == Isa::kAvx512)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #endif
 #if defined(MIXPA_CPU_HAS_AVX512BF16)
   if (isa == Isa::kAvx512Bf16)
@@ -73,7 +79,7 @@ Isa default_isa() {
     if (!isa_supported(isa)) throw Error("MIXPA_CPU_ISA: this CPU cannot run '" + std::string(env) + "'");
     return isa;
   }
-  for (Isa isa : {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx2})
+  for (Isa isa : {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512, Isa::kAvx2})
     if (isa_supported(isa)) return isa;
   return Isa::kScalar;
 }
@@ -84,6 +90,9 @@ ChunkKernel chunk_kernel([[maybe_unused]] Isa isa) {
 #endif
 #if defined(MIXPA_CPU_HAS_AVX512BF16)
   if (isa == Isa::kAvx512Bf16) return &attend_chunk_avx512bf16;
+#endif
+#if defined(MIXPA_CPU_HAS_AVX512)
+  if (isa == Isa::kAvx512) return &attend_chunk_avx512;
 #endif
 #if defined(MIXPA_CPU_HAS_AVX2)
   if (isa == Isa::kAvx2) return &attend_chunk_avx2;

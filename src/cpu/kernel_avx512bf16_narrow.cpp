@@ -26,6 +26,7 @@ namespace {
 using avx512::dim_of_position;
 using avx512::exp512;
 using avx512::interleave_v;
+using avx512::reduce_tokens;
 
 alignas(64) const bf16 kZeroRow[256] = {};
 
@@ -43,28 +44,6 @@ inline __m512i bcst_words(const void* p) {
   } else {
     return _mm512_loadu_si512(p);
   }
-}
-
-// Butterfly indices: combining X and Y over blocks of g lanes (see reduce_tokens).
-inline __m512i butterfly_index(int g, bool second) {
-  alignas(64) std::int32_t idx[16];
-  for (int lane = 0; lane < 16; ++lane) {
-    const int base = lane - lane % g, c = lane % g, half = g / 2;
-    idx[lane] = c < half ? base + c + (second ? half : 0) : 16 + base + c - (second ? 0 : half);
-  }
-  return _mm512_load_si512(idx);
-}
-
-// a[t] has lanes r*C + c = partial sums of token t; returns lanes r*C + t = full sums.
-template <int C>
-inline __m512 reduce_tokens(__m512* a) {
-  int n = C;
-  for (int g = C; g >= 2; g /= 2, n /= 2) {
-    const __m512i i1 = butterfly_index(g, false), i2 = butterfly_index(g, true);
-    for (int t = 0; t < n / 2; ++t)
-      a[t] = _mm512_add_ps(_mm512_permutex2var_ps(a[t], i1, a[t + n / 2]), _mm512_permutex2var_ps(a[t], i2, a[t + n / 2]));
-  }
-  return a[0];
 }
 
 struct Tile {

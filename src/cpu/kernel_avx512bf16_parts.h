@@ -1,4 +1,4 @@
-// Pieces shared by the two AVX-512 BF16 kernels (wide tiles: rows in lanes; narrow tiles:
+// Pieces shared by the two AVX-512 BF16 kernels (exp and prefetch: kernel_avx512_common.h) (wide tiles: rows in lanes; narrow tiles:
 // rows x columns in lanes). Include only after `#pragma GCC target("avx512f,...,avx512bf16")`;
 // everything here has internal linkage, so no other translation unit can pick it up.
 #pragma once
@@ -8,51 +8,10 @@
 #include <cstdint>
 
 #include "core/problem.h"
+#include "cpu/kernel_avx512_common.h"
 
 namespace mixpa::cpu::avx512 {
 namespace {
-
-// exp(x) for x <= 0 (arguments are score - running max): Cody-Waite reduction, degree-6
-// polynomial (about 1 ulp), vscalefps for 2^n. Below -87.3 (and -inf) the result is 0.
-inline __m512 exp512(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(live, p, n);
-}
-
-// Pages are random in memory, so the hardware streamers (which stop at 4 KiB boundaries) do
-// not find them: each kernel prefetches the K and V rows of its *next* page while it computes
-// the current one, spread over the current page's token blocks so requests stay in flight
-// all the time. Into L2 (T1): measured 1.8x vs 1.95x of the roofline for T0 on Case1.
-// How many pages ahead of the one being computed the prefetches run (1, 2 and 4 measured
-// the same on Case1: 1.57-1.75x of the roofline, within noise).
-#ifndef MIXPA_PREFETCH_PAGES
-#define MIXPA_PREFETCH_PAGES 1
-#endif
-constexpr std::int64_t kPrefetchPages = MIXPA_PREFETCH_PAGES;
-
-// `which`: 1 = K rows, 2 = V rows, 3 = both.
-inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
-                          std::int64_t j0, std::int64_t j1, int which = 3) {
-  if (page < 0) return;
-  for (std::int64_t j = j0; j < j1 && j < pr->shape.block_size; ++j) {
-    if (which & 1)
-      for (std::int64_t b = 0; b < dim * 2; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(pr->key_row(page, j, kv_head)) + b, _MM_HINT_T1);
-    if (which & 2)
-      for (std::int64_t b = 0; b < dim * 2; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(pr->value_row(page, j, kv_head)) + b, _MM_HINT_T1);
-  }
-}
 
 // vi[jp][dim] = V rows (2jp, 2jp+1) paired per dim within 128-bit lanes (vpunpck{l,h}wd), for
 // jp < pairs; rows at or past `valid` pair as 0 and are never loaded. Meanwhile the V rows of

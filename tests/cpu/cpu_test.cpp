@@ -24,7 +24,7 @@ using testing::coverage_specs;
 using testing::exact;
 using testing::small_spec;
 
-std::vector<Isa> all_isas() { return {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx2, Isa::kScalar}; }
+std::vector<Isa> all_isas() { return {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512, Isa::kAvx2, Isa::kScalar}; }
 
 // Runs the cpu executor with a forced kernel flavour and thread count.
 std::vector<float> run_isa(const Case& c, Isa isa, int threads = 0) {

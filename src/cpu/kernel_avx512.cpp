@@ -1,0 +1,240 @@
+// AVX-512F flavour of the chunk kernel, for CPUs with AVX-512 but without its BF16 dot product
+// (Ice Lake, and VMs that hide AVX512_BF16/AMX): bf16 widened to fp32, vfmadd231ps.
+//
+// Layout: the head tile's rows live in SIMD lanes (16 rows per zmm, RV = 1..4 zmm per tile),
+// so m, l and the rescale factor are plain vectors and no horizontal reduction is needed:
+//   QK  s[j]   (lanes = rows) += Qt[pos] * bcst(Kf[j][pos])    vfmadd231ps zmm, zmm, m32{1to16}
+//   SF  P = bf16(exp(s - M)) kept as fp32 (exactly representable), l = sum of the rounded P
+//   PV  ot[pos] (lanes = rows) += P[j] * bcst(Vf[j][pos])
+// The broadcast operand must be fp32 in memory, so each K and V row is widened once per tile
+// (one shift or mask per 16 elements, ~3% of the FMAs) into a small buffer that stays in L1/L2.
+// Widening splits each 32-element chunk into even and odd elements (x << 16, x & 0xffff0000);
+// Qt and ot use the same "position" order, and ot is put back in dim order once per chunk.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/chunk_kernel.h"
+#include "cpu/scratch.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "cpu/kernel_avx512_common.h"
+#include "cpu/kernel_avx512_parts.h"
+
+namespace mixpa::cpu {
+namespace {
+
+using avx512::position_dim;
+using avx512::exp512;
+using avx512::kLanes;
+using avx512::prefetch_rows;
+using avx512::round_bf16;
+using avx512::widen_row;
+
+// Everything one chunk works on. Widths: W = RV * 16 lanes.
+struct Tile {
+  const ChunkJob* job;
+  const Problem* pr;
+  std::int64_t dim, bs;
+  float* qt;  // [dim][W]   Q, lanes = rows, position order
+  float* kf;  // [kMaxNJ][dim]  widened K rows of one token block
+  float* s;   // [bs][W]    scaled scores, then the rounded P
+  float* vf;  // [TB][dim]  widened V rows of one PV token block
+  float* ot;  // [dim][W]   running unnormalised output, position order
+  float m[64], l[64];
+};
+
+constexpr int kMaxNJ = 16;
+constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
+
+// Cube QK for NJ consecutive valid tokens from j0: widen their K rows, then NJ x RV chains.
+template <int RV, int D, int NJ>
+inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale) {
+  constexpr int W = RV * kLanes;
+  for (int j = 0; j < NJ; ++j) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), t.kf + j * D, D);
+  __m512 acc[NJ][RV];
+#pragma GCC unroll 16
+  for (int j = 0; j < NJ; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  const float* kf = t.kf;
+  const float* qt = t.qt;
+  for (std::int64_t pos = 0; pos < D; ++pos) {
+    __m512 q[RV];
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) q[v] = _mm512_load_ps(qt + pos * W + v * kLanes);
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) {
+      const __m512 k = _mm512_set1_ps(kf[j * D + pos]);
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_fmadd_ps(q[v], k, acc[j][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NJ; ++j)
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes, _mm512_mul_ps(acc[j][v], scale));
+}
+
+// Cube QK: scores of the page's valid tokens; meanwhile the next page's K rows are prefetched,
+// spread over the token blocks so requests stay in flight the whole time.
+template <int RV, int D>
+void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
+  constexpr int NJ = RV == 3 ? 5 : kMaxNJ / RV;
+  const __m512 scale = _mm512_set1_ps(t.pr->scale);
+  const std::int64_t blocks = (valid + NJ - 1) / NJ;
+  std::int64_t j = 0;
+  for (std::int64_t b = 0; j + NJ <= valid; j += NJ, ++b) {
+    prefetch_rows(t.pr, t.job->kv_head, D, next, b * t.bs / blocks, (b + 1) * t.bs / blocks, 1);
+    qk_tokens<RV, D, NJ>(t, page, j, scale);
+  }
+  if (j < valid) prefetch_rows(t.pr, t.job->kv_head, D, next, (blocks - 1) * t.bs / blocks, t.bs, 1);
+  for (; j < valid; ++j) qk_tokens<RV, D, 1>(t, page, j, scale);
+}
+
+// Vector SF: running max, P = bf16(exp(s - M)) in place, l_i = sum of the rounded P,
+// alpha = exp(M_old - M_new).
+template <int RV>
+void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
+  constexpr int W = RV * kLanes;
+  for (int v = 0; v < RV; ++v) {
+    const __m512 m_old = _mm512_loadu_ps(t.m + v * kLanes);
+    __m512 mx4[4] = {m_old, m_old, m_old, m_old};  // four chains: vmaxps latency, not throughput
+    std::int64_t j4 = 0;
+    for (; j4 + 4 <= valid; j4 += 4)
+      for (int k = 0; k < 4; ++k) mx4[k] = _mm512_max_ps(mx4[k], _mm512_load_ps(t.s + (j4 + k) * W + v * kLanes));
+    for (; j4 < valid; ++j4) mx4[0] = _mm512_max_ps(mx4[0], _mm512_load_ps(t.s + j4 * W + v * kLanes));
+    const __m512 mx = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
+    alpha[v] = exp512(_mm512_sub_ps(m_old, mx));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
+    std::int64_t j = 0;
+    for (; j + 2 <= valid; j += 2) {  // two independent exp chains
+      float* s0 = t.s + j * W + v * kLanes;
+      float* s1 = s0 + W;
+      const __m512 p0 = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(s0), mx)));
+      const __m512 p1 = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(s1), mx)));
+      _mm512_store_ps(s0, p0);
+      _mm512_store_ps(s1, p1);
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+    }
+    if (j < valid) {
+      float* s0 = t.s + j * W + v * kLanes;
+      const __m512 p0 = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(s0), mx)));
+      _mm512_store_ps(s0, p0);
+      sum0 = _mm512_add_ps(sum0, p0);
+    }
+    _mm512_storeu_ps(t.m + v * kLanes, mx);
+    l_i[v] = _mm512_add_ps(sum0, sum1);
+  }
+}
+
+// Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1:
+// per block, TD positions at a time so the TD x RV accumulators stay in registers. The first
+// block folds its sums in as O = alpha * O + oi (the UP rescale), later ones add theirs.
+// Meanwhile the next page's V rows are prefetched.
+template <int RV, int D>
+void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
+  constexpr int W = RV * kLanes, TD = RV == 3 ? 8 : 16 / RV, TB = kPvBlockFloats / D;
+  for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
+    const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
+    prefetch_rows(t.pr, t.job->kv_head, D, next, j0 * t.bs / valid, (j0 + n) * t.bs / valid, 2);
+    for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
+    const float* p_block = t.s + j0 * W;
+    for (std::int64_t pos0 = 0; pos0 < D; pos0 += TD) {
+      __m512 acc[TD][RV];
+#pragma GCC unroll 16
+      for (int d = 0; d < TD; ++d)
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_setzero_ps();
+      const float* vf = t.vf + pos0;
+      for (std::int64_t j = 0; j < n; ++j) {
+        __m512 p[RV];
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) p[v] = _mm512_load_ps(p_block + j * W + v * kLanes);
+#pragma GCC unroll 16
+        for (int d = 0; d < TD; ++d) {
+          const __m512 x = _mm512_set1_ps(vf[j * D + d]);
+#pragma GCC unroll 4
+          for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_fmadd_ps(p[v], x, acc[d][v]);
+        }
+      }
+#pragma GCC unroll 16
+      for (int d = 0; d < TD; ++d)
+#pragma GCC unroll 4
+        for (int v = 0; v < RV; ++v) {
+          float* o = t.ot + (pos0 + d) * W + v * kLanes;
+          const __m512 old = _mm512_load_ps(o);
+          _mm512_store_ps(o, j0 == 0 ? _mm512_fmadd_ps(alpha[v], old, acc[d][v]) : _mm512_add_ps(old, acc[d][v]));
+        }
+    }
+  }
+}
+
+template <int RV, int D>
+void attend(const ChunkJob& job, const ChunkOut& out) {
+  constexpr int W = RV * kLanes;
+  const Problem& pr = *job.problem;
+  Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
+  t.qt = static_cast<float*>(scratch(0, D * W * 4));
+  t.kf = static_cast<float*>(scratch(1, kMaxNJ * D * 4));
+  t.s = static_cast<float*>(scratch(2, t.bs * W * 4));
+  t.vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
+  t.ot = static_cast<float*>(scratch(4, D * W * 4));
+  for (std::int64_t pos = 0; pos < D; ++pos) {
+    const std::int64_t d = position_dim(pos);
+    for (int r = 0; r < W; ++r)
+      t.qt[pos * W + r] = r < job.rows ? pr.query_row(job.batch, job.head_begin + r)[d].to_float() : 0.0f;
+  }
+  for (std::int64_t i = 0; i < D * W; ++i) t.ot[i] = 0.0f;
+  for (int r = 0; r < W; ++r) {
+    t.m[r] = -__builtin_inff();
+    t.l[r] = 0.0f;
+  }
+  const std::int64_t len = pr.context_len(job.batch);
+  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
+    const std::int64_t page = pr.page(job.batch, i);
+    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
+    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
+    __m512 alpha[RV], l_i[RV];
+    qk_page<RV, D>(t, page, valid, next);
+    softmax_page<RV>(t, valid, alpha, l_i);
+    pv_page<RV, D>(t, page, valid, next, alpha);
+    for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
+      _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
+  }
+  for (int r = 0; r < job.rows; ++r) {
+    for (std::int64_t pos = 0; pos < D; ++pos) out.o[r * D + position_dim(pos)] = t.ot[pos * W + r];
+    out.m[r] = t.m[r];
+    out.l[r] = t.l[r];
+  }
+}
+
+// head_dim is a template value so every K/V row offset is a constant from one base register.
+template <int RV>
+void attend_rows(const ChunkJob& job, const ChunkOut& out) {
+  switch (job.problem->shape.head_dim) {
+    case 64: return attend<RV, 64>(job, out);
+    case 128: return attend<RV, 128>(job, out);
+    default: return attend<RV, 256>(job, out);  // validate() admits 64, 128 and 256 only
+  }
+}
+
+}  // namespace
+
+void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out) {
+  if (job.rows <= 8) return attend_chunk_avx512_narrow(job, out);
+  switch ((job.rows + kLanes - 1) / kLanes) {
+    case 1: return attend_rows<1>(job, out);
+    case 2: return attend_rows<2>(job, out);
+    case 3: return attend_rows<3>(job, out);
+    default: return attend_rows<4>(job, out);
+  }
+}
+
+}  // namespace mixpa::cpu
+
+#pragma GCC pop_options

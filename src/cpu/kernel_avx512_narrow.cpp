@@ -1,0 +1,228 @@
+// AVX-512F (fp32 FMA) chunk kernel for narrow head tiles (<= 8 rows: GQA decode, 32/8 heads).
+//
+// With 16 rows per zmm a 4-row tile would leave 12 of 16 lanes idle. As in the BF16 narrow
+// kernel, a zmm holds RS = 16 / C rows x C columns: lane r*C + c.
+//   QK  acc[j] += Qt[p] * bcst_C(Kf[j] + p*C)   the C columns are C positions of head_dim;
+//       a permute butterfly sums each row's C partial sums and packs C tokens per vector.
+//   SF  per row over its C lanes (butterfly max / sum); P rounded to bf16, kept in fp32.
+//   PV  ot[v] += P[j] * bcst_C(Vf[j] + v*C)     P[j]: lane r*C + c = P of row r at token j;
+//       the C columns are C output positions.
+// Kf and Vf are the K and V rows widened to fp32 (kernel_avx512_parts.h), read by broadcast
+// loads. Every lane does useful work: per token QK costs head_dim / C FMAs instead of head_dim.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/chunk_kernel.h"
+#include "cpu/scratch.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "cpu/kernel_avx512_common.h"
+#include "cpu/kernel_avx512_parts.h"
+
+namespace mixpa::cpu {
+namespace {
+
+using avx512::exp512;
+using avx512::kLanes;
+using avx512::position_dim;
+using avx512::reduce_tokens;
+using avx512::round_bf16;
+using avx512::widen_row;
+
+constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
+
+// C consecutive floats at p, repeated over the zmm (a broadcast load, no shuffle).
+template <int C>
+inline __m512 bcst(const float* p) {
+  if constexpr (C == 2) {
+    double v;
+    std::memcpy(&v, p, 8);
+    return _mm512_castpd_ps(_mm512_set1_pd(v));
+  } else if constexpr (C == 4) {
+    return _mm512_broadcast_f32x4(_mm_load_ps(p));
+  } else if constexpr (C == 8) {
+    return _mm512_broadcast_f32x8(_mm256_load_ps(p));
+  } else {
+    return _mm512_load_ps(p);
+  }
+}
+
+// x with every lane replaced by the max (or sum) over its aligned group of C lanes (xor butterfly).
+template <int C, bool kMax>
+inline __m512 over_row(__m512 x) {
+  for (int k = 1; k < C; k *= 2) {
+    alignas(64) std::int32_t idx[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) idx[lane] = lane ^ k;
+    const __m512 y = _mm512_permutexvar_ps(_mm512_load_si512(idx), x);
+    x = kMax ? _mm512_max_ps(x, y) : _mm512_add_ps(x, y);
+  }
+  return x;
+}
+
+struct Tile {
+  const ChunkJob* job;
+  const Problem* pr;
+  std::int64_t dim, bs;
+  float* qt;  // [dim / C][16]        lane r*C + c = Q_r at position p*C + c
+  float* kf;  // [16][dim]            widened K rows of one token block (zeros past the context)
+  float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t
+  float* pf;  // [blocks*16][16]      lane r*C + c = rounded P of row r at token j
+  float* vf;  // [bs][dim]            widened V rows of one page
+  float* ot;  // [dim / C][16]        lane r*C + c = O_r at position v*C + c
+  alignas(64) float m[kLanes], l[kLanes];
+};
+
+// Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf).
+template <int C, int D>
+void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, std::int64_t next) {
+  avx512::prefetch_rows(t.pr, t.job->kv_head, D, next, j0 * t.bs / valid, (j0 + kBlockTokens) * t.bs / valid, 1);
+  for (int j = 0; j < kBlockTokens; ++j) {
+    float* dst = t.kf + j * D;
+    if (j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
+    else
+      for (std::int64_t d = 0; d < D; d += kLanes) _mm512_store_ps(dst + d, _mm512_setzero_ps());
+  }
+  __m512 acc[kBlockTokens];
+#pragma GCC unroll 16
+  for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_setzero_ps();
+  for (std::int64_t p = 0; p < D / C; ++p) {
+    const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
+#pragma GCC unroll 16
+    for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(t.kf + j * D + p * C), acc[j]);
+  }
+  for (int g = 0; g < kBlockTokens / C; ++g) {
+    const __m512 sc = _mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale);
+    const std::int64_t first = j0 + g * C;
+    __mmask16 live = 0;
+    for (int lane = 0; lane < kLanes; ++lane) live |= static_cast<__mmask16>((first + lane % C < valid) << lane);
+    _mm512_store_ps(t.s + (first / C) * kLanes, _mm512_mask_blend_ps(live, _mm512_set1_ps(-__builtin_inff()), sc));
+  }
+}
+
+// Vector SF: running max per row, P rounded to bf16 spread to one vector per token, l_i.
+template <int C>
+void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
+  const __m512 m_old = _mm512_load_ps(t.m);
+  __m512 mx = m_old;
+  for (std::int64_t g = 0; g < groups; ++g) mx = _mm512_max_ps(mx, _mm512_load_ps(t.s + g * kLanes));
+  mx = over_row<C, true>(mx);
+  alpha = exp512(_mm512_sub_ps(m_old, mx));
+  __m512i spread[C];  // lane r*C + c <- lane r*C + u
+  for (int u = 0; u < C; ++u) {
+    alignas(64) std::int32_t idx[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) idx[lane] = lane - lane % C + u;
+    spread[u] = _mm512_load_si512(idx);
+  }
+  __m512 sum = _mm512_setzero_ps();
+  for (std::int64_t g = 0; g < groups; ++g) {
+    const __m512 p = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx)));
+    sum = _mm512_add_ps(sum, p);
+    for (int u = 0; u < C; ++u) _mm512_store_ps(t.pf + (g * C + u) * kLanes, _mm512_permutexvar_ps(spread[u], p));
+  }
+  _mm512_store_ps(t.m, mx);
+  l_i = over_row<C, false>(sum);
+}
+
+// Cube PV over the page's valid tokens, then vector UP, in blocks of up to 16 position vectors.
+template <int C, int D>
+void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512& alpha) {
+  for (std::int64_t j = 0; j < valid; ++j) {
+    avx512::prefetch_rows(t.pr, t.job->kv_head, D, next, j * t.bs / valid, (j + 1) * t.bs / valid, 2);
+    widen_row(t.pr->value_row(page, j, t.job->kv_head), t.vf + j * D, D);
+  }
+  constexpr int TD = 16;
+  const std::int64_t vectors = D / C;
+  for (std::int64_t v0 = 0; v0 < vectors; v0 += TD) {
+    __m512 acc[TD];
+#pragma GCC unroll 16
+    for (int u = 0; u < TD; ++u) acc[u] = _mm512_setzero_ps();
+    const int n = vectors - v0 < TD ? static_cast<int>(vectors - v0) : TD;
+    for (std::int64_t j = 0; j < valid; ++j) {
+      const __m512 p = _mm512_load_ps(t.pf + j * kLanes);
+      const float* vrow = t.vf + j * D + v0 * C;
+      if (n == TD) {
+#pragma GCC unroll 16
+        for (int u = 0; u < TD; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
+      } else {
+        for (int u = 0; u < n; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
+      }
+    }
+    for (int u = 0; u < n; ++u) {  // UP: O = alpha * O + oi
+      float* o = t.ot + (v0 + u) * kLanes;
+      _mm512_store_ps(o, _mm512_fmadd_ps(alpha, _mm512_load_ps(o), acc[u]));
+    }
+  }
+}
+
+template <int C, int D>
+void attend(const ChunkJob& job, const ChunkOut& out) {
+  const Problem& pr = *job.problem;
+  Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
+  const std::int64_t padded = (t.bs + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+  t.qt = static_cast<float*>(scratch(0, D / C * 64));
+  t.kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
+  t.s = static_cast<float*>(scratch(2, padded / C * 64));
+  t.pf = static_cast<float*>(scratch(3, padded * 64));
+  t.vf = static_cast<float*>(scratch(5, t.bs * D * 4));
+  t.ot = static_cast<float*>(scratch(4, D / C * 64));
+  for (std::int64_t p = 0; p < D / C; ++p)
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const int r = lane / C;
+      t.qt[p * kLanes + lane] =
+          r < job.rows ? pr.query_row(job.batch, job.head_begin + r)[position_dim(p * C + lane % C)].to_float() : 0.0f;
+    }
+  for (std::int64_t i = 0; i < D / C * kLanes; ++i) t.ot[i] = 0.0f;
+  for (int lane = 0; lane < kLanes; ++lane) {
+    t.m[lane] = -__builtin_inff();
+    t.l[lane] = 0.0f;
+  }
+  const __m512 scale = _mm512_set1_ps(pr.scale);
+  const std::int64_t len = pr.context_len(job.batch);
+  for (std::int64_t i = job.page_begin; i < job.page_end && i < job.page_begin + avx512::kPrefetchPages; ++i)
+    avx512::prefetch_rows(&pr, job.kv_head, D, pr.page(job.batch, i), 0, t.bs);
+  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
+    const std::int64_t page = pr.page(job.batch, i);
+    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
+    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
+    const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
+    __m512 alpha, l_i;
+    for (std::int64_t b = 0; b < blocks; ++b) qk_block<C, D>(t, page, b * kBlockTokens, valid, scale, next);
+    softmax_page<C>(t, blocks * kBlockTokens / C, alpha, l_i);
+    pv_page<C, D>(t, page, valid, next, alpha);
+    _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
+  }
+  for (int r = 0; r < job.rows; ++r) {
+    for (std::int64_t pos = 0; pos < D; ++pos)
+      out.o[r * D + position_dim(pos)] = t.ot[(pos / C) * kLanes + r * C + pos % C];
+    out.m[r] = t.m[r * C];
+    out.l[r] = t.l[r * C];
+  }
+}
+
+// head_dim is a template value so every K/V row offset is a constant from one base register.
+template <int C>
+void attend_columns(const ChunkJob& job, const ChunkOut& out) {
+  switch (job.problem->shape.head_dim) {
+    case 64: return attend<C, 64>(job, out);
+    case 128: return attend<C, 128>(job, out);
+    default: return attend<C, 256>(job, out);  // validate() admits 64, 128 and 256 only
+  }
+}
+
+}  // namespace
+
+void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out) {
+  if (job.rows <= 1) return attend_columns<16>(job, out);
+  if (job.rows <= 2) return attend_columns<8>(job, out);
+  if (job.rows <= 4) return attend_columns<4>(job, out);
+  return attend_columns<2>(job, out);
+}
+
+}  // namespace mixpa::cpu
+
+#pragma GCC pop_options
