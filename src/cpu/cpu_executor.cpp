@@ -2,6 +2,7 @@
 #include "cpu/cpu_executor.h"
 
 #include <algorithm>
+#include <numeric>
 #include <vector>
 
 #include "core/parallel.h"
@@ -26,6 +27,22 @@ struct Partials {
 ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
   const LogicalBlock lb = plan.logical_block(c.logical_block);
   return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, c.page_begin, c.page_end};
+}
+
+// The order the pool hands chunks out: chunks that read the same pages (the other kv heads
+// and head tiles of one request, same page range) run next to each other, so the pages one
+// brings into the shared cache (and the hardware prefetcher's neighbouring lines: a kv head's
+// rows are strided within a page) are still there for the others. Results never depend on it:
+// every chunk writes its own partial, merged in chunk order.
+std::vector<std::int64_t> execution_order(const Plan& plan, const SplitKvPlan& sp) {
+  std::vector<std::int64_t> order(sp.chunks.size());
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+    const KvChunk &x = sp.chunks[a], &y = sp.chunks[b];
+    const std::int64_t bx = x.logical_block / plan.q_loop, by = y.logical_block / plan.q_loop;
+    return bx != by ? bx < by : x.page_begin < y.page_begin;
+  });
+  return order;
 }
 
 // Merges the chunks of one logical block in chunk order and writes out = o / l.
@@ -58,7 +75,9 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, f
   parts.o.resize(n * parts.row_floats);
   parts.m.resize(n * plan.q_tile);
   parts.l.resize(n * plan.q_tile);
-  ThreadPool::instance().parallel_for(n, threads, [&](std::int64_t c) {
+  const std::vector<std::int64_t> order = execution_order(plan, sp);
+  ThreadPool::instance().parallel_for(n, threads, [&](std::int64_t i) {
+    const std::int64_t c = order[i];
     kernel(job_for(pr, plan, sp.chunks[c]), parts.at(c, plan.q_tile));
   });
   // Merging is (rows x head_dim) per chunk: cheap next to the chunks, but still spread out.

@@ -30,7 +30,8 @@ namespace {
 using avx512::position_dim;
 using avx512::exp512;
 using avx512::kLanes;
-using avx512::prefetch_rows;
+using avx512::LineStream;
+using avx512::page_lines;
 using avx512::round_bf16;
 using avx512::widen_row;
 
@@ -52,7 +53,7 @@ constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16
 
 // Cube QK for NJ consecutive valid tokens from j0: widen their K rows, then NJ x RV chains.
 template <int RV, int D, int NJ>
-inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale) {
+inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale, LineStream& prefetch) {
   constexpr int W = RV * kLanes;
   for (int j = 0; j < NJ; ++j) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), t.kf + j * D, D);
   __m512 acc[NJ][RV];
@@ -63,6 +64,7 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale)
   const float* kf = t.kf;
   const float* qt = t.qt;
   for (std::int64_t pos = 0; pos < D; ++pos) {
+    if (pos % 2 == 0) prefetch.issue();
     __m512 q[RV];
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) q[v] = _mm512_load_ps(qt + pos * W + v * kLanes);
@@ -79,20 +81,16 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale)
     for (int v = 0; v < RV; ++v) _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes, _mm512_mul_ps(acc[j][v], scale));
 }
 
-// Cube QK: scores of the page's valid tokens; meanwhile the next page's K rows are prefetched,
-// spread over the token blocks so requests stay in flight the whole time.
+// Cube QK: scores of the page's valid tokens; meanwhile the next page's K rows are prefetched.
 template <int RV, int D>
 void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
   constexpr int NJ = RV == 3 ? 5 : kMaxNJ / RV;
   const __m512 scale = _mm512_set1_ps(t.pr->scale);
-  const std::int64_t blocks = (valid + NJ - 1) / NJ;
+  LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 1);
   std::int64_t j = 0;
-  for (std::int64_t b = 0; j + NJ <= valid; j += NJ, ++b) {
-    prefetch_rows(t.pr, t.job->kv_head, D, next, b * t.bs / blocks, (b + 1) * t.bs / blocks, 1);
-    qk_tokens<RV, D, NJ>(t, page, j, scale);
-  }
-  if (j < valid) prefetch_rows(t.pr, t.job->kv_head, D, next, (blocks - 1) * t.bs / blocks, t.bs, 1);
-  for (; j < valid; ++j) qk_tokens<RV, D, 1>(t, page, j, scale);
+  for (; j + NJ <= valid; j += NJ) qk_tokens<RV, D, NJ>(t, page, j, scale, prefetch);
+  for (; j < valid; ++j) qk_tokens<RV, D, 1>(t, page, j, scale, prefetch);
+  prefetch.finish();
 }
 
 // Vector SF: running max, P = bf16(exp(s - M)) in place, l_i = sum of the rounded P,
@@ -139,9 +137,9 @@ void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
 template <int RV, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV == 3 ? 8 : 16 / RV, TB = kPvBlockFloats / D;
+  LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
   for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
     const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
-    prefetch_rows(t.pr, t.job->kv_head, D, next, j0 * t.bs / valid, (j0 + n) * t.bs / valid, 2);
     for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
     const float* p_block = t.s + j0 * W;
     for (std::int64_t pos0 = 0; pos0 < D; pos0 += TD) {
@@ -152,6 +150,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
         for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_setzero_ps();
       const float* vf = t.vf + pos0;
       for (std::int64_t j = 0; j < n; ++j) {
+        if (j % 2 == 0) prefetch.issue();
         __m512 p[RV];
 #pragma GCC unroll 4
         for (int v = 0; v < RV; ++v) p[v] = _mm512_load_ps(p_block + j * W + v * kLanes);
@@ -172,6 +171,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
         }
     }
   }
+  prefetch.finish();
 }
 
 template <int RV, int D>
@@ -195,6 +195,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     t.l[r] = 0.0f;
   }
   const std::int64_t len = pr.context_len(job.batch);
+  if (job.page_begin < job.page_end) avx512::prefetch_rows(&pr, job.kv_head, D, pr.page(job.batch, job.page_begin), 0, t.bs);
   for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
     const std::int64_t page = pr.page(job.batch, i);
     const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;

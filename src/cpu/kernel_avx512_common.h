@@ -55,6 +55,40 @@ inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t 
   }
 }
 
+// The cache lines of one page's K (or V) rows of one kv head, prefetched into L2 one line at
+// a time between FMA groups (a kernel calls issue() at the rate that spreads a page's lines over
+// its compute), so the requests stay spread
+// over the compute instead of queueing in bursts that hold the fill buffers demand loads need.
+struct LineStream {
+  const char* row0 = nullptr;  // row 0 of the page for the kv head
+  std::int64_t row_bytes = 0;  // stride between rows
+  int row_shift = 0;           // log2(lines per row)
+  std::int64_t next = 0, total = 0;
+
+  void issue() {
+    if (next < total) {
+      const std::int64_t row = next >> row_shift, line = next & ((1 << row_shift) - 1);
+      _mm_prefetch(row0 + row * row_bytes + line * 64, _MM_HINT_T1);
+      ++next;
+    }
+  }
+  void finish() {
+    while (next < total) issue();
+  }
+};
+
+// Lines of the K (which = 1) or V (which = 2) rows of `page`; page < 0 gives an empty stream.
+inline LineStream page_lines(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page, int which) {
+  LineStream s;
+  if (page < 0) return s;
+  const bool k = which == 1;
+  s.row0 = reinterpret_cast<const char*>(k ? pr->key_row(page, 0, kv_head) : pr->value_row(page, 0, kv_head));
+  s.row_bytes = (k ? pr->k_strides.row : pr->v_strides.row) * 2;
+  s.row_shift = __builtin_ctzll(static_cast<unsigned long long>(dim / 32));  // dim * 2 bytes / 64
+  s.total = pr->shape.block_size * (dim / 32);
+  return s;
+}
+
 // Butterfly indices: combining X and Y over blocks of g lanes (see reduce_tokens).
 inline __m512i butterfly_index(int g, bool second) {
   alignas(64) std::int32_t idx[16];

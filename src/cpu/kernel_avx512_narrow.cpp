@@ -29,6 +29,8 @@ namespace {
 
 using avx512::exp512;
 using avx512::kLanes;
+using avx512::LineStream;
+using avx512::page_lines;
 using avx512::position_dim;
 using avx512::reduce_tokens;
 using avx512::round_bf16;
@@ -79,8 +81,8 @@ struct Tile {
 
 // Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf).
 template <int C, int D>
-void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, std::int64_t next) {
-  avx512::prefetch_rows(t.pr, t.job->kv_head, D, next, j0 * t.bs / valid, (j0 + kBlockTokens) * t.bs / valid, 1);
+void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, LineStream& prefetch) {
+  constexpr int kPfRate = C / 2;  // the next page's lines spread evenly over this page's steps
   for (int j = 0; j < kBlockTokens; ++j) {
     float* dst = t.kf + j * D;
     if (j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
@@ -91,6 +93,7 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
 #pragma GCC unroll 16
   for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_setzero_ps();
   for (std::int64_t p = 0; p < D / C; ++p) {
+    for (int k = 0; k < kPfRate; ++k) prefetch.issue();  // bs*D/32 lines over (bs/16)*(D/C) steps
     const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
 #pragma GCC unroll 16
     for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(t.kf + j * D + p * C), acc[j]);
@@ -131,10 +134,9 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
 // Cube PV over the page's valid tokens, then vector UP, in blocks of up to 16 position vectors.
 template <int C, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512& alpha) {
-  for (std::int64_t j = 0; j < valid; ++j) {
-    avx512::prefetch_rows(t.pr, t.job->kv_head, D, next, j * t.bs / valid, (j + 1) * t.bs / valid, 2);
-    widen_row(t.pr->value_row(page, j, t.job->kv_head), t.vf + j * D, D);
-  }
+  constexpr int kPfRate = C / 2;  // the next page's lines spread evenly over this page's steps
+  LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
+  for (std::int64_t j = 0; j < valid; ++j) widen_row(t.pr->value_row(page, j, t.job->kv_head), t.vf + j * D, D);
   constexpr int TD = 16;
   const std::int64_t vectors = D / C;
   for (std::int64_t v0 = 0; v0 < vectors; v0 += TD) {
@@ -143,6 +145,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
     for (int u = 0; u < TD; ++u) acc[u] = _mm512_setzero_ps();
     const int n = vectors - v0 < TD ? static_cast<int>(vectors - v0) : TD;
     for (std::int64_t j = 0; j < valid; ++j) {
+      for (int k = 0; k < kPfRate; ++k) prefetch.issue();  // bs*D/32 lines over bs*D/(16C) steps
       const __m512 p = _mm512_load_ps(t.pf + j * kLanes);
       const float* vrow = t.vf + j * D + v0 * C;
       if (n == TD) {
@@ -157,6 +160,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
       _mm512_store_ps(o, _mm512_fmadd_ps(alpha, _mm512_load_ps(o), acc[u]));
     }
   }
+  prefetch.finish();
 }
 
 template <int C, int D>
@@ -191,7 +195,9 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
     __m512 alpha, l_i;
-    for (std::int64_t b = 0; b < blocks; ++b) qk_block<C, D>(t, page, b * kBlockTokens, valid, scale, next);
+    LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 1);  // next page's K, during QK
+    for (std::int64_t b = 0; b < blocks; ++b) qk_block<C, D>(t, page, b * kBlockTokens, valid, scale, prefetch);
+    prefetch.finish();
     softmax_page<C>(t, blocks * kBlockTokens / C, alpha, l_i);
     pv_page<C, D>(t, page, valid, next, alpha);
     _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
