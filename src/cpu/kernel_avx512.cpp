@@ -131,13 +131,18 @@ void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
 }
 
 // Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1:
-// per block, TD positions at a time so the TD x RV accumulators stay in registers. The first
-// block folds its sums in as O = alpha * O + oi (the UP rescale), later ones add theirs.
-// Meanwhile the next page's V rows are prefetched.
+// per block, TD positions at a time so the TD x RV accumulators stay in registers, added to
+// O after UP's rescale (O = alpha * O + oi, oi summed block by block). Meanwhile the next
+// page's V rows are prefetched.
 template <int RV, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV == 3 ? 8 : 16 / RV, TB = kPvBlockFloats / D;
   LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
+  // UP's rescale first (O = alpha * O), so the accumulation loops keep no alpha in registers.
+  for (std::int64_t i = 0; i < D * RV; ++i) {
+    float* o = t.ot + i * kLanes;
+    _mm512_store_ps(o, _mm512_mul_ps(alpha[i % RV], _mm512_load_ps(o)));
+  }
   for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
     const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
     for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
@@ -166,8 +171,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
 #pragma GCC unroll 4
         for (int v = 0; v < RV; ++v) {
           float* o = t.ot + (pos0 + d) * W + v * kLanes;
-          const __m512 old = _mm512_load_ps(o);
-          _mm512_store_ps(o, j0 == 0 ? _mm512_fmadd_ps(alpha[v], old, acc[d][v]) : _mm512_add_ps(old, acc[d][v]));
+          _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[d][v]));
         }
     }
   }
