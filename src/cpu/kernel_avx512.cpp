@@ -30,7 +30,9 @@ namespace {
 using avx512::position_dim;
 using avx512::exp512;
 using avx512::kLanes;
-using avx512::LineStream;
+using avx512::block_lines;
+using avx512::BlockStream;
+using avx512::PageStream;
 using avx512::page_lines;
 using avx512::round_bf16;
 using avx512::widen_row;
@@ -52,9 +54,11 @@ constexpr int kMaxNJ = 16;
 constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
 
 // Cube QK for NJ consecutive valid tokens from j0: widen their K rows, then NJ x RV chains.
+// Meanwhile the next page's K lines stream into L2 and the next block's rows into L1.
 template <int RV, int D, int NJ>
-inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale, LineStream& prefetch) {
-  constexpr int W = RV * kLanes;
+inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale, PageStream& prefetch,
+                      BlockStream& next_block) {
+  constexpr int W = RV * kLanes, kL1Every = NJ >= 16 ? 2 : 32 / NJ;  // NJ*D/32 lines over D steps
   for (int j = 0; j < NJ; ++j) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), t.kf + j * D, D);
   __m512 acc[NJ][RV];
 #pragma GCC unroll 16
@@ -65,6 +69,7 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale,
   const float* qt = t.qt;
   for (std::int64_t pos = 0; pos < D; ++pos) {
     if (pos % 2 == 0) prefetch.issue();
+    if (pos % kL1Every == 1) next_block.issue();
     __m512 q[RV];
 #pragma GCC unroll 4
     for (int v = 0; v < RV; ++v) q[v] = _mm512_load_ps(qt + pos * W + v * kLanes);
@@ -86,10 +91,16 @@ template <int RV, int D>
 void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
   constexpr int NJ = RV == 3 ? 5 : kMaxNJ / RV;
   const __m512 scale = _mm512_set1_ps(t.pr->scale);
-  LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 1);
+  PageStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 1);
   std::int64_t j = 0;
-  for (; j + NJ <= valid; j += NJ) qk_tokens<RV, D, NJ>(t, page, j, scale, prefetch);
-  for (; j < valid; ++j) qk_tokens<RV, D, 1>(t, page, j, scale, prefetch);
+  for (; j + NJ <= valid; j += NJ) {
+    // The next block's K rows, or after the last block PV's first V rows.
+    BlockStream next_block = j + NJ < valid ? block_lines(t.pr, t.job->kv_head, D, page, 1, j + NJ, NJ, valid)
+                                            : block_lines(t.pr, t.job->kv_head, D, page, 2, 0, kPvBlockFloats / D, valid);
+    qk_tokens<RV, D, NJ>(t, page, j, scale, prefetch, next_block);
+  }
+  BlockStream none;
+  for (; j < valid; ++j) qk_tokens<RV, D, 1>(t, page, j, scale, prefetch, none);
   prefetch.finish();
 }
 
@@ -137,7 +148,8 @@ void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
 template <int RV, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV == 3 ? 8 : 16 / RV, TB = kPvBlockFloats / D;
-  LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
+  constexpr int kL1Every = 32 / TD;  // TB*D/32 lines over (D/TD)*TB steps
+  PageStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
   // UP's rescale first (O = alpha * O), so the accumulation loops keep no alpha in registers.
   for (std::int64_t i = 0; i < D * RV; ++i) {
     float* o = t.ot + i * kLanes;
@@ -147,6 +159,9 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
     const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
     for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
     const float* p_block = t.s + j0 * W;
+    // The next block's V rows, or after the last block the next page's first K rows.
+    BlockStream next_block = j0 + TB < valid ? block_lines(t.pr, t.job->kv_head, D, page, 2, j0 + TB, TB, valid)
+                                             : block_lines(t.pr, t.job->kv_head, D, next, 1, 0, kMaxNJ, t.bs);
     for (std::int64_t pos0 = 0; pos0 < D; pos0 += TD) {
       __m512 acc[TD][RV];
 #pragma GCC unroll 16
@@ -156,6 +171,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
       const float* vf = t.vf + pos0;
       for (std::int64_t j = 0; j < n; ++j) {
         if (j % 2 == 0) prefetch.issue();
+        if (j % kL1Every == 1) next_block.issue();
         __m512 p[RV];
 #pragma GCC unroll 4
         for (int v = 0; v < RV; ++v) p[v] = _mm512_load_ps(p_block + j * W + v * kLanes);

@@ -55,12 +55,14 @@ inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t 
   }
 }
 
-// The cache lines of one page's K (or V) rows of one kv head, prefetched into L2 one line at
-// a time between FMA groups (a kernel calls issue() at the rate that spreads a page's lines over
-// its compute), so the requests stay spread
-// over the compute instead of queueing in bursts that hold the fill buffers demand loads need.
+// Cache lines of rows of one kv head (a page's K or V rows, or a block of them), prefetched one
+// line at a time between FMA groups: a kernel calls issue() at the rate that spreads the lines
+// over its compute, so requests stay spread out instead of queueing in bursts that hold the fill
+// buffers demand loads need. Two uses: the next page into L2 (T1) during this page, and the next
+// token block into L1 (T0) during this block, so widening never waits on L2.
+template <int kHint>
 struct LineStream {
-  const char* row0 = nullptr;  // row 0 of the page for the kv head
+  const char* row0 = nullptr;  // first row
   std::int64_t row_bytes = 0;  // stride between rows
   int row_shift = 0;           // log2(lines per row)
   std::int64_t next = 0, total = 0;
@@ -68,7 +70,7 @@ struct LineStream {
   void issue() {
     if (next < total) {
       const std::int64_t row = next >> row_shift, line = next & ((1 << row_shift) - 1);
-      _mm_prefetch(row0 + row * row_bytes + line * 64, _MM_HINT_T1);
+      _mm_prefetch(row0 + row * row_bytes + line * 64, static_cast<_mm_hint>(kHint));
       ++next;
     }
   }
@@ -76,38 +78,71 @@ struct LineStream {
     while (next < total) issue();
   }
 };
+using PageStream = LineStream<_MM_HINT_T1>;
+using BlockStream = LineStream<_MM_HINT_T0>;
 
-// Lines of the K (which = 1) or V (which = 2) rows of `page`; page < 0 gives an empty stream.
-inline LineStream page_lines(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page, int which) {
-  LineStream s;
-  if (page < 0) return s;
+// Lines of rows [j0, j0 + rows) of `page` for the K (which = 1) or V (which = 2) cache; page < 0
+// or rows <= 0 give an empty stream.
+template <int kHint>
+inline LineStream<kHint> row_lines(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
+                                   int which, std::int64_t j0, std::int64_t rows) {
+  LineStream<kHint> s;
+  if (page < 0 || rows <= 0) return s;
   const bool k = which == 1;
-  s.row0 = reinterpret_cast<const char*>(k ? pr->key_row(page, 0, kv_head) : pr->value_row(page, 0, kv_head));
+  s.row0 = reinterpret_cast<const char*>(k ? pr->key_row(page, j0, kv_head) : pr->value_row(page, j0, kv_head));
   s.row_bytes = (k ? pr->k_strides.row : pr->v_strides.row) * 2;
   s.row_shift = __builtin_ctzll(static_cast<unsigned long long>(dim / 32));  // dim * 2 bytes / 64
-  s.total = pr->shape.block_size * (dim / 32);
+  s.total = rows * (dim / 32);
   return s;
 }
 
-// Butterfly indices: combining X and Y over blocks of g lanes (see reduce_tokens).
-inline __m512i butterfly_index(int g, bool second) {
-  alignas(64) std::int32_t idx[16];
-  for (int lane = 0; lane < 16; ++lane) {
-    const int base = lane - lane % g, c = lane % g, half = g / 2;
-    idx[lane] = c < half ? base + c + (second ? half : 0) : 16 + base + c - (second ? 0 : half);
-  }
-  return _mm512_load_si512(idx);
+// All K (which = 1) or V (which = 2) lines of `page`, into L2.
+inline PageStream page_lines(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page, int which) {
+  return row_lines<_MM_HINT_T1>(pr, kv_head, dim, page, which, 0, pr->shape.block_size);
+}
+
+// Rows [j0, j0 + rows) of `page` (clipped to `valid`), into L1.
+inline BlockStream block_lines(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page, int which,
+                               std::int64_t j0, std::int64_t rows, std::int64_t valid) {
+  return row_lines<_MM_HINT_T0>(pr, kv_head, dim, page, which, j0, valid - j0 < rows ? valid - j0 : rows);
+}
+
+// A permutation control vector, built at compile time (a table built per call costs more
+// scalar work than the permutes it feeds).
+struct LaneTable {
+  alignas(64) std::int32_t lane[16];
+};
+
+template <class F>
+constexpr LaneTable make_lane_table(F f) {
+  LaneTable t{};
+  for (int i = 0; i < 16; ++i) t.lane[i] = f(i);
+  return t;
+}
+
+// Butterfly indices: combining X and Y over blocks of G lanes (see reduce_tokens).
+template <int G, bool kSecond>
+inline __m512i butterfly_index() {
+  static constexpr LaneTable kTable = make_lane_table([](int lane) {
+    const int base = lane - lane % G, c = lane % G, half = G / 2;
+    return c < half ? base + c + (kSecond ? half : 0) : 16 + base + c - (kSecond ? 0 : half);
+  });
+  return _mm512_load_si512(kTable.lane);
+}
+
+// One level of reduce_tokens: a[t] and a[t + N/2] combined over blocks of G lanes.
+template <int G, int N>
+inline void reduce_level(__m512* a) {
+  const __m512i i1 = butterfly_index<G, false>(), i2 = butterfly_index<G, true>();
+  for (int t = 0; t < N / 2; ++t)
+    a[t] = _mm512_add_ps(_mm512_permutex2var_ps(a[t], i1, a[t + N / 2]), _mm512_permutex2var_ps(a[t], i2, a[t + N / 2]));
+  if constexpr (G > 2) reduce_level<G / 2, N / 2>(a);
 }
 
 // a[t] has lanes r*C + c = partial sums of token t; returns lanes r*C + t = full sums.
 template <int C>
 inline __m512 reduce_tokens(__m512* a) {
-  int n = C;
-  for (int g = C; g >= 2; g /= 2, n /= 2) {
-    const __m512i i1 = butterfly_index(g, false), i2 = butterfly_index(g, true);
-    for (int t = 0; t < n / 2; ++t)
-      a[t] = _mm512_add_ps(_mm512_permutex2var_ps(a[t], i1, a[t + n / 2]), _mm512_permutex2var_ps(a[t], i2, a[t + n / 2]));
-  }
+  if constexpr (C >= 2) reduce_level<C, C>(a);
   return a[0];
 }
 

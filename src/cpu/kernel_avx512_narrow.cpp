@@ -29,7 +29,9 @@ namespace {
 
 using avx512::exp512;
 using avx512::kLanes;
-using avx512::LineStream;
+using avx512::block_lines;
+using avx512::BlockStream;
+using avx512::PageStream;
 using avx512::page_lines;
 using avx512::position_dim;
 using avx512::reduce_tokens;
@@ -37,6 +39,7 @@ using avx512::round_bf16;
 using avx512::widen_row;
 
 constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
+constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
 
 // C consecutive floats at p, repeated over the zmm (a broadcast load, no shuffle).
 template <int C>
@@ -55,15 +58,35 @@ inline __m512 bcst(const float* p) {
 }
 
 // x with every lane replaced by the max (or sum) over its aligned group of C lanes (xor butterfly).
-template <int C, bool kMax>
+template <int K>
+inline __m512i xor_index() {
+  static constexpr avx512::LaneTable kTable = avx512::make_lane_table([](int lane) { return lane ^ K; });
+  return _mm512_load_si512(kTable.lane);
+}
+
+template <int C, bool kMax, int K = 1>
 inline __m512 over_row(__m512 x) {
-  for (int k = 1; k < C; k *= 2) {
-    alignas(64) std::int32_t idx[kLanes];
-    for (int lane = 0; lane < kLanes; ++lane) idx[lane] = lane ^ k;
-    const __m512 y = _mm512_permutexvar_ps(_mm512_load_si512(idx), x);
-    x = kMax ? _mm512_max_ps(x, y) : _mm512_add_ps(x, y);
+  if constexpr (K < C) {
+    const __m512 y = _mm512_permutexvar_ps(xor_index<K>(), x);
+    return over_row<C, kMax, 2 * K>(kMax ? _mm512_max_ps(x, y) : _mm512_add_ps(x, y));
+  } else {
+    return x;
   }
-  return x;
+}
+
+// Lane r*C + c <- lane r*C + u: token u of a group of C spread over its row's C lanes.
+template <int C, int U>
+inline __m512i spread_index() {
+  static constexpr avx512::LaneTable kTable = avx512::make_lane_table([](int lane) { return lane - lane % C + U; });
+  return _mm512_load_si512(kTable.lane);
+}
+
+template <int C, int U = 0>
+inline void store_spread(float* dst, __m512 p) {
+  if constexpr (U < C) {
+    _mm512_store_ps(dst + U * kLanes, _mm512_permutexvar_ps(spread_index<C, U>(), p));
+    store_spread<C, U + 1>(dst, p);
+  }
 }
 
 struct Tile {
@@ -74,15 +97,17 @@ struct Tile {
   float* kf;  // [16][dim]            widened K rows of one token block (zeros past the context)
   float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t
   float* pf;  // [blocks*16][16]      lane r*C + c = rounded P of row r at token j
-  float* vf;  // [bs][dim]            widened V rows of one page
+  float* vf;  // [TB][dim]            widened V rows of one PV token block
   float* ot;  // [dim / C][16]        lane r*C + c = O_r at position v*C + c
   alignas(64) float m[kLanes], l[kLanes];
 };
 
-// Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf).
+// Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf). Meanwhile the
+// next page's K lines stream into L2 and the next block's rows into L1.
 template <int C, int D>
-void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, LineStream& prefetch) {
-  constexpr int kPfRate = C / 2;  // the next page's lines spread evenly over this page's steps
+void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, PageStream& prefetch,
+              BlockStream& next_block) {
+  constexpr int kPfRate = C / 2;  // 16 rows (or a page's rows per 16 tokens) * D/32 lines over D/C steps
   for (int j = 0; j < kBlockTokens; ++j) {
     float* dst = t.kf + j * D;
     if (j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
@@ -93,7 +118,10 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
 #pragma GCC unroll 16
   for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_setzero_ps();
   for (std::int64_t p = 0; p < D / C; ++p) {
-    for (int k = 0; k < kPfRate; ++k) prefetch.issue();  // bs*D/32 lines over (bs/16)*(D/C) steps
+    for (int k = 0; k < kPfRate; ++k) {
+      prefetch.issue();
+      next_block.issue();
+    }
     const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
 #pragma GCC unroll 16
     for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(t.kf + j * D + p * C), acc[j]);
@@ -115,50 +143,55 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
   for (std::int64_t g = 0; g < groups; ++g) mx = _mm512_max_ps(mx, _mm512_load_ps(t.s + g * kLanes));
   mx = over_row<C, true>(mx);
   alpha = exp512(_mm512_sub_ps(m_old, mx));
-  __m512i spread[C];  // lane r*C + c <- lane r*C + u
-  for (int u = 0; u < C; ++u) {
-    alignas(64) std::int32_t idx[kLanes];
-    for (int lane = 0; lane < kLanes; ++lane) idx[lane] = lane - lane % C + u;
-    spread[u] = _mm512_load_si512(idx);
-  }
   __m512 sum = _mm512_setzero_ps();
   for (std::int64_t g = 0; g < groups; ++g) {
     const __m512 p = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx)));
     sum = _mm512_add_ps(sum, p);
-    for (int u = 0; u < C; ++u) _mm512_store_ps(t.pf + (g * C + u) * kLanes, _mm512_permutexvar_ps(spread[u], p));
+    store_spread<C>(t.pf + g * C * kLanes, p);
   }
   _mm512_store_ps(t.m, mx);
   l_i = over_row<C, false>(sum);
 }
 
-// Cube PV over the page's valid tokens, then vector UP, in blocks of up to 16 position vectors.
+// Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1, and
+// per block up to 16 position vectors at a time; the sums are added to O after UP's rescale
+// (O = alpha * O + oi). Meanwhile the next page's V lines stream into L2 and the next block's
+// V rows (after the last block: the next page's first K rows) into L1.
 template <int C, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512& alpha) {
-  constexpr int kPfRate = C / 2;  // the next page's lines spread evenly over this page's steps
-  LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
-  for (std::int64_t j = 0; j < valid; ++j) widen_row(t.pr->value_row(page, j, t.job->kv_head), t.vf + j * D, D);
-  constexpr int TD = 16;
-  const std::int64_t vectors = D / C;
-  for (std::int64_t v0 = 0; v0 < vectors; v0 += TD) {
-    __m512 acc[TD];
+  constexpr int kPfRate = C / 2, TD = 16, TB = kPvBlockFloats / D;  // TB*D/32 lines over TB*D/(16C) steps
+  constexpr std::int64_t kVectors = D / C;
+  PageStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
+  for (std::int64_t v = 0; v < kVectors; ++v) {  // UP's rescale
+    float* o = t.ot + v * kLanes;
+    _mm512_store_ps(o, _mm512_mul_ps(alpha, _mm512_load_ps(o)));
+  }
+  for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
+    const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
+    for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
+    BlockStream next_block = j0 + TB < valid ? block_lines(t.pr, t.job->kv_head, D, page, 2, j0 + TB, TB, valid)
+                                             : block_lines(t.pr, t.job->kv_head, D, next, 1, 0, kBlockTokens, t.bs);
+    for (std::int64_t v0 = 0; v0 < kVectors; v0 += TD) {
+      constexpr int kN = kVectors < TD ? static_cast<int>(kVectors) : TD;
+      __m512 acc[kN];
 #pragma GCC unroll 16
-    for (int u = 0; u < TD; ++u) acc[u] = _mm512_setzero_ps();
-    const int n = vectors - v0 < TD ? static_cast<int>(vectors - v0) : TD;
-    for (std::int64_t j = 0; j < valid; ++j) {
-      for (int k = 0; k < kPfRate; ++k) prefetch.issue();  // bs*D/32 lines over bs*D/(16C) steps
-      const __m512 p = _mm512_load_ps(t.pf + j * kLanes);
-      const float* vrow = t.vf + j * D + v0 * C;
-      if (n == TD) {
+      for (int u = 0; u < kN; ++u) acc[u] = _mm512_setzero_ps();
+      for (std::int64_t j = 0; j < n; ++j) {
+        for (int k = 0; k < kPfRate; ++k) {
+          prefetch.issue();
+          next_block.issue();
+        }
+        const __m512 p = _mm512_load_ps(t.pf + (j0 + j) * kLanes);
+        const float* vrow = t.vf + j * D + v0 * C;
 #pragma GCC unroll 16
-        for (int u = 0; u < TD; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
-      } else {
-        for (int u = 0; u < n; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
+        for (int u = 0; u < kN; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
+      }
+      for (int u = 0; u < kN; ++u) {
+        float* o = t.ot + (v0 + u) * kLanes;
+        _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[u]));
       }
     }
-    for (int u = 0; u < n; ++u) {  // UP: O = alpha * O + oi
-      float* o = t.ot + (v0 + u) * kLanes;
-      _mm512_store_ps(o, _mm512_fmadd_ps(alpha, _mm512_load_ps(o), acc[u]));
-    }
+    next_block.finish();
   }
   prefetch.finish();
 }
@@ -172,7 +205,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   t.kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
   t.s = static_cast<float*>(scratch(2, padded / C * 64));
   t.pf = static_cast<float*>(scratch(3, padded * 64));
-  t.vf = static_cast<float*>(scratch(5, t.bs * D * 4));
+  t.vf = static_cast<float*>(scratch(5, kPvBlockFloats * 4));
   t.ot = static_cast<float*>(scratch(4, D / C * 64));
   for (std::int64_t p = 0; p < D / C; ++p)
     for (int lane = 0; lane < kLanes; ++lane) {
@@ -195,8 +228,14 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
     __m512 alpha, l_i;
-    LineStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 1);  // next page's K, during QK
-    for (std::int64_t b = 0; b < blocks; ++b) qk_block<C, D>(t, page, b * kBlockTokens, valid, scale, prefetch);
+    PageStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 1);  // next page's K, during QK
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t j0 = b * kBlockTokens;  // next block's K rows, or after the last PV's first V rows
+      BlockStream next_block = b + 1 < blocks
+                                   ? block_lines(t.pr, t.job->kv_head, D, page, 1, j0 + kBlockTokens, kBlockTokens, valid)
+                                   : block_lines(t.pr, t.job->kv_head, D, page, 2, 0, kPvBlockFloats / D, valid);
+      qk_block<C, D>(t, page, j0, valid, scale, prefetch, next_block);
+    }
     prefetch.finish();
     softmax_page<C>(t, blocks * kBlockTokens / C, alpha, l_i);
     pv_page<C, D>(t, page, valid, next, alpha);
