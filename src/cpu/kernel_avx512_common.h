@@ -58,8 +58,8 @@ inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t 
 // Cache lines of rows of one kv head (a page's K or V rows, or a block of them), prefetched one
 // line at a time between FMA groups: a kernel calls issue() at the rate that spreads the lines
 // over its compute, so requests stay spread out instead of queueing in bursts that hold the fill
-// buffers demand loads need. Two uses: the next page into L2 (T1) during this page, and the next
-// token block into L1 (T0) during this block, so widening never waits on L2.
+// buffers demand loads need. The avx512 kernels stream the next token block into L1 (T0) during
+// the current block, so widening does not wait on L2.
 template <int kHint>
 struct LineStream {
   const char* row0 = nullptr;  // first row
@@ -78,7 +78,6 @@ struct LineStream {
     while (next < total) issue();
   }
 };
-using PageStream = LineStream<_MM_HINT_T1>;
 using BlockStream = LineStream<_MM_HINT_T0>;
 
 // Lines of rows [j0, j0 + rows) of `page` for the K (which = 1) or V (which = 2) cache; page < 0
@@ -94,11 +93,6 @@ inline LineStream<kHint> row_lines(const Problem* pr, std::int64_t kv_head, std:
   s.row_shift = __builtin_ctzll(static_cast<unsigned long long>(dim / 32));  // dim * 2 bytes / 64
   s.total = rows * (dim / 32);
   return s;
-}
-
-// All K (which = 1) or V (which = 2) lines of `page`, into L2.
-inline PageStream page_lines(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page, int which) {
-  return row_lines<_MM_HINT_T1>(pr, kv_head, dim, page, which, 0, pr->shape.block_size);
 }
 
 // Rows [j0, j0 + rows) of `page` (clipped to `valid`), into L1.

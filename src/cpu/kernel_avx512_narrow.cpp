@@ -31,7 +31,6 @@ using avx512::exp512;
 using avx512::kLanes;
 using avx512::block_lines;
 using avx512::BlockStream;
-using avx512::PageStream;
 using avx512::page_lines;
 using avx512::position_dim;
 using avx512::reduce_tokens;
@@ -103,11 +102,11 @@ struct Tile {
 };
 
 // Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf). Meanwhile the
-// next page's K lines stream into L2 and the next block's rows into L1.
+// next block's rows stream into L1 (memory as in kernel_avx512.cpp).
 template <int C, int D>
-void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, PageStream& prefetch,
+void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale,
               BlockStream& next_block) {
-  constexpr int kPfRate = C / 2;  // 16 rows (or a page's rows per 16 tokens) * D/32 lines over D/C steps
+  constexpr int kPfRate = C / 2;  // 16 rows * D/32 lines over D/C steps
   for (int j = 0; j < kBlockTokens; ++j) {
     float* dst = t.kf + j * D;
     if (j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
@@ -118,10 +117,7 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
 #pragma GCC unroll 16
   for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_setzero_ps();
   for (std::int64_t p = 0; p < D / C; ++p) {
-    for (int k = 0; k < kPfRate; ++k) {
-      prefetch.issue();
-      next_block.issue();
-    }
+    for (int k = 0; k < kPfRate; ++k) next_block.issue();
     const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
 #pragma GCC unroll 16
     for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(t.kf + j * D + p * C), acc[j]);
@@ -155,13 +151,12 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
 
 // Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1, and
 // per block up to 16 position vectors at a time; the sums are added to O after UP's rescale
-// (O = alpha * O + oi). Meanwhile the next page's V lines stream into L2 and the next block's
-// V rows (after the last block: the next page's first K rows) into L1.
+// (O = alpha * O + oi). Meanwhile the next block's V rows (after the last block: the next
+// page's first K rows) stream into L1.
 template <int C, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512& alpha) {
   constexpr int kPfRate = C / 2, TD = 16, TB = kPvBlockFloats / D;  // TB*D/32 lines over TB*D/(16C) steps
   constexpr std::int64_t kVectors = D / C;
-  PageStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 2);
   for (std::int64_t v = 0; v < kVectors; ++v) {  // UP's rescale
     float* o = t.ot + v * kLanes;
     _mm512_store_ps(o, _mm512_mul_ps(alpha, _mm512_load_ps(o)));
@@ -177,10 +172,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
 #pragma GCC unroll 16
       for (int u = 0; u < kN; ++u) acc[u] = _mm512_setzero_ps();
       for (std::int64_t j = 0; j < n; ++j) {
-        for (int k = 0; k < kPfRate; ++k) {
-          prefetch.issue();
-          next_block.issue();
-        }
+        for (int k = 0; k < kPfRate; ++k) next_block.issue();
         const __m512 p = _mm512_load_ps(t.pf + (j0 + j) * kLanes);
         const float* vrow = t.vf + j * D + v0 * C;
 #pragma GCC unroll 16
@@ -193,7 +185,6 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
     }
     next_block.finish();
   }
-  prefetch.finish();
 }
 
 template <int C, int D>
@@ -228,15 +219,13 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
     __m512 alpha, l_i;
-    PageStream prefetch = page_lines(t.pr, t.job->kv_head, D, next, 1);  // next page's K, during QK
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t j0 = b * kBlockTokens;  // next block's K rows, or after the last PV's first V rows
       BlockStream next_block = b + 1 < blocks
                                    ? block_lines(t.pr, t.job->kv_head, D, page, 1, j0 + kBlockTokens, kBlockTokens, valid)
                                    : block_lines(t.pr, t.job->kv_head, D, page, 2, 0, kPvBlockFloats / D, valid);
-      qk_block<C, D>(t, page, j0, valid, scale, prefetch, next_block);
+      qk_block<C, D>(t, page, j0, valid, scale, next_block);
     }
-    prefetch.finish();
     softmax_page<C>(t, blocks * kBlockTokens / C, alpha, l_i);
     pv_page<C, D>(t, page, valid, next, alpha);
     _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
