@@ -36,7 +36,6 @@ using avx512::exp512;
 using avx512::kLanes;
 using avx512::block_lines;
 using avx512::BlockStream;
-using avx512::page_lines;
 using avx512::round_bf16;
 using avx512::widen_row;
 
