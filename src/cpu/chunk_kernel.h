@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "core/problem.h"
@@ -34,6 +35,11 @@ struct ChunkOut {
 
 using ChunkKernel = void (*)(const ChunkJob& job, const ChunkOut& out);
 
+// Chunks of one request over the same page range for several kv heads (jobs[h] -> outs[h]),
+// computed page by page together so each page is read once, contiguously. Each chunk's result
+// is bitwise what ChunkKernel gives for it alone.
+using GroupKernel = void (*)(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
+
 enum class Isa { kScalar, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 
 std::string_view isa_name(Isa isa);
@@ -44,6 +50,8 @@ bool isa_supported(Isa isa);
 // The best flavour this CPU runs, unless MIXPA_CPU_ISA names another (which must be supported).
 Isa default_isa();
 ChunkKernel chunk_kernel(Isa isa);
+// The flavour's group kernel, or nullptr when it has none (the chunks then run one by one).
+GroupKernel group_kernel(Isa isa);
 
 // The flavours (defined in kernel_<isa>.cpp); amx = AMX-BF16 tiles + AVX-512 BF16.
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out);
@@ -52,6 +60,7 @@ void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
 // AVX-512F with fp32 FMAs (no BF16 instructions); tiles of <= 8 rows go to the narrow kernel.
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out);
+void attend_group_avx512(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);
 // The AVX-512 BF16 kernel for tiles of <= 8 rows (called by attend_chunk_avx512bf16).
 void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out);

@@ -76,9 +76,41 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, f
   parts.m.resize(n * plan.q_tile);
   parts.l.resize(n * plan.q_tile);
   const std::vector<std::int64_t> order = execution_order(plan, sp);
-  ThreadPool::instance().parallel_for(n, threads, [&](std::int64_t i) {
-    const std::int64_t c = order[i];
-    kernel(job_for(pr, plan, sp.chunks[c]), parts.at(c, plan.q_tile));
+  // Work units: runs of `order`. With a group kernel and narrow GQA tiles, the chunks of one
+  // request over the same pages (its kv heads) form one unit, so each page is read once and
+  // contiguously, as long as there are enough units to keep every thread busy.
+  std::vector<std::int64_t> unit_begin;
+  const GroupKernel group = group_kernel(isa);
+  const bool grouping = group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const KvChunk& c = sp.chunks[order[i]];
+    const bool joins = grouping && i > 0 && [&] {
+      const KvChunk& p = sp.chunks[order[i - 1]];
+      return p.logical_block / plan.q_loop == c.logical_block / plan.q_loop && p.page_begin == c.page_begin &&
+             p.page_end == c.page_end;
+    }();
+    if (!joins) unit_begin.push_back(i);
+  }
+  if (grouping && static_cast<std::int64_t>(unit_begin.size()) < 4 * threads) {  // too few: one chunk per unit
+    unit_begin.resize(n);
+    std::iota(unit_begin.begin(), unit_begin.end(), std::int64_t{0});
+  }
+  unit_begin.push_back(n);
+  const std::int64_t units = static_cast<std::int64_t>(unit_begin.size()) - 1;
+  ThreadPool::instance().parallel_for(units, threads, [&](std::int64_t u) {
+    const std::int64_t i0 = unit_begin[u], count = unit_begin[u + 1] - i0;
+    if (count == 1) {
+      const std::int64_t c = order[i0];
+      kernel(job_for(pr, plan, sp.chunks[c]), parts.at(c, plan.q_tile));
+      return;
+    }
+    std::vector<ChunkJob> jobs;
+    std::vector<ChunkOut> outs;
+    for (std::int64_t i = i0; i < i0 + count; ++i) {
+      jobs.push_back(job_for(pr, plan, sp.chunks[order[i]]));
+      outs.push_back(parts.at(order[i], plan.q_tile));
+    }
+    group(jobs, outs);
   });
   // Merging is (rows x head_dim) per chunk: cheap next to the chunks, but still spread out.
   ThreadPool::instance().parallel_for(plan.total_logical_blocks, threads, [&](std::int64_t b) {

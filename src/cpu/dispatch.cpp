@@ -100,4 +100,11 @@ ChunkKernel chunk_kernel([[maybe_unused]] Isa isa) {
   return &attend_chunk_scalar;
 }
 
+GroupKernel group_kernel([[maybe_unused]] Isa isa) {
+#if defined(MIXPA_CPU_HAS_AVX512)
+  if (isa == Isa::kAvx512) return &attend_group_avx512;
+#endif
+  return nullptr;
+}
+
 }  // namespace mixpa::cpu

@@ -11,8 +11,10 @@
 // loads. Every lane does useful work: per token QK costs head_dim / C FMAs instead of head_dim.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <span>
 
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
@@ -37,6 +39,7 @@ using avx512::round_bf16;
 using avx512::widen_row;
 
 constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
+constexpr int kMaxGroup = 16;     // kv heads computed together by attend_group
 constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
 
 // C consecutive floats at p, repeated over the zmm (a broadcast load, no shuffle).
@@ -186,74 +189,102 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
   }
 }
 
+// Chunks of one request over the same pages for n kv heads (n = 1: a single chunk), page by
+// page: each page's rows of all n heads are read together, i.e. contiguously when the heads are
+// neighbours in the cache (GQA decode reads 1/num_kv_heads of each page per head otherwise).
+// Every head's arithmetic is exactly that of computing its chunk alone.
 template <int C, int D>
-void attend(const ChunkJob& job, const ChunkOut& out) {
+void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
+  const ChunkJob& job = jobs[0];
   const Problem& pr = *job.problem;
-  Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
-  const std::int64_t padded = (t.bs + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
-  t.qt = static_cast<float*>(scratch(0, D / C * 64));
-  t.kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
-  t.s = static_cast<float*>(scratch(2, padded / C * 64));
-  t.pf = static_cast<float*>(scratch(3, padded * 64));
-  t.vf = static_cast<float*>(scratch(5, kPvBlockFloats * 4));
-  t.ot = static_cast<float*>(scratch(4, D / C * 64));
-  for (std::int64_t p = 0; p < D / C; ++p)
+  const std::int64_t bs = pr.shape.block_size, padded = (bs + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+  float* kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
+  float* s = static_cast<float*>(scratch(2, padded / C * 64));
+  float* pf = static_cast<float*>(scratch(3, padded * 64));
+  float* vf = static_cast<float*>(scratch(5, kPvBlockFloats * 4));
+  float* qt = static_cast<float*>(scratch(0, n * D / C * 64));
+  float* ot = static_cast<float*>(scratch(4, n * D / C * 64));
+  Tile tiles[kMaxGroup];
+  for (int h = 0; h < n; ++h) {
+    Tile& t = tiles[h];
+    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s, pf, vf, ot + h * D / C * kLanes, {}, {}};
+    for (std::int64_t p = 0; p < D / C; ++p)
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const int r = lane / C;
+        t.qt[p * kLanes + lane] = r < jobs[h].rows
+                                      ? pr.query_row(job.batch, jobs[h].head_begin + r)[position_dim(p * C + lane % C)].to_float()
+                                      : 0.0f;
+      }
+    for (std::int64_t i = 0; i < D / C * kLanes; ++i) t.ot[i] = 0.0f;
     for (int lane = 0; lane < kLanes; ++lane) {
-      const int r = lane / C;
-      t.qt[p * kLanes + lane] =
-          r < job.rows ? pr.query_row(job.batch, job.head_begin + r)[position_dim(p * C + lane % C)].to_float() : 0.0f;
+      t.m[lane] = -__builtin_inff();
+      t.l[lane] = 0.0f;
     }
-  for (std::int64_t i = 0; i < D / C * kLanes; ++i) t.ot[i] = 0.0f;
-  for (int lane = 0; lane < kLanes; ++lane) {
-    t.m[lane] = -__builtin_inff();
-    t.l[lane] = 0.0f;
   }
   const __m512 scale = _mm512_set1_ps(pr.scale);
   const std::int64_t len = pr.context_len(job.batch);
   for (std::int64_t i = job.page_begin; i < job.page_end && i < job.page_begin + avx512::kPrefetchPages; ++i)
-    avx512::prefetch_rows(&pr, job.kv_head, D, pr.page(job.batch, i), 0, t.bs);
+    for (int h = 0; h < n; ++h) avx512::prefetch_rows(&pr, jobs[h].kv_head, D, pr.page(job.batch, i), 0, bs);
   for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
     const std::int64_t page = pr.page(job.batch, i);
-    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
+    const std::int64_t valid = len - i * bs < bs ? len - i * bs : bs;
     const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
-    __m512 alpha, l_i;
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      const std::int64_t j0 = b * kBlockTokens;  // next block's K rows, or after the last PV's first V rows
-      BlockStream next_block = b + 1 < blocks
-                                   ? block_lines(t.pr, t.job->kv_head, D, page, 1, j0 + kBlockTokens, kBlockTokens, valid)
-                                   : block_lines(t.pr, t.job->kv_head, D, page, 2, 0, kPvBlockFloats / D, valid);
-      qk_block<C, D>(t, page, j0, valid, scale, next_block);
+    for (int h = 0; h < n; ++h) {
+      Tile& t = tiles[h];
+      __m512 alpha, l_i;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t j0 = b * kBlockTokens;  // next block's K rows, or after the last PV's first V rows
+        BlockStream next_block = b + 1 < blocks
+                                     ? block_lines(t.pr, t.job->kv_head, D, page, 1, j0 + kBlockTokens, kBlockTokens, valid)
+                                     : block_lines(t.pr, t.job->kv_head, D, page, 2, 0, kPvBlockFloats / D, valid);
+        qk_block<C, D>(t, page, j0, valid, scale, next_block);
+      }
+      softmax_page<C>(t, blocks * kBlockTokens / C, alpha, l_i);
+      pv_page<C, D>(t, page, valid, h + 1 < n ? -1 : next, alpha);
+      _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
     }
-    softmax_page<C>(t, blocks * kBlockTokens / C, alpha, l_i);
-    pv_page<C, D>(t, page, valid, next, alpha);
-    _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
   }
-  for (int r = 0; r < job.rows; ++r) {
-    for (std::int64_t pos = 0; pos < D; ++pos)
-      out.o[r * D + position_dim(pos)] = t.ot[(pos / C) * kLanes + r * C + pos % C];
-    out.m[r] = t.m[r * C];
-    out.l[r] = t.l[r * C];
-  }
+  for (int h = 0; h < n; ++h)
+    for (int r = 0; r < jobs[h].rows; ++r) {
+      for (std::int64_t pos = 0; pos < D; ++pos)
+        outs[h].o[r * D + position_dim(pos)] = tiles[h].ot[(pos / C) * kLanes + r * C + pos % C];
+      outs[h].m[r] = tiles[h].m[r * C];
+      outs[h].l[r] = tiles[h].l[r * C];
+    }
 }
 
 // head_dim is a template value so every K/V row offset is a constant from one base register.
 template <int C>
-void attend_columns(const ChunkJob& job, const ChunkOut& out) {
-  switch (job.problem->shape.head_dim) {
-    case 64: return attend<C, 64>(job, out);
-    case 128: return attend<C, 128>(job, out);
-    default: return attend<C, 256>(job, out);  // validate() admits 64, 128 and 256 only
+void attend_columns(const ChunkJob* jobs, const ChunkOut* outs, int n) {
+  switch (jobs[0].problem->shape.head_dim) {
+    case 64: return attend_group<C, 64>(jobs, outs, n);
+    case 128: return attend_group<C, 128>(jobs, outs, n);
+    default: return attend_group<C, 256>(jobs, outs, n);  // validate() admits 64, 128 and 256 only
   }
+}
+
+void attend_group_columns(const ChunkJob* jobs, const ChunkOut* outs, int n) {
+  const int rows = jobs[0].rows;  // the same for every kv head of a request
+  if (rows <= 1) return attend_columns<16>(jobs, outs, n);
+  if (rows <= 2) return attend_columns<8>(jobs, outs, n);
+  if (rows <= 4) return attend_columns<4>(jobs, outs, n);
+  return attend_columns<2>(jobs, outs, n);
 }
 
 }  // namespace
 
-void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out) {
-  if (job.rows <= 1) return attend_columns<16>(job, out);
-  if (job.rows <= 2) return attend_columns<8>(job, out);
-  if (job.rows <= 4) return attend_columns<4>(job, out);
-  return attend_columns<2>(job, out);
+void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out) { attend_group_columns(&job, &out, 1); }
+
+void attend_group_avx512(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs) {
+  for (std::size_t h0 = 0; h0 < jobs.size(); h0 += kMaxGroup) {
+    const int n = static_cast<int>(std::min<std::size_t>(kMaxGroup, jobs.size() - h0));
+    if (jobs[h0].rows > 8) {
+      for (int h = 0; h < n; ++h) attend_chunk_avx512(jobs[h0 + h], outs[h0 + h]);
+    } else {
+      attend_group_columns(jobs.data() + h0, outs.data() + h0, n);
+    }
+  }
 }
 
 }  // namespace mixpa::cpu

@@ -9,6 +9,7 @@
 
 #include "common/check.h"
 #include "core/split_kv.h"
+#include "cpu/chunk_kernel.h"
 #include "cpu/cpu_executor.h"
 
 namespace mixpa {
@@ -122,6 +123,50 @@ TEST_P(CpuIsa, SharpSoftmaxAndNegativeScale) {
 
 INSTANTIATE_TEST_SUITE_P(Flavours, CpuIsa, ::testing::ValuesIn(all_isas()),
                          [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
+
+// A flavour's group kernel (the kv heads of one request over the same pages, page by page)
+// gives bitwise the chunk kernel's result for every head, also with NaN in unused rows and
+// with more heads than one group holds.
+TEST_P(CpuIsa, GroupKernelMatchesChunkKernelBitwise) {
+  const cpu::GroupKernel group = cpu::group_kernel(GetParam());
+  if (group == nullptr) GTEST_SKIP() << cpu::isa_name(GetParam()) << " has no group kernel";
+  for (const CaseSpec& spec : {small_spec("grp_gqa4", 1, 32, 8, 128, 64, {1000}), small_spec("grp_mha", 1, 20, 20, 64, 16, {77}),
+                               small_spec("grp_gqa3_hd256", 1, 12, 4, 256, 32, {65}),
+                               small_spec("grp_wide", 1, 32, 2, 128, 32, {40})}) {
+    Case c = generate_case(spec, 7);
+    const std::int64_t row = spec.num_kv_heads * spec.head_dim, bs = spec.block_size;
+    std::vector<bool> used(c.num_blocks * bs, false);  // rows outside the context become NaN / Inf
+    for (std::int64_t t = 0; t < c.context_lens[0]; ++t) used[c.block_table[t / bs] * bs + t % bs] = true;
+    for (std::int64_t r = 0; r < c.num_blocks * bs; ++r)
+      for (std::int64_t d = 0; !used[r] && d < row; ++d) {
+        c.key_cache[r * row + d] = bf16::from_float(std::numeric_limits<float>::quiet_NaN());
+        c.value_cache[r * row + d] = bf16::from_float(std::numeric_limits<float>::infinity());
+      }
+    Options options;
+    options.scale = c.scale;
+    std::vector<float> unused;
+    const Problem p = validate(c.inputs(), options, testing::output_view(unused, c));
+    const Plan plan = make_plan(p.shape, p.scale);
+    const std::int64_t pages = (c.context_lens[0] + bs - 1) / bs, floats = plan.q_tile * spec.head_dim;
+    std::vector<cpu::ChunkJob> jobs;
+    for (std::int64_t b = 0; b < plan.q_loop; ++b) {
+      const LogicalBlock lb = plan.logical_block(b);
+      jobs.push_back({&p, lb.batch, lb.kv_head, lb.head_begin, lb.rows, 1, pages});  // from page 1: a split chunk
+    }
+    const auto n = static_cast<std::int64_t>(jobs.size());
+    std::vector<float> o1(n * floats, 0.0f), m1(n * plan.q_tile), l1(n * plan.q_tile), o2 = o1, m2 = m1, l2 = l1;
+    std::vector<cpu::ChunkOut> outs;
+    for (std::int64_t h = 0; h < n; ++h) {
+      cpu::chunk_kernel(GetParam())(jobs[h], {o1.data() + h * floats, m1.data() + h * plan.q_tile, l1.data() + h * plan.q_tile});
+      outs.push_back({o2.data() + h * floats, m2.data() + h * plan.q_tile, l2.data() + h * plan.q_tile});
+    }
+    group(jobs, outs);
+    EXPECT_EQ(o1, o2) << spec.name;
+    EXPECT_EQ(m1, m2) << spec.name;
+    EXPECT_EQ(l1, l2) << spec.name;
+    for (float v : o2) ASSERT_TRUE(std::isfinite(v)) << spec.name;
+  }
+}
 
 TEST(CpuExecutor, IsTheAutoDefaultAndRunsThroughTheApi) {
   EXPECT_EQ(executor_names().front(), "cpu");
