@@ -15,9 +15,10 @@ double measure_kv_read_bandwidth(const Case& c, int threads, int reps);
 
 struct Peak {
   double gflops = 0;
-  std::string instruction;  // "vdpbf16ps zmm" or "vfmadd231ps ymm"
+  std::string instruction;  // "vdpbf16ps zmm", "vfmadd231ps zmm" or "vfmadd231ps ymm"
 };
-// Dot-product peak with 16 independent accumulator chains per thread on `threads` threads.
+// Dot-product peak of the fastest instruction this CPU has (vdpbf16ps, else fp32 FMA on zmm or
+// ymm), 16 independent accumulator chains per thread on `threads` threads.
 Peak measure_dot_peak(int threads);
 // The AMX tile peak (tdpbf16ps, four independent accumulator tiles per thread). Only call it
 // when the cpu executor's "amx" flavour is supported (that also obtains the OS permission).
