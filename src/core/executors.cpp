@@ -14,7 +14,7 @@ namespace mixpa {
 std::span<const ExecutorEntry> executor_table() {
   // Fastest first. Each executor adds its own line here.
   static const ExecutorEntry table[] = {
-      {"cpu", "SIMD bf16 (AMX / AVX-512 BF16 / AVX2 / scalar), all cores, split-KV", &run_cpu},
+      {"cpu", "SIMD bf16 (AMX / AVX-512 BF16 / AVX-512F / AVX2 / scalar), all cores, split-KV", &run_cpu},
       {"sim", "the MIX pipeline simulated: 1 cube + 2 vector workers per block, tile pipes", &sim::run_sim},
       {"reference", "origin per-page online softmax, fp32, single-threaded (golden)", &run_reference},
   };
