@@ -1,0 +1,75 @@
+// Work-item planning for the cuda executor: the shared split-KV plan with a GPU target.
+#include "cuda/work_plan.h"
+
+#include <algorithm>
+#include <string>
+
+#include "core/split_kv.h"
+#include "mixpa/error.h"
+
+namespace mixpa::cuda {
+
+int choose_stages(TileGeometry geometry, int max_smem_per_block) {
+  int stages = kMaxStages;
+  while (stages >= kMinStages && smem_layout(geometry, stages).total() > max_smem_per_block) --stages;
+  if (stages < kMinStages)
+    throw Error("cuda: head_dim " + std::to_string(geometry.head_dim) + " needs " +
+                std::to_string(smem_layout(geometry, kMinStages).total()) + " bytes of shared memory per block, the device has " +
+                std::to_string(max_smem_per_block));
+  return stages;
+}
+
+std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count) {
+  return logical_blocks >= sm_count ? logical_blocks : 2 * std::int64_t{sm_count};
+}
+
+WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits) {
+  const Shape& s = plan.shape;
+  WorkPlan w;
+  w.q_tile = plan.q_tile;
+  const int row_frags = plan.q_tile / 16;
+  if (!(s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256))
+    throw Error("cuda: head_dim " + std::to_string(s.head_dim) + " is not supported (supported: 64, 128, 256)");
+  if (!(row_frags == 1 || row_frags == 4) || plan.q_tile % 16 != 0)
+    throw Error("cuda: q_tile " + std::to_string(plan.q_tile) + " is not supported (supported: 16, 64)");
+  if (s.num_heads > (1 << 30) || s.batch > (1 << 30) || s.max_blocks_per_req * s.block_size > (std::int64_t{1} << 31))
+    throw Error("cuda: shapes exceed the kernel's 32-bit work-item fields");
+  w.geometry = TileGeometry{static_cast<int>(s.head_dim), row_frags};
+  w.stages = choose_stages(w.geometry, limits.max_smem_per_block);
+  w.smem_bytes = smem_layout(w.geometry, w.stages).total();
+
+  const std::int64_t max_tokens = s.max_blocks_per_req * s.block_size;
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    if (context_lens[b] < 0 || context_lens[b] > max_tokens)
+      throw Error("context_lens: request " + std::to_string(b) + " has " + std::to_string(context_lens[b]) +
+                  " tokens, must be in [0, " + std::to_string(max_tokens) + "]");
+
+  const std::int64_t blocks = plan.total_logical_blocks;
+  const SplitKvPlan sp = plan_split_kv(plan, context_lens, split_target_items(blocks, limits.sm_count), kMinChunkTokens);
+  w.items.reserve(sp.chunks.size());
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    const LogicalBlock lb = plan.logical_block(blk);
+    const std::int64_t ctx = context_lens[lb.batch];
+    const std::int64_t n = sp.num_chunks(blk);
+    if (n > 1) {
+      w.merges.push_back({static_cast<std::int32_t>(lb.batch), static_cast<std::int32_t>(lb.head_begin), lb.rows,
+                          static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n), {0, 0, 0}});
+    }
+    for (std::int64_t c = sp.first[blk]; c < sp.first[blk + 1]; ++c) {
+      const KvChunk& ch = sp.chunks[c];
+      WorkItem it{};
+      it.batch = static_cast<std::int32_t>(lb.batch);
+      it.kv_head = static_cast<std::int32_t>(lb.kv_head);
+      it.head_begin = static_cast<std::int32_t>(lb.head_begin);
+      it.rows = lb.rows;
+      it.token_begin = static_cast<std::int32_t>(std::min(ch.page_begin * s.block_size, ctx));
+      it.token_end = static_cast<std::int32_t>(std::min(ch.page_end * s.block_size, ctx));
+      it.partial = n > 1 ? static_cast<std::int32_t>(w.num_partials++) : -1;
+      w.items.push_back(it);
+    }
+  }
+  w.grid = static_cast<int>(std::min<std::int64_t>(static_cast<std::int64_t>(w.items.size()), limits.sm_count));
+  return w;
+}
+
+}  // namespace mixpa::cuda
