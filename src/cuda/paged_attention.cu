@@ -112,8 +112,8 @@ __device__ void load_q(std::uint32_t (&a)[4], const std::uint16_t* q0, const std
 template <class C>
 __device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, int lane, unsigned char* smem) {
   constexpr TileGeometry geom = C::kGeom;
-  const int rf = warp / C::kTokenWarps;  // row fragment: rows [16 rf, 16 rf + 16) of the tile
-  const int tw = warp % C::kTokenWarps;  // token slice: [tw * kWarpTokens, ...) of each stage
+  const int rf = warp_row_frag(geom, warp);     // rows [16 rf, 16 rf + 16) of the q tile
+  const int tw = warp_token_slice(geom, warp);  // tokens [tw * kWarpTokens, ...) of each stage
   const int g = lane >> 2, t = lane & 3;
   float* stats_m = reinterpret_cast<float*>(smem + SmemLayout::kStatsM);
   float* stats_l = reinterpret_cast<float*>(smem + SmemLayout::kStatsL);
@@ -160,9 +160,9 @@ __device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, i
         }
 #pragma unroll
         for (int j = 0; j < C::kSTiles; ++j) {
-          const int row = tw * C::kWarpTokens + 8 * j + (lane & 7);
+          const ProducerSlot src = k_fragment_source(geom, tw, j, pp, lane);
           std::uint32_t b[4];  // pieces 4pp..4pp+3 of 8 token rows: k-steps 2pp and 2pp+1
-          ldmatrix_x4(b, k_tile + swizzled_offset(geom, row, 4 * pp + (lane >> 3)));
+          ldmatrix_x4(b, k_tile + swizzled_offset(geom, src.row, src.chunk));
           mma_bf16_16816(sc[j], qa, b[0], b[1]);
           mma_bf16_16816(sc[j], qb, b[2], b[3]);
         }
@@ -175,7 +175,7 @@ __device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, i
       for (int j = 0; j < C::kSTiles; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int token = t0 + tw * C::kWarpTokens + 8 * j + 2 * t + (e & 1);
+          const int token = t0 + score_column(geom, tw, j, t, e);
           sc[j][e] = token < w.token_end ? sc[j][e] * p.scale_log2 : kNegInf;
           mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
         }
@@ -215,12 +215,11 @@ __device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, i
         pa[1] = pack_bf16(sc[2 * q][2], sc[2 * q][3]);
         pa[2] = pack_bf16(sc[2 * q + 1][0], sc[2 * q + 1][1]);
         pa[3] = pack_bf16(sc[2 * q + 1][2], sc[2 * q + 1][3]);
-        const int mi = lane >> 3;
-        const int row = tw * C::kWarpTokens + 16 * q + (lane & 7) + 8 * (mi & 1);
 #pragma unroll
         for (int d = 0; d < C::kDimTiles / 2; ++d) {
+          const ProducerSlot src = v_fragment_source(geom, tw, q, d, lane);
           std::uint32_t b[4];  // tokens 16q..16q+15 x dims 16d..16d+15, transposed
-          ldmatrix_x4_trans(b, v_tile + swizzled_offset(geom, row, 2 * d + (mi >> 1)));
+          ldmatrix_x4_trans(b, v_tile + swizzled_offset(geom, src.row, src.chunk));
           mma_bf16_16816(st.o[2 * d], pa, b[0], b[1]);
           mma_bf16_16816(st.o[2 * d + 1], pa, b[2], b[3]);
         }

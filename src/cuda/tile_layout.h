@@ -51,6 +51,31 @@ MIXPA_HOST_DEVICE constexpr ProducerSlot producer_slot(TileGeometry g, int pass,
   return {pass * g.rows_per_pass() + lane / g.chunks_per_row(), lane % g.chunks_per_row()};
 }
 
+// Fragment addressing of the compute warps (lane = 4 g + t), shared with the CPU emulation test.
+// A compute warp `warp` works on row fragment warp / token_warps and on the token slice
+// [tw * tokens_per_warp, (tw + 1) * tokens_per_warp) of each stage, tw = warp % token_warps.
+MIXPA_HOST_DEVICE constexpr int warp_row_frag(TileGeometry g, int warp) { return warp / g.token_warps(); }
+MIXPA_HOST_DEVICE constexpr int warp_token_slice(TileGeometry g, int warp) { return warp % g.token_warps(); }
+
+// ldmatrix.x4 of K for S tile j (8 tokens) and k-step pair pp (dims 32pp..32pp+31): lane
+// supplies the address of row (lane & 7) of matrix (lane >> 3) = piece 4pp + (lane >> 3).
+// Registers: b[0], b[1] = B of k-step 2pp, b[2], b[3] = B of k-step 2pp + 1.
+MIXPA_HOST_DEVICE constexpr ProducerSlot k_fragment_source(TileGeometry g, int tw, int j, int pp, int lane) {
+  return {tw * g.tokens_per_warp() + 8 * j + (lane & 7), 4 * pp + (lane >> 3)};
+}
+
+// ldmatrix.x4.trans of V for P.V k-step q (16 tokens) and dim pair d (dims 16d..16d+15):
+// matrix mi = lane >> 3 holds tokens +8 (mi & 1) and piece 2d + (mi >> 1).
+// Registers: b[0], b[1] = B of n-tile 2d, b[2], b[3] = B of n-tile 2d + 1.
+MIXPA_HOST_DEVICE constexpr ProducerSlot v_fragment_source(TileGeometry g, int tw, int q, int d, int lane) {
+  return {tw * g.tokens_per_warp() + 16 * q + (lane & 7) + 8 * ((lane >> 3) & 1), 2 * d + (lane >> 4)};
+}
+
+// Tile-local token column of element e (0..3) of S tile j held by a lane with t = lane & 3.
+MIXPA_HOST_DEVICE constexpr int score_column(TileGeometry g, int tw, int j, int t, int e) {
+  return tw * g.tokens_per_warp() + 8 * j + 2 * t + (e & 1);
+}
+
 // Dynamic shared memory of one CTA: barriers, softmax stats, merge buffer, then the ring.
 struct SmemLayout {
   static constexpr int kFullBarriers = 0;                      // u64 [kMaxStages]
