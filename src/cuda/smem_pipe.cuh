@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 
 namespace mixpa::cuda {
 
@@ -58,9 +59,22 @@ __device__ inline bool mbarrier_test_parity(std::uint64_t* bar, std::uint32_t pa
   return done != 0;
 }
 
+// A legitimate wait lasts microseconds (one stage of loads or math); one of 2^34 cycles
+// (about 8 s) means the pipe protocol is broken. Then the kernel says which barrier and traps,
+// so a deadlock becomes a launch error on the host instead of a hung process.
+inline constexpr long long kPipeWatchdogCycles = 1ll << 34;
+
+__device__ __noinline__ inline void pipe_watchdog_fire(const std::uint64_t* bar, std::uint32_t parity) {
+  printf("mixpa cuda: pipe wait timed out (deadlock?): block %d thread %d barrier smem+%u parity %u\n", blockIdx.x,
+         threadIdx.x, smem_address(bar), parity);
+  __trap();
+}
+
 __device__ inline void mbarrier_wait_parity(std::uint64_t* bar, std::uint32_t parity) {
-  while (!mbarrier_test_parity(bar, parity)) {
-  }
+  if (mbarrier_test_parity(bar, parity)) return;
+  const long long start = clock64();
+  while (!mbarrier_test_parity(bar, parity))
+    if (clock64() - start > kPipeWatchdogCycles) pipe_watchdog_fire(bar, parity);
 }
 
 // One ring: stages of stage_bytes each, the producer side filled by cp.async.
