@@ -87,7 +87,7 @@ fi
 step "mixpa run SmallCase1 --executor cuda" test.log 120 "$CLI" run --case SmallCase1 --executor cuda
 
 # ---- 5: bench -------------------------------------------------------------------------------
-step "bench" bench.log 240 env PYTHONUNBUFFERED=1 "$BENCH" --cases Case1,Case2,SmallCase1,Decode32k --reps 30 \
+step "bench" bench.log 240 env PYTHONUNBUFFERED=1 "$BENCH" --cases Case1,Case2,SmallCase1,Decode32k --reps 30 --sweep \
   --peer-dir /tmp/mixpa_peer
 
 # ---- summary --------------------------------------------------------------------------------

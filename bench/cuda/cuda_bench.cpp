@@ -6,6 +6,7 @@
 //
 //   mixpa_cuda_bench [--cases Case1,Case2,SmallCase1,Decode32k] [--reps 30]
 //                    [--stream-gib 4] [--no-peer] [--python python3] [--peer-dir DIR] [--verify]
+//                    [--sweep]   (also time other ring depths and split targets: tunes the heuristic)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@ struct Args {
   double stream_gib = 4.0;
   bool peer = true;
   bool verify = false;
+  bool sweep = false;
   std::string python = "python3";
   std::string peer_dir = (std::filesystem::temp_directory_path() / "mixpa_cuda_peer").string();
   std::string script = MIXPA_BENCH_DIR "/peer_torch_cuda.py";
@@ -51,6 +53,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--stream-gib") a.stream_gib = std::stod(value());
     else if (k == "--no-peer") a.peer = false;
     else if (k == "--verify") a.verify = true;
+    else if (k == "--sweep") a.sweep = true;
     else if (k == "--python") a.python = value();
     else if (k == "--peer-dir") a.peer_dir = value();
     else throw Error("mixpa_cuda_bench: unknown option '" + k + "' (see the header of bench/cuda/cuda_bench.cpp)");
@@ -123,6 +126,21 @@ void run_case(const Args& args, const std::string& name, double stream_bw) {
   cuda::check(cudaMemcpy(host_out.data(), out.as<float>(), out.bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy");
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+  std::vector<std::pair<std::string, cuda::WorkPlanOptions>> variants;
+  if (args.sweep) {
+    for (int st : {2, 3, 4}) variants.push_back({"stages<=" + std::to_string(st), {st, 2.0, cuda::kMinChunkTokens}});
+    for (double ips : {0.0, 1.0, 4.0, 8.0})
+      variants.push_back({"items/SM " + std::to_string(ips).substr(0, 3), {cuda::kMaxStages, ips, cuda::kMinChunkTokens}});
+    variants.push_back({"items/SM 4, chunk>=256", {cuda::kMaxStages, 4.0, 256}});
+  }
+  for (const auto& [label, opts] : variants) {
+    cuda::PagedAttention alt(plan, c.context_lens.data(), opts);
+    alt.run(t, out.as<float>(), s);
+    alt.check_errors(s);
+    const double sec = timer.median_seconds(args.reps, s, [&] { alt.run(t, out.as<float>(), s); });
+    std::printf("%-11s   sweep %-24s items %5zu stages %d | direct %8.4f ms | %5.2f TB/s\n", name.c_str(), label.c_str(),
+                alt.work().items.size(), alt.work().stages, sec * 1e3, static_cast<double>(c.kv_bytes_read()) / sec / 1e12);
+  }
   cudaStreamDestroy(s);
 
   const double best = std::min(direct, graphed);

@@ -102,8 +102,8 @@ void DeviceBuffer::upload(const void* host, std::size_t bytes) {
   if (bytes > 0) check(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device)");
 }
 
-PagedAttention::PagedAttention(const Plan& plan, const std::int32_t* host_context_lens)
-    : plan_(plan), work_(plan_work(plan, host_context_lens, current_device_limits())) {
+PagedAttention::PagedAttention(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options)
+    : plan_(plan), work_(plan_work(plan, host_context_lens, current_device_limits(), options)) {
   check(prepare_kernel(work_.geometry.head_dim, work_.geometry.row_frags, work_.smem_bytes), "cudaFuncSetAttribute");
   items_ = DeviceBuffer(work_.items.size() * sizeof(WorkItem));
   items_.upload(work_.items.data(), work_.items.size() * sizeof(WorkItem));

@@ -61,7 +61,7 @@ class PagedAttention {
  public:
   // Plans for the current device: work items, ring depth, grid; uploads the work list and
   // allocates the partials. host_context_lens must be the values the device copy will hold.
-  PagedAttention(const Plan& plan, const std::int32_t* host_context_lens);
+  PagedAttention(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options = {});
 
   // Enqueues the kernels on `stream`; writes out[batch, num_heads, head_dim] (device, fp32).
   void run(const DeviceTensors& tensors, float* out, cudaStream_t stream) const;

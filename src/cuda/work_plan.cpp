@@ -9,8 +9,8 @@
 
 namespace mixpa::cuda {
 
-int choose_stages(TileGeometry geometry, int max_smem_per_block) {
-  int stages = kMaxStages;
+int choose_stages(TileGeometry geometry, int max_smem_per_block, int max_stages) {
+  int stages = std::clamp(max_stages, kMinStages, kMaxStages);
   while (stages >= kMinStages && smem_layout(geometry, stages).total() > max_smem_per_block) --stages;
   if (stages < kMinStages)
     throw Error("cuda: head_dim " + std::to_string(geometry.head_dim) + " needs " +
@@ -19,11 +19,13 @@ int choose_stages(TileGeometry geometry, int max_smem_per_block) {
   return stages;
 }
 
-std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count) {
-  return logical_blocks >= sm_count ? logical_blocks : 2 * std::int64_t{sm_count};
+std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, double items_per_sm) {
+  if (logical_blocks >= sm_count || items_per_sm <= 0.0) return logical_blocks;
+  return std::max(logical_blocks, static_cast<std::int64_t>(items_per_sm * sm_count + 0.5));
 }
 
-WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits) {
+WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
+                   const WorkPlanOptions& options) {
   const Shape& s = plan.shape;
   WorkPlan w;
   w.q_tile = plan.q_tile;
@@ -35,7 +37,7 @@ WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const Dev
   if (s.num_heads > (1 << 30) || s.batch > (1 << 30) || s.max_blocks_per_req * s.block_size > (std::int64_t{1} << 31))
     throw Error("cuda: shapes exceed the kernel's 32-bit work-item fields");
   w.geometry = TileGeometry{static_cast<int>(s.head_dim), row_frags};
-  w.stages = choose_stages(w.geometry, limits.max_smem_per_block);
+  w.stages = choose_stages(w.geometry, limits.max_smem_per_block, options.max_stages);
   w.smem_bytes = smem_layout(w.geometry, w.stages).total();
 
   const std::int64_t max_tokens = s.max_blocks_per_req * s.block_size;
@@ -45,7 +47,8 @@ WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const Dev
                   " tokens, must be in [0, " + std::to_string(max_tokens) + "]");
 
   const std::int64_t blocks = plan.total_logical_blocks;
-  const SplitKvPlan sp = plan_split_kv(plan, context_lens, split_target_items(blocks, limits.sm_count), kMinChunkTokens);
+  const SplitKvPlan sp = plan_split_kv(plan, context_lens, split_target_items(blocks, limits.sm_count, options.items_per_sm),
+                                       std::max<std::int64_t>(1, options.min_chunk_tokens));
   w.items.reserve(sp.chunks.size());
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
     const LogicalBlock lb = plan.logical_block(blk);

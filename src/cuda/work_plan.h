@@ -21,6 +21,13 @@ struct DeviceLimits {
   int max_smem_per_block = 227 * 1024; // cudaDevAttrMaxSharedMemoryPerBlockOptin
 };
 
+// Tuning knobs (defaults = the heuristic); the bench's --sweep measures alternatives.
+struct WorkPlanOptions {
+  int max_stages = kMaxStages;                     // cap on the ring depth (>= kMinStages)
+  double items_per_sm = 2.0;                       // split target when blocks < SMs; 0 = never split
+  std::int64_t min_chunk_tokens = kMinChunkTokens;
+};
+
 struct WorkPlan {
   TileGeometry geometry;
   int q_tile = 16;
@@ -34,15 +41,16 @@ struct WorkPlan {
 
 // Stages of the ring that fit the device's shared memory (at most kMaxStages); throws
 // mixpa::Error when not even kMinStages fit.
-int choose_stages(TileGeometry geometry, int max_smem_per_block);
+int choose_stages(TileGeometry geometry, int max_smem_per_block, int max_stages = kMaxStages);
 
 // Work items wanted so that every SM stays busy: no split when the logical blocks already
-// fill the SMs, else about two items per SM.
-std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count);
+// fill the SMs, else about items_per_sm items per SM (0: no split).
+std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, double items_per_sm = 2.0);
 
 // The whole launch plan. context_lens are host values (they fix the chunks); each must lie in
 // [0, max_blocks_per_req * block_size] (throws mixpa::Error naming the request otherwise).
 // Throws for a head_dim or q_tile the kernels do not have.
-WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits);
+WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
+                   const WorkPlanOptions& options = {});
 
 }  // namespace mixpa::cuda

@@ -112,6 +112,20 @@ TEST(CudaWorkPlan, SplitsFollowTheSmCount) {
   for (const WorkItem& it : wd.items) EXPECT_GE(it.token_end - it.token_begin, kMinChunkTokens);
 }
 
+TEST(CudaWorkPlan, OptionsCapStagesAndSteerSplits) {
+  const CaseSpec small = find_case("SmallCase1");
+  const Plan plan = plan_of(small, 1000, 256);
+  const auto lens = lens_of(small);
+  const WorkPlan no_split = plan_work(plan, lens.data(), kH100, {kMaxStages, 0.0, kMinChunkTokens});
+  EXPECT_EQ(no_split.items.size(), 24u);
+  EXPECT_TRUE(no_split.merges.empty());
+  const WorkPlan capped = plan_work(plan, lens.data(), kH100, {3, 2.0, kMinChunkTokens});
+  EXPECT_EQ(capped.stages, 3);
+  const WorkPlan many = plan_work(plan, lens.data(), kH100, {kMaxStages, 8.0, 256});
+  EXPECT_GT(many.items.size(), plan_work(plan, lens.data(), kH100).items.size());
+  for (const WorkPlan* w : {&no_split, &capped, &many}) expect_consistent(plan, lens, *w, kH100);
+}
+
 TEST(CudaWorkPlan, RingDepthFitsSharedMemory) {
   for (int hd : {64, 128, 256})
     for (int rf : {1, 4}) {
