@@ -11,7 +11,8 @@ namespace mixpa::cuda {
 // The instantiations this build has: head_dim {64, 128, 256} x row_frags {1, 4}.
 bool kernel_supported(int head_dim, int row_frags);
 
-// Raises the kernel's dynamic shared-memory limit (needed above 48 KiB); once per plan.
+// Raises the kernel's dynamic shared-memory limit to at least smem_bytes (needed above 48 KiB;
+// never lowers it); once per plan.
 cudaError_t prepare_kernel(int head_dim, int row_frags, int smem_bytes);
 
 // cudaSuccess when this device has a kernel image (the build's architectures fit it).

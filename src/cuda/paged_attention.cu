@@ -372,7 +372,12 @@ bool kernel_supported(int head_dim, int row_frags) {
 }
 
 cudaError_t prepare_kernel(int head_dim, int row_frags, int smem_bytes) {
+  // Only ever raised: plans of one instantiation with different ring depths may coexist.
   return with_kernel(head_dim, row_frags, [&](auto kernel) {
+    cudaFuncAttributes attr;
+    const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
+    if (e != cudaSuccess) return e;
+    if (attr.maxDynamicSharedSizeBytes >= smem_bytes) return cudaSuccess;
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   });
 }
