@@ -128,8 +128,8 @@ void run_case(const Args& args, const std::string& name, double stream_bw) {
   cudaGraphDestroy(graph);
   std::vector<std::pair<std::string, cuda::WorkPlanOptions>> variants;
   if (args.sweep) {
-    for (int st : {2, 3, 4}) variants.push_back({"stages<=" + std::to_string(st), {st, 2.0, cuda::kMinChunkTokens}});
-    for (double ips : {0.0, 1.0, 4.0, 8.0})
+    for (int st : {2, 3, 4}) variants.push_back({"stages<=" + std::to_string(st), {st, -1.0, cuda::kMinChunkTokens}});
+    for (double ips : {0.0, 1.0, 2.0, 4.0, 8.0})
       variants.push_back({"items/SM " + std::to_string(ips).substr(0, 3), {cuda::kMaxStages, ips, cuda::kMinChunkTokens}});
     variants.push_back({"items/SM 4, chunk>=256", {cuda::kMaxStages, 4.0, 256}});
   }

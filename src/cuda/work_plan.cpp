@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
-#include "core/split_kv.h"
 #include "mixpa/error.h"
 
 namespace mixpa::cuda {
@@ -22,6 +22,38 @@ int choose_stages(TileGeometry geometry, int max_smem_per_block, int max_stages)
 std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, double items_per_sm) {
   if (logical_blocks >= sm_count || items_per_sm <= 0.0) return logical_blocks;
   return std::max(logical_blocks, static_cast<std::int64_t>(items_per_sm * sm_count + 0.5));
+}
+
+std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_lens, const SplitKvPlan& split, int sm_count) {
+  const std::int64_t items = static_cast<std::int64_t>(split.chunks.size());
+  const std::int64_t grid = std::max<std::int64_t>(1, std::min<std::int64_t>(items, sm_count));
+  const std::int64_t bs = plan.shape.block_size;
+  std::vector<std::int64_t> load(static_cast<std::size_t>(grid), 0);
+  bool any_split = false;
+  for (std::int64_t i = 0; i < items; ++i) {
+    const KvChunk& c = split.chunks[i];
+    const std::int64_t ctx = context_lens[plan.logical_block(c.logical_block).batch];
+    load[i % grid] += std::min(c.page_end * bs, ctx) - std::min(c.page_begin * bs, ctx) + kItemOverheadTokens;
+    any_split = any_split || split.num_chunks(c.logical_block) > 1;
+  }
+  return *std::max_element(load.begin(), load.end()) + (any_split ? kMergeOverheadTokens : 0);
+}
+
+std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_lens, int sm_count,
+                                 std::int64_t min_chunk_tokens) {
+  const std::int64_t blocks = plan.total_logical_blocks;
+  std::int64_t best_target = blocks, best_cost = -1;
+  std::size_t last_items = 0;
+  for (int s = 1; s <= kMaxSplitsPerBlock; ++s) {
+    const std::int64_t target = blocks * s;
+    if (s > 1 && target > 16 * std::int64_t{sm_count}) break;  // far past filling the SMs
+    const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk_tokens);
+    if (s > 1 && sp.chunks.size() == last_items) continue;  // lengths cap the splits: same plan
+    last_items = sp.chunks.size();
+    const std::int64_t cost = estimate_makespan(plan, context_lens, sp, sm_count);
+    if (best_cost < 0 || cost < best_cost) best_cost = cost, best_target = target;
+  }
+  return best_target;
 }
 
 WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
@@ -47,8 +79,11 @@ WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const Dev
                   " tokens, must be in [0, " + std::to_string(max_tokens) + "]");
 
   const std::int64_t blocks = plan.total_logical_blocks;
-  const SplitKvPlan sp = plan_split_kv(plan, context_lens, split_target_items(blocks, limits.sm_count, options.items_per_sm),
-                                       std::max<std::int64_t>(1, options.min_chunk_tokens));
+  const std::int64_t min_chunk = std::max<std::int64_t>(1, options.min_chunk_tokens);
+  const std::int64_t target = options.items_per_sm < 0.0
+                                  ? choose_split_target(plan, context_lens, limits.sm_count, min_chunk)
+                                  : split_target_items(blocks, limits.sm_count, options.items_per_sm);
+  const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk);
   w.items.reserve(sp.chunks.size());
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
     const LogicalBlock lb = plan.logical_block(blk);

@@ -4,6 +4,7 @@
 // the compute warps' fragment addresses hit the right bytes. Runs in every build.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <set>
 
 #include "common/check.h"
@@ -97,19 +98,39 @@ TEST(CudaWorkPlan, SplitsFollowTheSmCount) {
   EXPECT_EQ(w1.items.size(), 256u);
   EXPECT_TRUE(w1.merges.empty());
   EXPECT_EQ(w1.grid, 132);
-  // SmallCase1: 24 blocks are split to about two items per SM.
-  const CaseSpec small = find_case("SmallCase1");
-  const WorkPlan ws = plan_work(plan_of(small, 1000, 256), lens_of(small).data(), kH100);
-  EXPECT_EQ(ws.merges.size(), 24u);
-  EXPECT_GE(ws.items.size(), 200u);
-  EXPECT_LE(ws.items.size(), 300u);
-  EXPECT_EQ(ws.grid, 132);
-  // Decode32k: 8 blocks of 32k tokens.
-  const CaseSpec d32 = find_case("Decode32k");
-  const WorkPlan wd = plan_work(plan_of(d32, 1000, 512), lens_of(d32).data(), kH100);
-  EXPECT_EQ(wd.merges.size(), 8u);
-  EXPECT_GE(wd.items.size(), 200u);
-  for (const WorkItem& it : wd.items) EXPECT_GE(it.token_end - it.token_begin, kMinChunkTokens);
+  // SmallCase1 (24 blocks), Case2 (64 blocks), Decode32k (8 blocks) are split to fill the SMs.
+  for (const char* name : {"SmallCase1", "Case2", "Decode32k"}) {
+    const CaseSpec spec = find_case(name);
+    const auto lens = lens_of(spec);
+    const Plan plan = plan_of(spec, 1000, (spec.max_model_len + spec.block_size - 1) / spec.block_size);
+    const WorkPlan w = plan_work(plan, lens.data(), kH100);
+    EXPECT_EQ(w.merges.size(), static_cast<std::size_t>(plan.total_logical_blocks)) << name;
+    EXPECT_GE(w.items.size(), 120u) << name;
+    EXPECT_EQ(w.grid, std::min<int>(132, static_cast<int>(w.items.size()))) << name;
+    for (const WorkItem& it : w.items) EXPECT_GE(it.token_end - it.token_begin, kMinChunkTokens) << name;
+    // The cost model is never worse (by its own estimate) than any fixed items-per-SM target.
+    const SplitKvPlan chosen = plan_split_kv(plan, lens.data(), choose_split_target(plan, lens.data(), 132, kMinChunkTokens),
+                                             kMinChunkTokens);
+    const std::int64_t best = estimate_makespan(plan, lens.data(), chosen, 132);
+    for (double ips : {0.0, 1.0, 2.0, 4.0, 8.0}) {
+      const SplitKvPlan fixed = plan_split_kv(plan, lens.data(), split_target_items(plan.total_logical_blocks, 132, ips),
+                                              kMinChunkTokens);
+      EXPECT_LE(best, estimate_makespan(plan, lens.data(), fixed, 132)) << name << " items/SM " << ips;
+    }
+    std::printf("%-10s items %zu grid %d est. makespan %lld tokens\n", name, w.items.size(), w.grid,
+                static_cast<long long>(best));
+  }
+}
+
+TEST(CudaWorkPlan, MakespanCountsTheBusiestCta) {
+  // Two blocks of 1000 and 10 tokens, unsplit, on 4 SMs: the 1000-token CTA decides.
+  const CaseSpec spec = small_spec("two", 2, 16, 1, 128, 16, {1000, 10});
+  const Plan plan = plan_of(spec, 200, 100);
+  const auto lens = lens_of(spec);
+  const SplitKvPlan sp = plan_split_kv(plan, lens.data(), 2, kMinChunkTokens);
+  EXPECT_EQ(estimate_makespan(plan, lens.data(), sp, 4), 1000 + kItemOverheadTokens);
+  // On one SM both items queue on the same CTA.
+  EXPECT_EQ(estimate_makespan(plan, lens.data(), sp, 1), 1010 + 2 * kItemOverheadTokens);
 }
 
 TEST(CudaWorkPlan, OptionsCapStagesAndSteerSplits) {
@@ -119,7 +140,7 @@ TEST(CudaWorkPlan, OptionsCapStagesAndSteerSplits) {
   const WorkPlan no_split = plan_work(plan, lens.data(), kH100, {kMaxStages, 0.0, kMinChunkTokens});
   EXPECT_EQ(no_split.items.size(), 24u);
   EXPECT_TRUE(no_split.merges.empty());
-  const WorkPlan capped = plan_work(plan, lens.data(), kH100, {3, 2.0, kMinChunkTokens});
+  const WorkPlan capped = plan_work(plan, lens.data(), kH100, {3, -1.0, kMinChunkTokens});
   EXPECT_EQ(capped.stages, 3);
   const WorkPlan many = plan_work(plan, lens.data(), kH100, {kMaxStages, 8.0, 256});
   EXPECT_GT(many.items.size(), plan_work(plan, lens.data(), kH100).items.size());
