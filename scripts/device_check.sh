@@ -7,18 +7,21 @@
 #   1 build    Release, CUDA for sm_90a, only test_cuda / mixpa_cuda_bench / mixpa (-j16);
 #              falls back to .device/prebuilt binaries if the build fails
 #   2 test     test_cuda without the Slow origin cases, then the Slow ones
-#   3 sanitize compute-sanitizer memcheck + racecheck (+ synccheck) on small cases
-#   4 cli      mixpa run --case SmallCase1 --executor cuda (verify against exact)
-#   5 bench    mixpa_cuda_bench on Case1, Case2, SmallCase1, Decode32k with the GPU peers
+#   3 cli      mixpa run --case SmallCase1 --executor cuda (verify against exact)
+#   4 bench    mixpa_cuda_bench on Case1, Case2, SmallCase1, Decode32k (+ --sweep) with the GPU peers
+#   5 sanitize compute-sanitizer memcheck + racecheck (+ synccheck) on small cases
+# MIXPA_PREBUILT=1 skips the build and uses .device/prebuilt (a quick rerun).
 # Total target: under 8 minutes. At most 8 files come back: the logs below + summary.txt.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mixpa_device_out}
 mkdir -p "$OUT"
+: >"$OUT/summary.txt"
+[ -d .device ] || echo "no .device/ here: run scripts/device_bundle.sh on the dev machine and carry .device" | tee -a "$OUT/summary.txt"
 JOBS=${JOBS:-16}
 T0=$(date +%s)
 declare -a SUMMARY=()
-note() { SUMMARY+=("$1"); echo "== $1"; }
+note() { SUMMARY+=("$1"); echo "== $1"; echo "$1" >>"$OUT/summary.txt"; }  # survives a kill
 elapsed() { echo $(( $(date +%s) - T0 )); }
 step() {  # step NAME LOG TIMEOUT_S CMD...
   local name=$1 log=$2 limit=$3; shift 3
@@ -54,12 +57,12 @@ if [ -d .device/googletest ]; then
 fi
 GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
 BIN=build-device
-if step "configure" build.log 120 cmake -S . -B build-device $GEN -DCMAKE_BUILD_TYPE=Release -DMIXPA_CUDA=ON \
+if [ "${MIXPA_PREBUILT:-0}" != 1 ] && step "configure" build.log 120 cmake -S . -B build-device $GEN -DCMAKE_BUILD_TYPE=Release -DMIXPA_CUDA=ON \
      -DCMAKE_CUDA_ARCHITECTURES=90a -DMIXPA_BUILD_PYTHON=OFF $PREFIX \
-   && step "build" build.log 300 cmake --build build-device -j"$JOBS" --target test_cuda mixpa_cuda_bench mixpa; then
+   && step "build" build.log 240 cmake --build build-device -j"$JOBS" --target test_cuda mixpa_cuda_bench mixpa; then
   TEST=$BIN/tests/test_cuda; BENCH=$BIN/bench/cuda/mixpa_cuda_bench; CLI=$BIN/mixpa
 else
-  note "build failed: using .device/prebuilt binaries (built on the dev machine)"
+  note "build skipped or failed: using .device/prebuilt binaries (built on the dev machine)"
   TEST=.device/prebuilt/test_cuda; BENCH=.device/prebuilt/mixpa_cuda_bench; CLI=.device/prebuilt/mixpa
 fi
 [ -x "$TEST" ] || note "no test binary at $TEST"
@@ -70,31 +73,30 @@ fi
 
 # ---- 2: tests -------------------------------------------------------------------------------
 step "test_cuda (fast)" test.log 180 "$TEST" --gtest_filter='-*Slow*' --gtest_brief=1
-step "test_cuda (Slow: origin cases)" test.log 240 "$TEST" --gtest_filter='*Slow*'
+step "test_cuda (Slow: origin cases)" test.log 150 "$TEST" --gtest_filter='*Slow*'
 
-# ---- 3: compute-sanitizer on small cases ----------------------------------------------------
+# ---- 3: the CLI -----------------------------------------------------------------------------
+step "mixpa run SmallCase1 --executor cuda" test.log 120 "$CLI" run --case SmallCase1 --executor cuda
+
+# ---- 4: bench -------------------------------------------------------------------------------
+step "bench" bench.log 200 env PYTHONUNBUFFERED=1 "$BENCH" --cases Case1,Case2,SmallCase1,Decode32k --reps 30 --sweep \
+  --peer-dir /tmp/mixpa_peer
+
+# ---- 5: compute-sanitizer on small cases ----------------------------------------------------
 SMALL='Shapes/CudaCoverage.AgreesWithExact/lens_edge_bs16:Shapes/CudaCoverage.AgreesWithExact/q64:Shapes/CudaCoverage.AgreesWithExact/split_hd64_bs16:Shapes/CudaCoverage.AgreesWithExact/hd256:CudaDeviceApi.DeviceSidePageIdCheckRaisesAnError'
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck synccheck; do
-    step "compute-sanitizer $tool" sanitizer.log 120 compute-sanitizer --tool $tool --error-exitcode 3 \
+    step "compute-sanitizer $tool" sanitizer.log 90 compute-sanitizer --tool $tool --error-exitcode 3 \
       "$TEST" --gtest_filter="$SMALL"
   done
 else
   note "compute-sanitizer not found: sanitizer checks skipped"
 fi
 
-# ---- 4: the CLI -----------------------------------------------------------------------------
-step "mixpa run SmallCase1 --executor cuda" test.log 120 "$CLI" run --case SmallCase1 --executor cuda
-
-# ---- 5: bench -------------------------------------------------------------------------------
-step "bench" bench.log 240 env PYTHONUNBUFFERED=1 "$BENCH" --cases Case1,Case2,SmallCase1,Decode32k --reps 30 --sweep \
-  --peer-dir /tmp/mixpa_peer
-
 # ---- summary --------------------------------------------------------------------------------
 {
   echo "device_check.sh finished in $(elapsed)s"
-  for s in "${SUMMARY[@]}"; do echo "  $s"; done
   echo "--- test failures ---"; grep -E "^\[  FAILED  \]|Failure|error" "$OUT/test.log" | head -40
   echo "--- sanitizer findings ---"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Hazard" "$OUT/sanitizer.log" 2>/dev/null | head -20
   echo "--- bench ---"; grep -vE "^==" "$OUT/bench.log" 2>/dev/null
-} | tee "$OUT/summary.txt"
+} | tee -a "$OUT/summary.txt"
