@@ -358,7 +358,8 @@ TEST_P(CudaKernelEmulation, AgreesWithExact) {
     const auto out = emu.run();
     EXPECT_EQ(emu.error_flag, 0);
     const double err = mixpa::testing::expect_close_to_exact(c, out, mixpa::testing::exact(c));
-    EXPECT_LT(err, 2e-3) << "sm_count " << dev.sm_count;
+    EXPECT_LT(err, 2e-3) << "sm_count " << dev.sm_count;  // the cpu executor lands at the same values
+    RecordProperty("max_abs_error_sm" + std::to_string(dev.sm_count), std::to_string(err));
   }
 }
 
