@@ -83,10 +83,10 @@ step "bench" bench.log 200 env PYTHONUNBUFFERED=1 "$BENCH" --cases Case1,Case2,S
   --peer-dir /tmp/mixpa_peer
 
 # ---- 5: compute-sanitizer on small cases ----------------------------------------------------
-SMALL='Shapes/CudaCoverage.AgreesWithExact/lens_edge_bs16:Shapes/CudaCoverage.AgreesWithExact/q64:Shapes/CudaCoverage.AgreesWithExact/split_hd64_bs16:Shapes/CudaCoverage.AgreesWithExact/hd256:CudaDeviceApi.DeviceSidePageIdCheckRaisesAnError'
+SMALL='CudaDeviceApi.PipeProtocolSelfTest:Shapes/CudaCoverage.AgreesWithExact/lens_edge_bs16:Shapes/CudaCoverage.AgreesWithExact/q64:Shapes/CudaCoverage.AgreesWithExact/split_hd64_bs16:Shapes/CudaCoverage.AgreesWithExact/hd256:CudaDeviceApi.DeviceSidePageIdCheckRaisesAnError'
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck synccheck; do
-    step "compute-sanitizer $tool" sanitizer.log 90 compute-sanitizer --tool $tool --error-exitcode 3 \
+    step "compute-sanitizer $tool" sanitizer.log 90 env MIXPA_PIPE_SELFTEST_ROUNDS=40 compute-sanitizer --tool $tool --error-exitcode 3 \
       "$TEST" --gtest_filter="$SMALL"
   done
 else

@@ -23,4 +23,8 @@ cudaError_t kernel_image_check();
 cudaError_t launch_paged_attention(const KernelParams& params, int head_dim, int row_frags, int grid, int smem_bytes,
                                    cudaStream_t stream);
 
+// Pipe protocol self-test (pipe_selftest.cu): `rounds` stages through a ring of `stages` on
+// `ctas` CTAs; *mismatches = words the consumers saw wrong (0 when the pipe is right). Syncs.
+cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long long* mismatches);
+
 }  // namespace mixpa::cuda

@@ -4,13 +4,16 @@
 // Every test skips when this build has no cuda executor or the machine has no usable GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "common/check.h"
 
 #ifdef MIXPA_HAVE_CUDA
 #include "cuda/cuda_executor.h"
+#include "cuda/kernel_launch.h"
 #endif
 
 namespace mixpa {
@@ -136,6 +139,19 @@ TEST_F(CudaExecutor, HostValidationStillRejectsBadPageIds) {
 }
 
 #ifdef MIXPA_HAVE_CUDA
+// The pipe alone, before any attention test: a protocol fault shows here as mismatches or a
+// watchdog trap, separate from the math.
+// MIXPA_PIPE_SELFTEST_ROUNDS shortens it under compute-sanitizer.
+TEST_F(CudaDeviceApi, PipeProtocolSelfTest) {
+  const char* env = std::getenv("MIXPA_PIPE_SELFTEST_ROUNDS");
+  const int rounds = env ? std::max(1, std::atoi(env)) : 2000;
+  for (int stages : {1, 2, 3, 5, 8}) {
+    unsigned long long bad = ~0ull;
+    cuda::check(cuda::run_pipe_selftest(stages, rounds, 4, &bad), "run_pipe_selftest");
+    EXPECT_EQ(bad, 0u) << stages << " stages";
+  }
+}
+
 // The device-resident API: plan once, run on device pointers, no host sync inside run().
 struct DeviceCase {
   const Case* c;
