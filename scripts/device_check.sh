@@ -72,6 +72,7 @@ if command -v cuobjdump >/dev/null && [ -f $BIN/src/cuda/libmixpa_cuda_kernels.a
 fi
 
 # ---- 2: tests -------------------------------------------------------------------------------
+step "pipe self-test (first: isolates the mbarrier protocol)" test.log 60 "$TEST" --gtest_filter=CudaDeviceApi.PipeProtocolSelfTest
 step "test_cuda (fast)" test.log 180 "$TEST" --gtest_filter='-*Slow*' --gtest_brief=1
 step "test_cuda (Slow: origin cases)" test.log 150 "$TEST" --gtest_filter='*Slow*'
 
