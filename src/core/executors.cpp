@@ -6,6 +6,9 @@
 
 #include "core/validate.h"
 #include "cpu/cpu_executor.h"
+#ifdef MIXPA_HAVE_CUDA
+#include "cuda/cuda_executor.h"
+#endif
 #include "reference/reference.h"
 #include "sim/programs.h"
 
@@ -14,6 +17,10 @@ namespace mixpa {
 std::span<const ExecutorEntry> executor_table() {
   // Fastest first. Each executor adds its own line here.
   static const ExecutorEntry table[] = {
+#ifdef MIXPA_HAVE_CUDA
+      {"cuda", "NVIDIA GPU: producer warp + tensor-core warps on an mbarrier smem ring, persistent grid, split-KV",
+       &run_cuda, &cuda_available},
+#endif
       {"cpu", "SIMD bf16 (AMX / AVX-512 BF16 / AVX-512F / AVX2 / scalar), all cores, split-KV", &run_cpu},
       {"sim", "the MIX pipeline simulated: 1 cube + 2 vector workers per block, tile pipes", &sim::run_sim},
       {"reference", "origin per-page online softmax, fp32, single-threaded (golden)", &run_reference},

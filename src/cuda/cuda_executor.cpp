@@ -1,0 +1,203 @@
+// Executor "cuda", host side: device discovery, the plan/run object, and the host-data entry.
+#include "cuda/cuda_executor.h"
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cuda/kernel_launch.h"
+#include "mixpa/error.h"
+
+namespace mixpa::cuda {
+namespace {
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+bool strides_ok(const CacheStrides& s) { return s.page % 8 == 0 && s.row % 8 == 0 && s.head % 8 == 0; }
+
+// Elements a cache view spans from its first element (strides are >= 0, validated).
+std::int64_t cache_span(const Shape& sh, const CacheStrides& s) {
+  return (sh.num_blocks - 1) * s.page + (sh.block_size - 1) * s.row + (sh.num_kv_heads - 1) * s.head + sh.head_dim;
+}
+
+class Stream {
+ public:
+  Stream() { check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"); }
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// Uploads a cache as is when cp.async can read it in place, else repacked contiguous.
+DeviceBuffer upload_cache(const Shape& sh, const bf16* host, const CacheStrides& s, CacheStrides& device_strides) {
+  if (strides_ok(s)) {
+    const std::int64_t span = cache_span(sh, s);
+    DeviceBuffer d(static_cast<std::size_t>(span) * sizeof(bf16));
+    d.upload(host, static_cast<std::size_t>(span) * sizeof(bf16));
+    device_strides = s;
+    return d;
+  }
+  device_strides = {sh.block_size * sh.num_kv_heads * sh.head_dim, sh.num_kv_heads * sh.head_dim, sh.head_dim};
+  std::vector<bf16> packed(static_cast<std::size_t>(sh.num_blocks * device_strides.page));
+  for (std::int64_t p = 0; p < sh.num_blocks; ++p)
+    for (std::int64_t r = 0; r < sh.block_size; ++r)
+      for (std::int64_t h = 0; h < sh.num_kv_heads; ++h)
+        std::copy_n(host + p * s.page + r * s.row + h * s.head, sh.head_dim,
+                    packed.begin() + p * device_strides.page + r * device_strides.row + h * device_strides.head);
+  DeviceBuffer d(packed.size() * sizeof(bf16));
+  d.upload(packed.data(), packed.size() * sizeof(bf16));
+  return d;
+}
+
+}  // namespace
+
+void check(cudaError_t e, const char* call) {
+  if (e != cudaSuccess) throw Error(std::string("cuda: ") + call + ": " + cudaGetErrorString(e));
+}
+
+bool device_available() {
+  static const bool available = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
+      cudaGetLastError();  // clear the non-sticky error so later calls start clean
+      return false;
+    }
+    if (kernel_image_check() != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return true;
+  }();
+  return available;
+}
+
+DeviceLimits current_device_limits() {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  DeviceLimits l;
+  check(cudaDeviceGetAttribute(&l.sm_count, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SM count)");
+  check(cudaDeviceGetAttribute(&l.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+        "cudaDeviceGetAttribute(shared memory per block)");
+  return l;
+}
+
+DeviceBuffer::DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
+  if (bytes > 0) check(cudaMalloc(&ptr_, bytes), "cudaMalloc");
+}
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_) cudaFree(ptr_);
+}
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = o.ptr_, bytes_ = o.bytes_;
+    o.ptr_ = nullptr, o.bytes_ = 0;
+  }
+  return *this;
+}
+void DeviceBuffer::upload(const void* host, std::size_t bytes) {
+  if (bytes > 0) check(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device)");
+}
+
+PagedAttention::PagedAttention(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options)
+    : plan_(plan), work_(plan_work(plan, host_context_lens, current_device_limits(), options)) {
+  check(prepare_kernel(work_.geometry.head_dim, work_.geometry.row_frags, work_.smem_bytes), "cudaFuncSetAttribute");
+  items_ = DeviceBuffer(work_.items.size() * sizeof(WorkItem));
+  items_.upload(work_.items.data(), work_.items.size() * sizeof(WorkItem));
+  merges_ = DeviceBuffer(work_.merges.size() * sizeof(MergeItem));
+  merges_.upload(work_.merges.data(), work_.merges.size() * sizeof(MergeItem));
+  const std::size_t rows = static_cast<std::size_t>(work_.num_partials) * work_.q_tile;
+  part_o_ = DeviceBuffer(rows * plan.shape.head_dim * sizeof(float));
+  part_m_ = DeviceBuffer(rows * sizeof(float));
+  part_l_ = DeviceBuffer(rows * sizeof(float));
+  error_flag_ = DeviceBuffer(sizeof(int));
+  check(cudaMemset(error_flag_.as<int>(), 0, sizeof(int)), "cudaMemset(error flag)");
+}
+
+void PagedAttention::run(const DeviceTensors& t, float* out, cudaStream_t stream) const {
+  if (!aligned16(t.query) || !aligned16(t.key_cache) || !aligned16(t.value_cache) || !aligned16(out))
+    throw Error("cuda: query, key_cache, value_cache and out must be 16-byte aligned device pointers");
+  if (!strides_ok(t.k_strides) || !strides_ok(t.v_strides))
+    throw Error("cuda: key_cache / value_cache strides must be multiples of 8 elements (16-byte rows)");
+  KernelParams p;
+  p.query = reinterpret_cast<const std::uint16_t*>(t.query);
+  p.key_cache = reinterpret_cast<const std::uint16_t*>(t.key_cache);
+  p.value_cache = reinterpret_cast<const std::uint16_t*>(t.value_cache);
+  p.k_page = t.k_strides.page, p.k_row = t.k_strides.row, p.k_head = t.k_strides.head;
+  p.v_page = t.v_strides.page, p.v_row = t.v_strides.row, p.v_head = t.v_strides.head;
+  p.block_table = t.block_table;
+  p.max_blocks_per_req = plan_.shape.max_blocks_per_req;
+  p.num_blocks = plan_.shape.num_blocks;
+  p.block_size = static_cast<std::int32_t>(plan_.shape.block_size);
+  p.num_heads = static_cast<std::int32_t>(plan_.shape.num_heads);
+  p.scale_log2 = plan_.scale * 1.4426950408889634f;
+  p.q_tile = work_.q_tile;
+  p.stages = work_.stages;
+  p.items = items_.as<WorkItem>();
+  p.num_items = static_cast<std::int32_t>(work_.items.size());
+  p.merges = merges_.as<MergeItem>();
+  p.num_merges = static_cast<std::int32_t>(work_.merges.size());
+  p.out = out;
+  p.part_o = part_o_.as<float>();
+  p.part_m = part_m_.as<float>();
+  p.part_l = part_l_.as<float>();
+  p.error_flag = error_flag_.as<int>();
+  check(launch_paged_attention(p, work_.geometry.head_dim, work_.geometry.row_frags, work_.grid, work_.smem_bytes, stream),
+        "kernel launch");
+}
+
+void PagedAttention::check_errors(cudaStream_t stream) const {
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (kernel)");
+  int flag = 0;
+  check(cudaMemcpy(&flag, error_flag_.as<int>(), sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy(error flag)");
+  if (flag != 0) {
+    check(cudaMemset(error_flag_.as<int>(), 0, sizeof(int)), "cudaMemset(error flag)");
+    if (flag & kErrorPageOutOfRange)
+      throw Error("block_table: a page id among the pages a request uses is outside [0, " +
+                  std::to_string(plan_.shape.num_blocks) + ") (found on the device; the output is not valid)");
+    throw Error("cuda: the kernel raised error flag " + std::to_string(flag));
+  }
+}
+
+}  // namespace mixpa::cuda
+
+namespace mixpa {
+
+bool cuda_available() { return cuda::device_available(); }
+
+void run_cuda(const Problem& pr, const Plan& plan, const Options& options, float* out) {
+  using namespace cuda;
+  if (!device_available()) throw Error("cuda: no CUDA device with a kernel image for this build is available");
+  const Shape& sh = pr.shape;
+  const std::size_t out_elements = static_cast<std::size_t>(sh.batch * sh.num_heads * sh.head_dim);
+  if (out_elements == 0) return;
+  PagedAttention pa(plan, pr.context_lens);
+  if (options.report) {
+    std::ostringstream s;
+    s << "cuda: " << pa.work().items.size() << " work items (" << pa.work().merges.size() << " split blocks), grid "
+      << pa.work().grid << ", " << pa.work().stages << " stages, " << pa.work().smem_bytes << " B shared memory";
+    options.report(s.str());
+  }
+  DeviceTensors t;
+  DeviceBuffer q(static_cast<std::size_t>(sh.batch * sh.num_heads * sh.head_dim) * sizeof(bf16));
+  q.upload(pr.query, q.bytes());
+  const DeviceBuffer k = upload_cache(sh, pr.key_cache, pr.k_strides, t.k_strides);
+  const DeviceBuffer v = upload_cache(sh, pr.value_cache, pr.v_strides, t.v_strides);
+  DeviceBuffer table(static_cast<std::size_t>(sh.batch * sh.max_blocks_per_req) * sizeof(std::int32_t));
+  table.upload(pr.block_table, table.bytes());
+  DeviceBuffer d_out(out_elements * sizeof(float));
+  t.query = q.as<bf16>();
+  t.key_cache = k.as<bf16>();
+  t.value_cache = v.as<bf16>();
+  t.block_table = table.as<std::int32_t>();
+  Stream stream;
+  pa.run(t, d_out.as<float>(), stream.get());
+  pa.check_errors(stream.get());
+  check(cudaMemcpy(out, d_out.as<float>(), out_elements * sizeof(float), cudaMemcpyDeviceToHost),
+        "cudaMemcpy(device to host)");
+}
+
+}  // namespace mixpa

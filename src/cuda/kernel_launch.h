@@ -1,0 +1,30 @@
+// Host entry points into paged_attention.cu (the only translation unit nvcc compiles).
+// They return cudaError_t; the host side turns failures into mixpa::Error.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cuda/kernel_params.h"
+
+namespace mixpa::cuda {
+
+// The instantiations this build has: head_dim {64, 128, 256} x row_frags {1, 4}.
+bool kernel_supported(int head_dim, int row_frags);
+
+// Raises the kernel's dynamic shared-memory limit to at least smem_bytes (needed above 48 KiB;
+// never lowers it); once per plan.
+cudaError_t prepare_kernel(int head_dim, int row_frags, int smem_bytes);
+
+// cudaSuccess when this device has a kernel image (the build's architectures fit it).
+cudaError_t kernel_image_check();
+
+// Enqueues the attention kernel and, when blocks were split, the merge kernel on `stream`.
+// No host synchronisation and no allocation: capturable into a CUDA graph.
+cudaError_t launch_paged_attention(const KernelParams& params, int head_dim, int row_frags, int grid, int smem_bytes,
+                                   cudaStream_t stream);
+
+// Pipe protocol self-test (pipe_selftest.cu): `rounds` stages through a ring of `stages` on
+// `ctas` CTAs; *mismatches = words the consumers saw wrong (0 when the pipe is right). Syncs.
+cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long long* mismatches);
+
+}  // namespace mixpa::cuda

@@ -1,0 +1,56 @@
+// The cube's instruments on a GPU: bf16 tensor-core MMA (m16n8k16, fp32 accumulate),
+// ldmatrix fragment loads from the swizzled ring, and the producer's 16-byte cp.async.
+// Fragment layouts (PTX ISA, mma.m16n8k16 .bf16), lane = 4 * g + t:
+//   A 16x16: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 8+2t..), a[3] = (g+8, 8+2t..)
+//   B 16x8:  b[0] = (k 2t..2t+1, n g), b[1] = (k 8+2t.., n g)
+//   C 16x8:  c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
+// so two adjacent C tiles of S (16 tokens) are, rounded to bf16, exactly one A tile of P.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "cuda/smem_pipe.cuh"
+
+namespace mixpa::cuda {
+
+__device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+__device__ inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// d += a * b
+__device__ inline void mma_bf16_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global -> shared, bypassing L1. src_bytes 0 writes zeros and reads nothing
+// (rows past the context, out-of-range pages); `src` must still be a valid address.
+__device__ inline void cp_async_16(std::uint32_t dst, const void* src, std::uint32_t src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// Two floats rounded to bf16 (round to nearest even), `lo` in the low half: the lower column.
+__device__ inline std::uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+
+__device__ inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// Among the compute warps only (the producer never joins): named barrier 1.
+__device__ inline void compute_warps_sync(int threads) {
+  asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory");
+}
+
+}  // namespace mixpa::cuda

@@ -1,0 +1,113 @@
+// Work-item planning for the cuda executor: the shared split-KV plan with a GPU target.
+#include "cuda/work_plan.h"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "mixpa/error.h"
+
+namespace mixpa::cuda {
+
+int choose_stages(TileGeometry geometry, int max_smem_per_block, int max_stages) {
+  int stages = std::clamp(max_stages, kMinStages, kMaxStages);
+  while (stages >= kMinStages && smem_layout(geometry, stages).total() > max_smem_per_block) --stages;
+  if (stages < kMinStages)
+    throw Error("cuda: head_dim " + std::to_string(geometry.head_dim) + " needs " +
+                std::to_string(smem_layout(geometry, kMinStages).total()) + " bytes of shared memory per block, the device has " +
+                std::to_string(max_smem_per_block));
+  return stages;
+}
+
+std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, double items_per_sm) {
+  if (logical_blocks >= sm_count || items_per_sm <= 0.0) return logical_blocks;
+  return std::max(logical_blocks, static_cast<std::int64_t>(items_per_sm * sm_count + 0.5));
+}
+
+std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_lens, const SplitKvPlan& split, int sm_count) {
+  const std::int64_t items = static_cast<std::int64_t>(split.chunks.size());
+  const std::int64_t grid = std::max<std::int64_t>(1, std::min<std::int64_t>(items, sm_count));
+  const std::int64_t bs = plan.shape.block_size;
+  std::vector<std::int64_t> load(static_cast<std::size_t>(grid), 0);
+  bool any_split = false;
+  for (std::int64_t i = 0; i < items; ++i) {
+    const KvChunk& c = split.chunks[i];
+    const std::int64_t ctx = context_lens[plan.logical_block(c.logical_block).batch];
+    load[i % grid] += std::min(c.page_end * bs, ctx) - std::min(c.page_begin * bs, ctx) + kItemOverheadTokens;
+    any_split = any_split || split.num_chunks(c.logical_block) > 1;
+  }
+  return *std::max_element(load.begin(), load.end()) + (any_split ? kMergeOverheadTokens : 0);
+}
+
+std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_lens, int sm_count,
+                                 std::int64_t min_chunk_tokens) {
+  const std::int64_t blocks = plan.total_logical_blocks;
+  std::int64_t best_target = blocks, best_cost = -1;
+  std::size_t last_items = 0;
+  for (int s = 1; s <= kMaxSplitsPerBlock; ++s) {
+    const std::int64_t target = blocks * s;
+    if (s > 1 && target > 16 * std::int64_t{sm_count}) break;  // far past filling the SMs
+    const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk_tokens);
+    if (s > 1 && sp.chunks.size() == last_items) continue;  // lengths cap the splits: same plan
+    last_items = sp.chunks.size();
+    const std::int64_t cost = estimate_makespan(plan, context_lens, sp, sm_count);
+    if (best_cost < 0 || cost < best_cost) best_cost = cost, best_target = target;
+  }
+  return best_target;
+}
+
+WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
+                   const WorkPlanOptions& options) {
+  const Shape& s = plan.shape;
+  WorkPlan w;
+  w.q_tile = plan.q_tile;
+  const int row_frags = plan.q_tile / 16;
+  if (!(s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256))
+    throw Error("cuda: head_dim " + std::to_string(s.head_dim) + " is not supported (supported: 64, 128, 256)");
+  if (!(row_frags == 1 || row_frags == 4) || plan.q_tile % 16 != 0)
+    throw Error("cuda: q_tile " + std::to_string(plan.q_tile) + " is not supported (supported: 16, 64)");
+  if (s.num_heads > (1 << 30) || s.batch > (1 << 30) || s.max_blocks_per_req * s.block_size > (std::int64_t{1} << 31))
+    throw Error("cuda: shapes exceed the kernel's 32-bit work-item fields");
+  w.geometry = TileGeometry{static_cast<int>(s.head_dim), row_frags};
+  w.stages = choose_stages(w.geometry, limits.max_smem_per_block, options.max_stages);
+  w.smem_bytes = smem_layout(w.geometry, w.stages).total();
+
+  const std::int64_t max_tokens = s.max_blocks_per_req * s.block_size;
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    if (context_lens[b] < 0 || context_lens[b] > max_tokens)
+      throw Error("context_lens: request " + std::to_string(b) + " has " + std::to_string(context_lens[b]) +
+                  " tokens, must be in [0, " + std::to_string(max_tokens) + "]");
+
+  const std::int64_t blocks = plan.total_logical_blocks;
+  const std::int64_t min_chunk = std::max<std::int64_t>(1, options.min_chunk_tokens);
+  const std::int64_t target = options.items_per_sm < 0.0
+                                  ? choose_split_target(plan, context_lens, limits.sm_count, min_chunk)
+                                  : split_target_items(blocks, limits.sm_count, options.items_per_sm);
+  const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk);
+  w.items.reserve(sp.chunks.size());
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    const LogicalBlock lb = plan.logical_block(blk);
+    const std::int64_t ctx = context_lens[lb.batch];
+    const std::int64_t n = sp.num_chunks(blk);
+    if (n > 1) {
+      w.merges.push_back({static_cast<std::int32_t>(lb.batch), static_cast<std::int32_t>(lb.head_begin), lb.rows,
+                          static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n), {0, 0, 0}});
+    }
+    for (std::int64_t c = sp.first[blk]; c < sp.first[blk + 1]; ++c) {
+      const KvChunk& ch = sp.chunks[c];
+      WorkItem it{};
+      it.batch = static_cast<std::int32_t>(lb.batch);
+      it.kv_head = static_cast<std::int32_t>(lb.kv_head);
+      it.head_begin = static_cast<std::int32_t>(lb.head_begin);
+      it.rows = lb.rows;
+      it.token_begin = static_cast<std::int32_t>(std::min(ch.page_begin * s.block_size, ctx));
+      it.token_end = static_cast<std::int32_t>(std::min(ch.page_end * s.block_size, ctx));
+      it.partial = n > 1 ? static_cast<std::int32_t>(w.num_partials++) : -1;
+      w.items.push_back(it);
+    }
+  }
+  w.grid = static_cast<int>(std::min<std::int64_t>(static_cast<std::int64_t>(w.items.size()), limits.sm_count));
+  return w;
+}
+
+}  // namespace mixpa::cuda

@@ -1,0 +1,73 @@
+// Host-side planning of a cuda launch: the work items (logical block x KV chunk), the merge
+// list, the ring depth and the grid, as a pure function of the plan, the context lengths and
+// the device's limits. No CUDA here: the CPU tests check it on machines without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/plan.h"
+#include "core/split_kv.h"
+#include "cuda/kernel_params.h"
+#include "cuda/tile_layout.h"
+
+namespace mixpa::cuda {
+
+// A chunk reads at least this many tokens: its partial (q_tile x head_dim floats) and the
+// merge stay small next to the chunk's KV bytes (16 x 128 x 4 B vs 512 x 512 B).
+inline constexpr std::int64_t kMinChunkTokens = 512;
+
+struct DeviceLimits {
+  int sm_count = 132;                  // H100 SXM / H200
+  int max_smem_per_block = 227 * 1024; // cudaDevAttrMaxSharedMemoryPerBlockOptin
+};
+
+// Cost model of the split choice, in token-equivalents of one CTA's time: an item costs its
+// tokens plus kItemOverheadTokens (Q load, epilogue: about 1 us at ~25 GB/s per SM), and any
+// split adds the merge kernel (launch + run, about 5 us). Estimates, to be measured (--sweep).
+inline constexpr std::int64_t kItemOverheadTokens = 32;
+inline constexpr std::int64_t kMergeOverheadTokens = 256;
+inline constexpr int kMaxSplitsPerBlock = 64;
+
+// Tuning knobs (defaults = the heuristic); the bench's --sweep measures alternatives.
+struct WorkPlanOptions {
+  int max_stages = kMaxStages;                     // cap on the ring depth (>= kMinStages)
+  double items_per_sm = -1.0;                      // < 0: cost model; 0: never split; > 0: ~this many items per SM
+  std::int64_t min_chunk_tokens = kMinChunkTokens;
+};
+
+struct WorkPlan {
+  TileGeometry geometry;
+  int q_tile = 16;
+  int stages = 0;
+  int smem_bytes = 0;
+  int grid = 0;                       // persistent CTAs: min(items, SMs)
+  std::vector<WorkItem> items;        // in chunk order, grouped by logical block
+  std::vector<MergeItem> merges;      // split blocks only
+  std::int64_t num_partials = 0;
+};
+
+// Stages of the ring that fit the device's shared memory (at most kMaxStages); throws
+// mixpa::Error when not even kMinStages fit.
+int choose_stages(TileGeometry geometry, int max_smem_per_block, int max_stages = kMaxStages);
+
+// A fixed split target: no split when the logical blocks already fill the SMs, else about
+// items_per_sm items per SM (0: no split).
+std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, double items_per_sm);
+
+// The persistent grid's makespan for a split plan: item i runs on CTA i % min(items, SMs);
+// the busiest CTA's tokens + per-item overheads, + the merge when any block is split.
+std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_lens, const SplitKvPlan& split, int sm_count);
+
+// The split target (items handed to plan_split_kv) with the smallest estimated makespan over
+// 1..kMaxSplitsPerBlock splits per block; ties keep fewer items. Pure in shapes, lengths, SMs.
+std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_lens, int sm_count,
+                                 std::int64_t min_chunk_tokens);
+
+// The whole launch plan. context_lens are host values (they fix the chunks); each must lie in
+// [0, max_blocks_per_req * block_size] (throws mixpa::Error naming the request otherwise).
+// Throws for a head_dim or q_tile the kernels do not have.
+WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
+                   const WorkPlanOptions& options = {});
+
+}  // namespace mixpa::cuda

@@ -1,0 +1,226 @@
+// Executor "cuda" on a GPU: agreement with exact attention on the coverage shapes, the
+// origin's cases and odd shapes, NaN in masked rows, a bad page id found on the device,
+// bitwise run-to-run determinism, the device-resident API and CUDA-graph replay.
+// Every test skips when this build has no cuda executor or the machine has no usable GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include "common/check.h"
+
+#ifdef MIXPA_HAVE_CUDA
+#include "cuda/cuda_executor.h"
+#include "cuda/kernel_launch.h"
+#endif
+
+namespace mixpa {
+namespace {
+using testing::coverage_specs;
+using testing::exact;
+using testing::small_spec;
+
+#ifdef MIXPA_HAVE_CUDA
+bool have_gpu() { return cuda::device_available(); }
+#else
+bool have_gpu() { return false; }
+#endif
+
+// Every GPU test derives from this: it skips in SetUp without a usable device.
+template <class Base = ::testing::Test>
+class GpuTest : public Base {
+ protected:
+  void SetUp() override {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or this build has no cuda executor)";
+  }
+};
+using CudaExecutor = GpuTest<>;
+using CudaDeviceApi = GpuTest<>;
+
+// The coverage list plus shapes that stress the GPU tiling: GQA groups 1..128, every
+// head_dim with both q_tiles, block_size 16..128, splits of long contexts, a single token.
+std::vector<CaseSpec> cuda_specs() {
+  std::vector<CaseSpec> specs = coverage_specs();
+  specs.push_back(small_spec("gqa1_mha", 2, 8, 8, 128, 16, {37, 5}));
+  specs.push_back(small_spec("gqa8_hd256", 2, 16, 2, 256, 64, {129, 3}));
+  specs.push_back(small_spec("gqa48", 1, 96, 2, 128, 16, {77}));
+  specs.push_back(small_spec("gqa64_bs128", 1, 64, 1, 128, 128, {300}));
+  specs.push_back(small_spec("q64_hd256", 2, 64, 1, 256, 32, {200, 7}));
+  specs.push_back(small_spec("gqa128", 1, 128, 1, 64, 32, {90}));
+  specs.push_back(small_spec("gqa3_odd", 2, 9, 3, 64, 16, {31, 18}));
+  specs.push_back(small_spec("heads20_lens01", 6, 20, 1, 128, 16, {0, 1, 2, 63, 64, 65}));
+  specs.push_back(small_spec("gqa32_4_mixed", 4, 32, 4, 128, 16, {0, 1, 1000, 4097}));
+  specs.push_back(small_spec("split_long", 1, 16, 1, 128, 32, {9000}));
+  specs.push_back(small_spec("split_gqa", 2, 32, 8, 128, 64, {5000, 4097}));
+  specs.push_back(small_spec("split_hd64_bs16", 1, 20, 4, 64, 16, {6001}));
+  specs.push_back(small_spec("split_hd256_q64", 1, 64, 1, 256, 64, {3000}));
+  specs.push_back(small_spec("single_token", 1, 16, 1, 128, 128, {1}));
+  return specs;
+}
+
+class CudaCoverage : public GpuTest<::testing::TestWithParam<CaseSpec>> {};
+
+TEST_P(CudaCoverage, AgreesWithExact) {
+  const Case c = generate_case(GetParam(), 11);
+  const double err = testing::expect_close_to_exact(c, testing::run_case(c, "cuda"), exact(c));
+  EXPECT_LT(err, 2e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaCoverage, ::testing::ValuesIn(cuda_specs()),
+                         [](const auto& info) { return info.param.name; });
+
+// The origin's cases and the long decode: big (Case1 holds 1 GiB of KV), hence "Slow".
+class CudaOriginSlow : public GpuTest<::testing::TestWithParam<std::string>> {};
+
+TEST_P(CudaOriginSlow, AgreesWithExact) {
+  const Case c = generate_case(find_case(GetParam()), 1);
+  const double err = testing::expect_close_to_exact(c, testing::run_case(c, "cuda"), exact(c));
+  EXPECT_LT(err, 5e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaOriginSlow, ::testing::Values("SmallCase1", "Decode32k", "Case2", "Case1"),
+                         [](const auto& info) { return info.param; });
+
+TEST_F(CudaExecutor, IsTheAutoDefaultWhenAGpuIsPresent) {
+  EXPECT_EQ(executor_names().front(), "cuda");
+}
+
+TEST_F(CudaExecutor, RunToRunBitwiseIdentical) {
+  for (const CaseSpec& spec : {small_spec("det_split", 2, 32, 8, 128, 64, {7000, 2500}),
+                               small_spec("det_batch", 9, 16, 1, 64, 16, {300, 0, 17, 1, 64, 999, 5, 6, 7}),
+                               small_spec("det_q64", 2, 64, 1, 128, 32, {3000, 40})}) {
+    const Case c = generate_case(spec, 5);
+    const auto first = testing::run_case(c, "cuda");
+    for (int rep = 0; rep < 3; ++rep) EXPECT_EQ(first, testing::run_case(c, "cuda")) << spec.name << " rep " << rep;
+  }
+}
+
+// Rows past a request's context hold NaN / Inf in K and V: they must not reach the output.
+TEST_F(CudaExecutor, MaskedRowsHoldingNaNDoNotLeak) {
+  for (const CaseSpec& spec : {small_spec("nan_rows", 3, 16, 2, 128, 32, {45, 7, 33}),
+                               small_spec("nan_rows_q64", 2, 64, 1, 64, 16, {45, 7})}) {
+    Case c = generate_case(spec, 3);
+    const std::int64_t bs = spec.block_size, row_elems = spec.num_kv_heads * spec.head_dim;
+    const auto clean = testing::run_case(c, "cuda");
+    std::vector<bool> used(c.num_blocks * bs, false);
+    for (std::int64_t b = 0; b < spec.batch; ++b)
+      for (std::int64_t t = 0; t < c.context_lens[b]; ++t) used[c.block_table[b * c.max_blocks_per_req + t / bs] * bs + t % bs] = true;
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    int poisoned = 0;
+    for (std::int64_t row = 0; row < c.num_blocks * bs; ++row) {
+      if (used[row]) continue;
+      ++poisoned;
+      for (std::int64_t d = 0; d < row_elems; ++d) {
+        c.key_cache[row * row_elems + d] = bf16::from_float(nan);
+        c.value_cache[row * row_elems + d] = bf16::from_float(d % 2 ? inf : nan);
+      }
+    }
+    ASSERT_GT(poisoned, 0);
+    EXPECT_EQ(clean, testing::run_case(c, "cuda")) << spec.name;
+  }
+}
+
+TEST_F(CudaExecutor, SharpSoftmaxAndNegativeScale) {
+  for (double scale : {40.0, -3.0}) {
+    const Case c = generate_case(small_spec("scale", 2, 16, 1, 128, 32, {100, 33}, scale), 5);
+    const auto out = testing::run_case(c, "cuda");
+    for (float v : out) ASSERT_TRUE(std::isfinite(v));
+    testing::expect_close_to_exact(c, out, exact(c));
+  }
+}
+
+TEST_F(CudaExecutor, HostValidationStillRejectsBadPageIds) {
+  Case c = generate_case(small_spec("bad_page", 2, 16, 1, 128, 16, {40, 20}), 1);
+  c.block_table[1] = static_cast<std::int32_t>(c.num_blocks);
+  std::vector<float> out;
+  EXPECT_THROW(testing::run_case(c, "cuda"), Error);
+}
+
+#ifdef MIXPA_HAVE_CUDA
+// The pipe alone, before any attention test: a protocol fault shows here as mismatches or a
+// watchdog trap, separate from the math.
+// MIXPA_PIPE_SELFTEST_ROUNDS shortens it under compute-sanitizer.
+TEST_F(CudaDeviceApi, PipeProtocolSelfTest) {
+  const char* env = std::getenv("MIXPA_PIPE_SELFTEST_ROUNDS");
+  const int rounds = env ? std::max(1, std::atoi(env)) : 2000;
+  for (int stages : {1, 2, 3, 5, 8}) {
+    unsigned long long bad = ~0ull;
+    cuda::check(cuda::run_pipe_selftest(stages, rounds, 4, &bad), "run_pipe_selftest");
+    EXPECT_EQ(bad, 0u) << stages << " stages";
+  }
+}
+
+// The device-resident API: plan once, run on device pointers, no host sync inside run().
+struct DeviceCase {
+  const Case* c;
+  Plan plan;
+  cuda::DeviceBuffer q, k, v, table, out;
+  cuda::DeviceTensors tensors;
+  explicit DeviceCase(const Case& cs, float scale)
+      : c(&cs),
+        plan(make_plan(Shape{cs.spec.batch, cs.spec.num_heads, cs.spec.num_kv_heads, cs.spec.head_dim, cs.num_blocks,
+                             cs.spec.block_size, cs.max_blocks_per_req},
+                       scale)),
+        q(cs.query.size() * 2), k(cs.key_cache.size() * 2), v(cs.value_cache.size() * 2),
+        table(cs.block_table.size() * 4), out(cs.out_elements() * 4) {
+    q.upload(cs.query.data(), q.bytes());
+    k.upload(cs.key_cache.data(), k.bytes());
+    v.upload(cs.value_cache.data(), v.bytes());
+    table.upload(cs.block_table.data(), table.bytes());
+    const std::int64_t row = cs.spec.num_kv_heads * cs.spec.head_dim;
+    tensors = {q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), {cs.spec.block_size * row, row, cs.spec.head_dim},
+               {cs.spec.block_size * row, row, cs.spec.head_dim}, table.as<std::int32_t>()};
+  }
+  std::vector<float> download() const {
+    std::vector<float> h(c->out_elements());
+    cuda::check(cudaMemcpy(h.data(), out.as<float>(), h.size() * 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
+    return h;
+  }
+};
+
+TEST_F(CudaDeviceApi, DeviceSidePageIdCheckRaisesAnError) {
+  Case c = generate_case(small_spec("dev_bad_page", 2, 16, 1, 128, 16, {40, 20}), 1);
+  c.block_table[1] = static_cast<std::int32_t>(c.num_blocks) + 7;   // used by request 0
+  c.block_table[c.max_blocks_per_req] = -1;                          // used by request 1
+  DeviceCase d(c, static_cast<float>(c.scale));
+  cuda::PagedAttention pa(d.plan, c.context_lens.data());
+  pa.run(d.tensors, d.out.as<float>(), nullptr);
+  EXPECT_THROW(pa.check_errors(nullptr), Error);
+  // The flag is cleared: a good table runs clean afterwards.
+  Case good = generate_case(small_spec("dev_bad_page", 2, 16, 1, 128, 16, {40, 20}), 1);
+  d.table.upload(good.block_table.data(), d.table.bytes());
+  pa.run(d.tensors, d.out.as<float>(), nullptr);
+  EXPECT_NO_THROW(pa.check_errors(nullptr));
+  testing::expect_close_to_exact(good, d.download(), exact(good));
+}
+
+TEST_F(CudaDeviceApi, GraphReplayMatchesDirectRun) {
+  const Case c = generate_case(small_spec("graph", 3, 32, 4, 128, 32, {3000, 1, 700}), 4);
+  DeviceCase d(c, static_cast<float>(c.scale));
+  cuda::PagedAttention pa(d.plan, c.context_lens.data());
+  cudaStream_t stream;
+  cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  pa.run(d.tensors, d.out.as<float>(), stream);
+  pa.check_errors(stream);
+  const auto direct = d.download();
+  testing::expect_close_to_exact(c, direct, exact(c));
+  cuda::check(cudaMemset(d.out.as<float>(), 0, d.out.bytes()), "cudaMemset");
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  cuda::check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  pa.run(d.tensors, d.out.as<float>(), stream);
+  cuda::check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  cuda::check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  for (int i = 0; i < 3; ++i) cuda::check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+  pa.check_errors(stream);
+  EXPECT_EQ(direct, d.download());
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+#endif
+
+}  // namespace
+}  // namespace mixpa
