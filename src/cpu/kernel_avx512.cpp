@@ -55,6 +55,30 @@ struct Tile {
 constexpr int kMaxNJ = 16;
 constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
 
+// The one FMA step of both matmuls (rows in lanes): acc[a][v] += x[v] * broadcast(b[a * kStride])
+// for a < A, v < RV. QK: x = Q at one position, b = that position of A tokens' K rows; PV: x = P
+// of one token, b = A positions of its V row. Fully unrolled: the A x RV chains stay in registers.
+template <int RV, int A, int kStride>
+inline void fma_step(__m512 (&acc)[A][RV], const float* x, const float* b) {
+  __m512 xv[RV];
+#pragma GCC unroll 4
+  for (int v = 0; v < RV; ++v) xv[v] = _mm512_load_ps(x + v * kLanes);
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a) {
+    const __m512 bc = _mm512_set1_ps(b[a * kStride]);
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[a][v] = _mm512_fmadd_ps(xv[v], bc, acc[a][v]);
+  }
+}
+
+template <int RV, int A>
+inline void zero(__m512 (&acc)[A][RV]) {
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a)
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[a][v] = _mm512_setzero_ps();
+}
+
 // Cube QK for NJ consecutive valid tokens from j0: widen their K rows, then NJ x RV chains.
 // Meanwhile the next block's rows stream into L1.
 template <int RV, int D, int NJ>
@@ -63,23 +87,10 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale,
   constexpr int W = RV * kLanes, kL1Every = NJ >= 16 ? 2 : 32 / NJ;  // NJ*D/32 lines over D steps
   for (int j = 0; j < NJ; ++j) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), t.kf + j * D, D);
   __m512 acc[NJ][RV];
-#pragma GCC unroll 16
-  for (int j = 0; j < NJ; ++j)
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
-  const float* kf = t.kf;
-  const float* qt = t.qt;
+  zero(acc);
   for (std::int64_t pos = 0; pos < D; ++pos) {
     if (pos % kL1Every == 1) next_block.issue();
-    __m512 q[RV];
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) q[v] = _mm512_load_ps(qt + pos * W + v * kLanes);
-#pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) {
-      const __m512 k = _mm512_set1_ps(kf[j * D + pos]);
-#pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_fmadd_ps(q[v], k, acc[j][v]);
-    }
+    fma_step<RV, NJ, D>(acc, t.qt + pos * W, t.kf + pos);
   }
 #pragma GCC unroll 16
   for (int j = 0; j < NJ; ++j)
@@ -162,22 +173,10 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
                                              : block_lines(t.pr, t.job->kv_head, D, next, 1, 0, kMaxNJ, t.bs);
     for (std::int64_t pos0 = 0; pos0 < D; pos0 += TD) {
       __m512 acc[TD][RV];
-#pragma GCC unroll 16
-      for (int d = 0; d < TD; ++d)
-#pragma GCC unroll 4
-        for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_setzero_ps();
-      const float* vf = t.vf + pos0;
+      zero(acc);
       for (std::int64_t j = 0; j < n; ++j) {
         if (j % kL1Every == 1) next_block.issue();
-        __m512 p[RV];
-#pragma GCC unroll 4
-        for (int v = 0; v < RV; ++v) p[v] = _mm512_load_ps(p_block + j * W + v * kLanes);
-#pragma GCC unroll 16
-        for (int d = 0; d < TD; ++d) {
-          const __m512 x = _mm512_set1_ps(vf[j * D + d]);
-#pragma GCC unroll 4
-          for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_fmadd_ps(p[v], x, acc[d][v]);
-        }
+        fma_step<RV, TD, 1>(acc, p_block + j * W, t.vf + j * D + pos0);
       }
 #pragma GCC unroll 16
       for (int d = 0; d < TD; ++d)
