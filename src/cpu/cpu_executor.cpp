@@ -45,6 +45,29 @@ std::vector<std::int64_t> execution_order(const Plan& plan, const SplitKvPlan& s
   return order;
 }
 
+// Work units as runs of `order` (unit u = order[begin[u] .. begin[u+1])). With `grouping`, the
+// chunks of one request over the same pages (its kv heads) form one unit, so a group kernel
+// reads each page once and contiguously, as long as there are at least 4 units per thread;
+// otherwise every chunk is its own unit.
+std::vector<std::int64_t> work_units(const Plan& plan, const SplitKvPlan& sp, const std::vector<std::int64_t>& order,
+                                     bool grouping, int threads) {
+  const auto n = static_cast<std::int64_t>(order.size());
+  std::vector<std::int64_t> begin;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const KvChunk& c = sp.chunks[order[i]];
+    const KvChunk* p = i > 0 ? &sp.chunks[order[i - 1]] : nullptr;
+    const bool joins = grouping && p != nullptr && p->logical_block / plan.q_loop == c.logical_block / plan.q_loop &&
+                       p->page_begin == c.page_begin && p->page_end == c.page_end;
+    if (!joins) begin.push_back(i);
+  }
+  if (static_cast<std::int64_t>(begin.size()) < 4 * threads) {
+    begin.resize(n);
+    std::iota(begin.begin(), begin.end(), std::int64_t{0});
+  }
+  begin.push_back(n);
+  return begin;
+}
+
 // Merges the chunks of one logical block in chunk order and writes out = o / l.
 void merge_block(const Problem& pr, const Plan& plan, const SplitKvPlan& sp, std::int64_t block, Partials& parts,
                  float* out) {
@@ -76,26 +99,9 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, f
   parts.m.resize(n * plan.q_tile);
   parts.l.resize(n * plan.q_tile);
   const std::vector<std::int64_t> order = execution_order(plan, sp);
-  // Work units: runs of `order`. With a group kernel and narrow GQA tiles, the chunks of one
-  // request over the same pages (its kv heads) form one unit, so each page is read once and
-  // contiguously, as long as there are enough units to keep every thread busy.
-  std::vector<std::int64_t> unit_begin;
   const GroupKernel group = group_kernel(isa);
   const bool grouping = group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const KvChunk& c = sp.chunks[order[i]];
-    const bool joins = grouping && i > 0 && [&] {
-      const KvChunk& p = sp.chunks[order[i - 1]];
-      return p.logical_block / plan.q_loop == c.logical_block / plan.q_loop && p.page_begin == c.page_begin &&
-             p.page_end == c.page_end;
-    }();
-    if (!joins) unit_begin.push_back(i);
-  }
-  if (grouping && static_cast<std::int64_t>(unit_begin.size()) < 4 * threads) {  // too few: one chunk per unit
-    unit_begin.resize(n);
-    std::iota(unit_begin.begin(), unit_begin.end(), std::int64_t{0});
-  }
-  unit_begin.push_back(n);
+  const std::vector<std::int64_t> unit_begin = work_units(plan, sp, order, grouping, threads);
   const std::int64_t units = static_cast<std::int64_t>(unit_begin.size()) - 1;
   ThreadPool::instance().parallel_for(units, threads, [&](std::int64_t u) {
     const std::int64_t i0 = unit_begin[u], count = unit_begin[u + 1] - i0;
