@@ -11,6 +11,7 @@
 #include "core/cases.h"
 #include "core/executors.h"
 #include "core/validate.h"
+#include "cpu/chunk_kernel.h"
 #include "io/safetensors.h"
 #include "progress.h"
 #include "reference/reference.h"
@@ -117,8 +118,10 @@ int run_command(RunArgs& a) {
   }
   const double t = median(ms);
   const double gbs = static_cast<double>(c.kv_bytes_read()) / (t * 1e-3) / 1e9;
-  std::printf("executor %s: %.3f ms (median of %d), KV read %.1f MB, effective %.1f GB/s\n",
-              std::string(executor.name).c_str(), t, a.repeat, c.kv_bytes_read() / 1e6, gbs);
+  // Which kernels ran matters for the figure: cpu picks its flavour per machine (MIXPA_CPU_ISA forces one).
+  const std::string kernels = executor.name == "cpu" ? " (" + std::string(cpu::isa_name(cpu::default_isa())) + " kernels)" : "";
+  std::printf("executor %s%s: %.3f ms (median of %d), KV read %.1f MB, effective %.1f GB/s\n",
+              std::string(executor.name).c_str(), kernels.c_str(), t, a.repeat, c.kv_bytes_read() / 1e6, gbs);
 
   int status = 0;
   const bool verify = a.input.empty() ? !a.no_verify : a.verify;

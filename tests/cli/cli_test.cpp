@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/check.h"
+#include "cpu/chunk_kernel.h"
 #include "io/safetensors.h"
 
 namespace mixpa {
@@ -85,6 +86,14 @@ TEST_F(Cli, SceneSmallCase1Slow) {
   EXPECT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("PASS"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("GB/s"), std::string::npos) << r.out;
+}
+
+// The cpu executor's line names the kernel flavour that ran (it differs between machines).
+TEST_F(Cli, RunNamesTheCpuKernelFlavourSlow) {
+  const Result r = mixpa("run --case SmallCase1 --executor cpu --no-verify");
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  const std::string flavour = std::string(cpu::isa_name(cpu::default_isa()));
+  EXPECT_NE(r.out.find("executor cpu (" + flavour + " kernels):"), std::string::npos) << r.out;
 }
 
 TEST_F(Cli, GenThenRunInputEqualsRunCaseSlow) {
