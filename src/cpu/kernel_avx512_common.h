@@ -62,20 +62,24 @@ inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t 
 // the current block, so widening does not wait on L2.
 template <int kHint>
 struct LineStream {
-  const char* row0 = nullptr;  // first row
+  const char* row = nullptr;   // the row of the next line
   std::int64_t row_bytes = 0;  // stride between rows
-  int row_shift = 0;           // log2(lines per row)
-  std::int64_t next = 0, total = 0;
+  int lines_per_row = 0;
+  int line = 0;                // next line within `row`
+  std::int64_t left = 0;       // lines not yet issued
 
-  void issue() {
-    if (next < total) {
-      const std::int64_t row = next >> row_shift, line = next & ((1 << row_shift) - 1);
-      _mm_prefetch(row0 + row * row_bytes + line * 64, static_cast<_mm_hint>(kHint));
-      ++next;
+  void issue() {  // no variable shift or multiply: this runs between FMA groups
+    if (left > 0) {
+      _mm_prefetch(row + line * 64, static_cast<_mm_hint>(kHint));
+      if (++line == lines_per_row) {
+        line = 0;
+        row += row_bytes;
+      }
+      --left;
     }
   }
   void finish() {
-    while (next < total) issue();
+    while (left > 0) issue();
   }
 };
 using BlockStream = LineStream<_MM_HINT_T0>;
@@ -88,10 +92,10 @@ inline LineStream<kHint> row_lines(const Problem* pr, std::int64_t kv_head, std:
   LineStream<kHint> s;
   if (page < 0 || rows <= 0) return s;
   const bool k = which == 1;
-  s.row0 = reinterpret_cast<const char*>(k ? pr->key_row(page, j0, kv_head) : pr->value_row(page, j0, kv_head));
+  s.row = reinterpret_cast<const char*>(k ? pr->key_row(page, j0, kv_head) : pr->value_row(page, j0, kv_head));
   s.row_bytes = (k ? pr->k_strides.row : pr->v_strides.row) * 2;
-  s.row_shift = __builtin_ctzll(static_cast<unsigned long long>(dim / 32));  // dim * 2 bytes / 64
-  s.total = rows * (dim / 32);
+  s.lines_per_row = static_cast<int>(dim / 32);  // dim * 2 bytes / 64
+  s.left = rows * (dim / 32);
   return s;
 }
 
