@@ -5,6 +5,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -89,6 +92,26 @@ double measure_kv_read_bandwidth(const Case& c, int threads, int reps) {
     gbps.push_back(static_cast<double>(c.kv_bytes_read()) / s / 1e9);
   }
   return *std::max_element(gbps.begin(), gbps.end());  // the best pass: the strictest roofline
+}
+
+double huge_page_bytes(const void* p, std::size_t bytes) {
+  std::ifstream smaps("/proc/self/smaps");
+  if (!smaps) return -1;
+  const auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + bytes;
+  std::uintptr_t start = 0, end = 0;
+  double total = 0;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long a = 0, b = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &a, &b) == 2 && line.find('-') < line.find(' ')) {
+      start = a;
+      end = b;
+    } else if (line.rfind("AnonHugePages:", 0) == 0 && start < hi && end > lo) {
+      const double kib = std::strtod(line.c_str() + 14, nullptr);
+      const double overlap = static_cast<double>(std::min(end, hi) - std::max(start, lo));
+      total += std::min(kib * 1024, overlap);
+    }
+  }
+  return total;
 }
 
 namespace {

@@ -13,6 +13,10 @@ namespace mixpa::bench {
 // page by page in block-table order (same layout, same randomness of page order).
 double measure_kv_read_bandwidth(const Case& c, int threads, int reps);
 
+// Bytes of [p, p + bytes) that Linux backs with transparent huge pages (the AnonHugePages of the
+// mappings holding it, clipped to the range), from /proc/self/smaps; -1 where it cannot tell.
+double huge_page_bytes(const void* p, std::size_t bytes);
+
 struct Peak {
   double gflops = 0;
   std::string instruction;  // "vdpbf16ps zmm", "vfmadd231ps zmm" or "vfmadd231ps ymm"

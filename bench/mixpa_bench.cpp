@@ -127,6 +127,12 @@ int bench_main(int argc, char** argv) {
     const double bytes = static_cast<double>(c.kv_bytes_read());
     const double flops = 4.0 * static_cast<double>(tokens) * c.spec.num_heads * c.spec.head_dim;
     std::vector<float> out;
+    const double kv_total = 2.0 * static_cast<double>(c.key_cache.size() * sizeof(bf16));
+    const double kv_huge = huge_page_bytes(c.key_cache.data(), c.key_cache.size() * sizeof(bf16)) +
+                           huge_page_bytes(c.value_cache.data(), c.value_cache.size() * sizeof(bf16));
+    if (kv_huge >= 0)
+      std::printf("%-10s  KV cache on 2 MiB pages: %.0f%% of %.0f MiB (include/mixpa/memory.h)\n", name.c_str(),
+                  100.0 * kv_huge / kv_total, kv_total / (1 << 20));
     const double bw_before = measure_kv_read_bandwidth(c, threads, 5);
     const double t = time_mixpa(c, a, out);
     const double bw_after = measure_kv_read_bandwidth(c, threads, 5);

@@ -18,17 +18,17 @@ namespace mixpa::python {
 namespace {
 
 // A NumPy array that owns `v`: the vector moves to the heap and a capsule deletes it.
-template <class Element, class T>
-nb::object owning_array(std::vector<T>&& v, std::initializer_list<size_t> shape) {
+template <class Element, class T, class A>
+nb::object owning_array(std::vector<T, A>&& v, std::initializer_list<size_t> shape) {
   static_assert(sizeof(Element) == sizeof(T));
-  auto* heap = new std::vector<T>(std::move(v));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+  auto* heap = new std::vector<T, A>(std::move(v));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T, A>*>(p); });
   return nb::ndarray<nb::numpy, Element>(reinterpret_cast<Element*>(heap->data()), shape, owner).cast();
 }
 
 // Gathers a rank-4 strided bf16 view into a contiguous vector.
-std::vector<bf16> gather4(const TensorView& v) {
-  std::vector<bf16> out(static_cast<size_t>(v.numel()));
+KvVector gather4(const TensorView& v) {
+  KvVector out(static_cast<size_t>(v.numel()));
   const bf16* src = v.as<bf16>();
   size_t i = 0;
   for (std::int64_t a = 0; a < v.shape[0]; ++a)

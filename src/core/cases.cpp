@@ -73,7 +73,8 @@ bf16 uniform_bf16(std::uint64_t bits, double range) {
   return bf16::from_float(static_cast<float>((2.0 * u - 1.0) * range));
 }
 
-void fill_uniform(std::vector<bf16>& v, std::uint64_t seed, Stream stream, double range,
+template <class Vector>
+void fill_uniform(Vector& v, std::uint64_t seed, Stream stream, double range,
                   const std::function<void(double)>& progress, std::atomic<std::int64_t>& done, std::int64_t total) {
   constexpr std::int64_t kChunk = 1 << 20;
   const std::int64_t n = static_cast<std::int64_t>(v.size());

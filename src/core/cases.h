@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "mixpa/memory.h"
 #include "mixpa/paged_attention.h"
 
 namespace mixpa {
@@ -39,8 +40,8 @@ const CaseSpec& find_case(std::string_view name);
 struct Case {
   CaseSpec spec;
   std::vector<bf16> query;        // [batch, num_heads, head_dim]
-  std::vector<bf16> key_cache;    // [num_blocks, block_size, num_kv_heads, head_dim]
-  std::vector<bf16> value_cache;  // same
+  KvVector key_cache;    // [num_blocks, block_size, num_kv_heads, head_dim], on huge pages
+  KvVector value_cache;  // same
   std::vector<std::int32_t> block_table;   // [batch, max_blocks_per_req]
   std::vector<std::int32_t> context_lens;  // [batch]
   std::int64_t num_blocks = 0;

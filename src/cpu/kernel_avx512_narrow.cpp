@@ -127,8 +127,11 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
   for (int g = 0; g < kBlockTokens / C; ++g) {
     const __m512 sc = _mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale);
     const std::int64_t first = j0 + g * C;
-    __mmask16 live = 0;
-    for (int lane = 0; lane < kLanes; ++lane) live |= static_cast<__mmask16>((first + lane % C < valid) << lane);
+    __mmask16 live = 0xffff;  // lanes of tokens past the context score -inf (only in a partial block)
+    if (first + C > valid) {
+      live = 0;
+      for (int lane = 0; lane < kLanes; ++lane) live |= static_cast<__mmask16>((first + lane % C < valid) << lane);
+    }
     _mm512_store_ps(t.s + (first / C) * kLanes, _mm512_mask_blend_ps(live, _mm512_set1_ps(-__builtin_inff()), sc));
   }
 }
@@ -151,63 +154,67 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
   l_i = over_row<C, false>(sum);
 }
 
-// Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1, and
-// per block up to 16 position vectors at a time; the sums are added to O after UP's rescale
-// (O = alpha * O + oi). Meanwhile the next block's V rows (after the last block: the next
-// page's first K rows) stream into L1.
+// UP's rescale of O (O = alpha * O) before PV accumulates into it.
 template <int C, int D>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512& alpha) {
-  constexpr int kPfRate = C / 2, TD = 16, TB = kPvBlockFloats / D;  // TB*D/32 lines over TB*D/(16C) steps
-  constexpr std::int64_t kVectors = D / C;
-  for (std::int64_t v = 0; v < kVectors; ++v) {  // UP's rescale
+void rescale(Tile& t, const __m512& alpha) {
+  for (std::int64_t v = 0; v < D / C; ++v) {
     float* o = t.ot + v * kLanes;
     _mm512_store_ps(o, _mm512_mul_ps(alpha, _mm512_load_ps(o)));
   }
-  for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
-    const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
-    for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
-    BlockStream next_block = j0 + TB < valid ? block_lines(t.pr, t.job->kv_head, D, page, 2, j0 + TB, TB, valid)
-                                             : block_lines(t.pr, t.job->kv_head, D, next, 1, 0, kBlockTokens, t.bs);
-    for (std::int64_t v0 = 0; v0 < kVectors; v0 += TD) {
-      constexpr int kN = kVectors < TD ? static_cast<int>(kVectors) : TD;
-      __m512 acc[kN];
+}
+
+// Cube PV then vector UP for one block of tokens [j0, j0 + n) whose widened V rows (16 KiB) stay
+// in L1, up to 16 position vectors at a time; the sums are added to O after UP's rescale
+// (O = alpha * O + oi, block by block). Meanwhile `next_block` streams into L1.
+template <int C, int D>
+void pv_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t n, BlockStream& next_block) {
+  constexpr int kPfRate = C / 2, TD = 16;  // TB*D/32 lines over TB*D/(16C) steps
+  constexpr std::int64_t kVectors = D / C;
+  for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
+  for (std::int64_t v0 = 0; v0 < kVectors; v0 += TD) {
+    constexpr int kN = kVectors < TD ? static_cast<int>(kVectors) : TD;
+    __m512 acc[kN];
 #pragma GCC unroll 16
-      for (int u = 0; u < kN; ++u) acc[u] = _mm512_setzero_ps();
-      for (std::int64_t j = 0; j < n; ++j) {
-        for (int k = 0; k < kPfRate; ++k) next_block.issue();
-        const __m512 p = _mm512_load_ps(t.pf + (j0 + j) * kLanes);
-        const float* vrow = t.vf + j * D + v0 * C;
+    for (int u = 0; u < kN; ++u) acc[u] = _mm512_setzero_ps();
+    for (std::int64_t j = 0; j < n; ++j) {
+      for (int k = 0; k < kPfRate; ++k) next_block.issue();
+      const __m512 p = _mm512_load_ps(t.pf + (j0 + j) * kLanes);
+      const float* vrow = t.vf + j * D + v0 * C;
 #pragma GCC unroll 16
-        for (int u = 0; u < kN; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
-      }
-      for (int u = 0; u < kN; ++u) {
-        float* o = t.ot + (v0 + u) * kLanes;
-        _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[u]));
-      }
+      for (int u = 0; u < kN; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
     }
-    next_block.finish();
+    for (int u = 0; u < kN; ++u) {
+      float* o = t.ot + (v0 + u) * kLanes;
+      _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[u]));
+    }
   }
+  next_block.finish();
 }
 
 // Chunks of one request over the same pages for n kv heads (n = 1: a single chunk), page by
-// page: each page's rows of all n heads are read together, i.e. contiguously when the heads are
-// neighbours in the cache (GQA decode reads 1/num_kv_heads of each page per head otherwise).
-// Every head's arithmetic is exactly that of computing its chunk alone.
+// page, and within a page token block by token block across the heads: the rows of one block
+// of all n heads are read together, i.e. contiguously when the heads are neighbours in the cache
+// (one head alone reads 1/num_kv_heads of each page, rows strided by the other heads, which the
+// hardware streamers follow poorly). Each head has its own scores, P and O, and its arithmetic
+// is exactly that of computing its chunk alone, in the same order.
 template <int C, int D>
 void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
+  constexpr std::int64_t TB = kPvBlockFloats / D;
   const ChunkJob& job = jobs[0];
   const Problem& pr = *job.problem;
   const std::int64_t bs = pr.shape.block_size, padded = (bs + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+  const std::int64_t s_floats = padded / C * kLanes, pf_floats = padded * kLanes;
   float* kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
-  float* s = static_cast<float*>(scratch(2, padded / C * 64));
-  float* pf = static_cast<float*>(scratch(3, padded * 64));
+  float* s = static_cast<float*>(scratch(2, n * s_floats * 4));
+  float* pf = static_cast<float*>(scratch(3, n * pf_floats * 4));
   float* vf = static_cast<float*>(scratch(5, kPvBlockFloats * 4));
   float* qt = static_cast<float*>(scratch(0, n * D / C * 64));
   float* ot = static_cast<float*>(scratch(4, n * D / C * 64));
   Tile tiles[kMaxGroup];
   for (int h = 0; h < n; ++h) {
     Tile& t = tiles[h];
-    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s, pf, vf, ot + h * D / C * kLanes, {}, {}};
+    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, pf + h * pf_floats, vf,
+             ot + h * D / C * kLanes, {}, {}};
     for (std::int64_t p = 0; p < D / C; ++p)
       for (int lane = 0; lane < kLanes; ++lane) {
         const int r = lane / C;
@@ -230,20 +237,39 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     const std::int64_t valid = len - i * bs < bs ? len - i * bs : bs;
     const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
-    for (int h = 0; h < n; ++h) {
-      Tile& t = tiles[h];
-      __m512 alpha, l_i;
-      for (std::int64_t b = 0; b < blocks; ++b) {
-        const std::int64_t j0 = b * kBlockTokens;  // next block's K rows, or after the last PV's first V rows
-        BlockStream next_block = b + 1 < blocks
-                                     ? block_lines(t.pr, t.job->kv_head, D, page, 1, j0 + kBlockTokens, kBlockTokens, valid)
-                                     : block_lines(t.pr, t.job->kv_head, D, page, 2, 0, kPvBlockFloats / D, valid);
-        qk_block<C, D>(t, page, j0, valid, scale, next_block);
+    // Cube QK, block by block over the heads. Each (block, head) streams the next one's K rows
+    // into L1; after the last, PV's first V rows.
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t j0 = b * kBlockTokens;
+      for (int h = 0; h < n; ++h) {
+        const bool last_head = h + 1 == n;
+        const Tile& u = tiles[last_head ? 0 : h + 1];
+        const std::int64_t nj = last_head ? j0 + kBlockTokens : j0;
+        BlockStream next_block = nj < valid ? block_lines(&pr, u.job->kv_head, D, page, 1, nj, kBlockTokens, valid)
+                                            : block_lines(&pr, u.job->kv_head, D, page, 2, 0, TB, valid);
+        qk_block<C, D>(tiles[h], page, j0, valid, scale, next_block);
       }
-      softmax_page<C>(t, blocks * kBlockTokens / C, alpha, l_i);
-      pv_page<C, D>(t, page, valid, h + 1 < n ? -1 : next, alpha);
-      _mm512_store_ps(t.l, _mm512_fmadd_ps(alpha, _mm512_load_ps(t.l), l_i));  // UP of the softmax state
     }
+    // Vector SF per head, and UP's rescale of O.
+    __m512 alpha[kMaxGroup], l_i[kMaxGroup];
+    for (int h = 0; h < n; ++h) {
+      softmax_page<C>(tiles[h], blocks * kBlockTokens / C, alpha[h], l_i[h]);
+      rescale<C, D>(tiles[h], alpha[h]);
+    }
+    // Cube PV, block by block over the heads; after the last, the next page's first K rows.
+    for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
+      const std::int64_t nb = valid - j0 < TB ? valid - j0 : TB;
+      for (int h = 0; h < n; ++h) {
+        const bool last_head = h + 1 == n;
+        const Tile& u = tiles[last_head ? 0 : h + 1];
+        const std::int64_t nj = last_head ? j0 + TB : j0;
+        BlockStream next_block = nj < valid ? block_lines(&pr, u.job->kv_head, D, page, 2, nj, TB, valid)
+                                            : block_lines(&pr, u.job->kv_head, D, next, 1, 0, kBlockTokens, bs);
+        pv_block<C, D>(tiles[h], page, j0, nb, next_block);
+      }
+    }
+    for (int h = 0; h < n; ++h)  // UP of the softmax state
+      _mm512_store_ps(tiles[h].l, _mm512_fmadd_ps(alpha[h], _mm512_load_ps(tiles[h].l), l_i[h]));
   }
   for (int h = 0; h < n; ++h)
     for (int r = 0; r < jobs[h].rows; ++r) {

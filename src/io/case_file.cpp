@@ -24,9 +24,9 @@ const StoredTensor& require(const SafetensorsFile& f, const std::string& path, c
   return *t;
 }
 
-template <class T>
-std::vector<T> copy_out(const StoredTensor& t) {
-  std::vector<T> v(t.bytes.size() / sizeof(T));
+template <class T, class Vector = std::vector<T>>
+Vector copy_out(const StoredTensor& t) {
+  Vector v(t.bytes.size() / sizeof(T));
   if (!v.empty()) std::memcpy(v.data(), t.bytes.data(), v.size() * sizeof(T));
   return v;
 }
@@ -71,8 +71,8 @@ Case case_from_file(const SafetensorsFile& f, const std::string& path) {
   // Shapes that disagree (e.g. key_cache head_dim vs query) are reported by validate() in run();
   // Case::inputs() takes its shapes from the spec, so keep the stored shapes where they differ.
   c.query = copy_out<bf16>(q);
-  c.key_cache = copy_out<bf16>(k);
-  c.value_cache = copy_out<bf16>(v);
+  c.key_cache = copy_out<bf16, KvVector>(k);
+  c.value_cache = copy_out<bf16, KvVector>(v);
   c.block_table = copy_out<std::int32_t>(bt);
   c.context_lens = copy_out<std::int32_t>(cl);
   c.stored_shapes = {q.shape, k.shape, v.shape, bt.shape, cl.shape};

@@ -96,7 +96,8 @@ struct Emulator {
     part_l = part_m;
   }
 
-  const std::uint16_t* bits(const std::vector<bf16>& v) const { return reinterpret_cast<const std::uint16_t*>(v.data()); }
+  template <class Vector>
+  const std::uint16_t* bits(const Vector& v) const { return reinterpret_cast<const std::uint16_t*>(v.data()); }
 
   // The producer warp's TPUSH of one tile (paged_attention.cu: produce).
   void produce(const WorkItem& w, int tile, std::vector<std::uint8_t>& stage) {
