@@ -107,7 +107,7 @@ struct Tile {
 // next block's rows stream into L1 (memory as in kernel_avx512.cpp).
 template <int C, int D>
 void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale,
-              BlockStream& next_block) {
+              BlockStream next_block) {
   constexpr int kPfRate = C / 2;  // 16 rows * D/32 lines over D/C steps
   for (int j = 0; j < kBlockTokens; ++j) {
     float* dst = t.kf + j * D;
@@ -167,7 +167,7 @@ void rescale(Tile& t, const __m512& alpha) {
 // in L1, up to 16 position vectors at a time; the sums are added to O after UP's rescale
 // (O = alpha * O + oi, block by block). Meanwhile `next_block` streams into L1.
 template <int C, int D>
-void pv_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t n, BlockStream& next_block) {
+void pv_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t n, BlockStream next_block) {
   constexpr int kPfRate = C / 2, TD = 16;  // TB*D/32 lines over TB*D/(16C) steps
   constexpr std::int64_t kVectors = D / C;
   for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
