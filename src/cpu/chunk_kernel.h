@@ -61,6 +61,9 @@ void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out);
 void attend_group_avx512(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
+// The avx512 flavour's softmax weights p[i] = bf16(exp(x[i])) for x[i] <= 0, as fp32 (for tests;
+// n a multiple of 16).
+void exp_bf16_avx512(const float* x, float* p, std::int64_t n);
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);
 // The AVX-512 BF16 kernel for tiles of <= 8 rows (called by attend_chunk_avx512bf16).
 void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out);

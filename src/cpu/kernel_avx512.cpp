@@ -36,7 +36,7 @@ using avx512::exp512;
 using avx512::kLanes;
 using avx512::block_lines;
 using avx512::BlockStream;
-using avx512::round_bf16;
+using avx512::exp_bf16;
 using avx512::widen_row;
 
 // Everything one chunk works on. Widths: W = RV * 16 lanes.
@@ -133,8 +133,8 @@ void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
     for (; j + 2 <= valid; j += 2) {  // two independent exp chains
       float* s0 = t.s + j * W + v * kLanes;
       float* s1 = s0 + W;
-      const __m512 p0 = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(s0), mx)));
-      const __m512 p1 = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(s1), mx)));
+      const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
+      const __m512 p1 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s1), mx));
       _mm512_store_ps(s0, p0);
       _mm512_store_ps(s1, p1);
       sum0 = _mm512_add_ps(sum0, p0);
@@ -142,7 +142,7 @@ void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
     }
     if (j < valid) {
       float* s0 = t.s + j * W + v * kLanes;
-      const __m512 p0 = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(s0), mx)));
+      const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
       _mm512_store_ps(s0, p0);
       sum0 = _mm512_add_ps(sum0, p0);
     }
@@ -240,6 +240,10 @@ void attend_rows(const ChunkJob& job, const ChunkOut& out) {
 }
 
 }  // namespace
+
+void exp_bf16_avx512(const float* x, float* p, std::int64_t n) {
+  for (std::int64_t i = 0; i + kLanes <= n; i += kLanes) _mm512_storeu_ps(p + i, exp_bf16(_mm512_loadu_ps(x + i)));
+}
 
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out) {
   if (job.rows <= 8) return attend_chunk_avx512_narrow(job, out);

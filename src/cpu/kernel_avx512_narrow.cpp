@@ -35,7 +35,7 @@ using avx512::block_lines;
 using avx512::BlockStream;
 using avx512::position_dim;
 using avx512::reduce_tokens;
-using avx512::round_bf16;
+using avx512::exp_bf16;
 using avx512::widen_row;
 
 constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
@@ -146,7 +146,7 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
   alpha = exp512(_mm512_sub_ps(m_old, mx));
   __m512 sum = _mm512_setzero_ps();
   for (std::int64_t g = 0; g < groups; ++g) {
-    const __m512 p = round_bf16(exp512(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx)));
+    const __m512 p = exp_bf16(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx));
     sum = _mm512_add_ps(sum, p);
     store_spread<C>(t.pf + g * C * kLanes, p);
   }
