@@ -31,7 +31,6 @@
 namespace mixpa::cpu {
 namespace {
 
-using avx512::position_dim;
 using avx512::exp512;
 using avx512::kLanes;
 using avx512::block_lines;
@@ -199,10 +198,11 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   t.s = static_cast<float*>(scratch(2, t.bs * W * 4));
   t.vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
   t.ot = static_cast<float*>(scratch(4, D * W * 4));
-  for (std::int64_t pos = 0; pos < D; ++pos) {
-    const std::int64_t d = position_dim(pos);
-    for (int r = 0; r < W; ++r)
-      t.qt[pos * W + r] = r < job.rows ? pr.query_row(job.batch, job.head_begin + r)[d].to_float() : 0.0f;
+  // Q transposed (lanes = rows) in position order: each row widened like K, then scattered.
+  alignas(64) float q_row[256];
+  for (int r = 0; r < W; ++r) {
+    if (r < job.rows) widen_row(pr.query_row(job.batch, job.head_begin + r), q_row, D);
+    for (std::int64_t pos = 0; pos < D; ++pos) t.qt[pos * W + r] = r < job.rows ? q_row[pos] : 0.0f;
   }
   for (std::int64_t i = 0; i < D * W; ++i) t.ot[i] = 0.0f;
   for (int r = 0; r < W; ++r) {
@@ -223,7 +223,12 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
   }
   for (int r = 0; r < job.rows; ++r) {
-    for (std::int64_t pos = 0; pos < D; ++pos) out.o[r * D + position_dim(pos)] = t.ot[pos * W + r];
+    float* o = out.o + r * D;  // back to dim order: positions c..c+15 are the even dims of chunk c
+    for (std::int64_t c = 0; c < D; c += 32)
+      for (int i = 0; i < 16; ++i) {
+        o[c + 2 * i] = t.ot[(c + i) * W + r];
+        o[c + 2 * i + 1] = t.ot[(c + 16 + i) * W + r];
+      }
     out.m[r] = t.m[r];
     out.l[r] = t.l[r];
   }
