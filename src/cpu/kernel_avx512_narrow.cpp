@@ -5,10 +5,11 @@
 //   QK  acc[j] += Qt[p] * bcst_C(Kf[j] + p*C)   the C columns are C positions of head_dim;
 //       a permute butterfly sums each row's C partial sums and packs C tokens per vector.
 //   SF  per row over its C lanes (butterfly max / sum); P rounded to bf16, kept in fp32.
-//   PV  ot[v] += P[j] * bcst_C(Vf[j] + v*C)     P[j]: lane r*C + c = P of row r at token j;
-//       the C columns are C output positions.
-// Kf and Vf are the K and V rows widened to fp32 (kernel_avx512_parts.h), read by broadcast
-// loads. Every lane does useful work: per token QK costs head_dim / C FMAs instead of head_dim.
+//   PV  positions in lanes, per row r: O_r[16 positions] += bcst(P[r][j]) * V_j[16 positions],
+//       V_j widened in registers (no stores), P a broadcast load straight from the scores'
+//       layout; R x kPass accumulators stay in registers over the whole page.
+// Kf is the K rows widened to fp32 (kernel_avx512_parts.h), read by broadcast loads. Every lane
+// does useful work: per token QK costs head_dim / C FMAs instead of head_dim.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -40,7 +41,6 @@ using avx512::widen_row;
 
 constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
 constexpr int kMaxGroup = 16;     // kv heads computed together by attend_group
-constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
 
 // C consecutive floats at p, repeated over the zmm (a broadcast load, no shuffle).
 template <int C>
@@ -75,21 +75,6 @@ inline __m512 over_row(__m512 x) {
   }
 }
 
-// Lane r*C + c <- lane r*C + u: token u of a group of C spread over its row's C lanes.
-template <int C, int U>
-inline __m512i spread_index() {
-  static constexpr avx512::LaneTable kTable = avx512::make_lane_table([](int lane) { return lane - lane % C + U; });
-  return _mm512_load_si512(kTable.lane);
-}
-
-template <int C, int U = 0>
-inline void store_spread(float* dst, __m512 p) {
-  if constexpr (U < C) {
-    _mm512_store_ps(dst + U * kLanes, _mm512_permutexvar_ps(spread_index<C, U>(), p));
-    store_spread<C, U + 1>(dst, p);
-  }
-}
-
 struct Tile {
   const ChunkJob* job;
   const Problem* pr;
@@ -97,9 +82,8 @@ struct Tile {
   float* qt;  // [dim / C][16]        lane r*C + c = Q_r at position p*C + c
   float* kf;  // [16][dim]            widened K rows of one token block (zeros past the context)
   float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t
-  float* pf;  // [blocks*16][16]      lane r*C + c = rounded P of row r at token j
-  float* vf;  // [TB][dim]            widened V rows of one PV token block
-  float* ot;  // [dim / C][16]        lane r*C + c = O_r at position v*C + c
+  float* pf;  // [blocks*16 / C][16]  lane r*C + t = rounded P of row r, token g*C + t
+  float* ot;  // [16 / C][dim]        O_r in position order
   alignas(64) float m[kLanes], l[kLanes];
 };
 
@@ -136,7 +120,7 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
   }
 }
 
-// Vector SF: running max per row, P rounded to bf16 spread to one vector per token, l_i.
+// Vector SF: running max per row, P rounded to bf16 (in the scores' layout), l_i.
 template <int C>
 void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
   const __m512 m_old = _mm512_load_ps(t.m);
@@ -148,47 +132,61 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
   for (std::int64_t g = 0; g < groups; ++g) {
     const __m512 p = exp_bf16(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx));
     sum = _mm512_add_ps(sum, p);
-    store_spread<C>(t.pf + g * C * kLanes, p);
+    _mm512_store_ps(t.pf + g * kLanes, p);
   }
   _mm512_store_ps(t.m, mx);
   l_i = over_row<C, false>(sum);
 }
 
-// UP's rescale of O (O = alpha * O) before PV accumulates into it.
+// Cube PV then vector UP for the page's valid tokens, positions in lanes: per row r of the
+// layout, O_r[16 positions] += bcst(P[r][j]) * V_j[16 positions]. V_j is widened in registers
+// (a 64-byte load gives the even positions by x << 16 and the odd ones by x & 0xffff0000) and
+// never stored; P[r][j] is one float of the scores' layout. kPass position vectors per pass keep
+// R x kPass accumulators in registers over all the tokens, then UP: O = alpha * O + oi.
+// Meanwhile `next` streams into L1. V rows past the context are never read.
 template <int C, int D>
-void rescale(Tile& t, const __m512& alpha) {
-  for (std::int64_t v = 0; v < D / C; ++v) {
-    float* o = t.ot + v * kLanes;
-    _mm512_store_ps(o, _mm512_mul_ps(alpha, _mm512_load_ps(o)));
-  }
-}
-
-// Cube PV then vector UP for one block of tokens [j0, j0 + n) whose widened V rows (16 KiB) stay
-// in L1, up to 16 position vectors at a time; the sums are added to O after UP's rescale
-// (O = alpha * O + oi, block by block). Meanwhile `next_block` streams into L1.
-template <int C, int D>
-void pv_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t n, BlockStream next_block) {
-  constexpr int kPfRate = C / 2, TD = 16;  // TB*D/32 lines over TB*D/(16C) steps
-  constexpr std::int64_t kVectors = D / C;
-  for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
-  for (std::int64_t v0 = 0; v0 < kVectors; v0 += TD) {
-    constexpr int kN = kVectors < TD ? static_cast<int>(kVectors) : TD;
-    __m512 acc[kN];
+void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha, BlockStream next) {
+  constexpr int R = kLanes / C, kVecs = D / kLanes;
+  constexpr int kPass = std::min(kVecs, std::max(2, 16 / R));
+  constexpr int kPfRate = std::max(1, (D / 32) / (kVecs / kPass));  // a V row's lines per pass step
+  alignas(64) float al[kLanes];
+  _mm512_store_ps(al, alpha);
+  const char* row0 = reinterpret_cast<const char*>(t.pr->value_row(page, 0, t.job->kv_head));
+  const std::int64_t stride = t.pr->v_strides.row * 2;
+  const __m512i odd_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int v0 = 0; v0 < kVecs; v0 += kPass) {
+    __m512 acc[R][kPass];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int u = 0; u < kN; ++u) acc[u] = _mm512_setzero_ps();
-    for (std::int64_t j = 0; j < n; ++j) {
-      for (int k = 0; k < kPfRate; ++k) next_block.issue();
-      const __m512 p = _mm512_load_ps(t.pf + (j0 + j) * kLanes);
-      const float* vrow = t.vf + j * D + v0 * C;
+      for (int k = 0; k < kPass; ++k) acc[r][k] = _mm512_setzero_ps();
+    const char* vrow = row0 + v0 * 32;  // vectors v0, v0 + 1 are the even and odd halves of chunk v0 / 2
+    for (std::int64_t j = 0; j < valid; ++j, vrow += stride) {
+      for (int k = 0; k < kPfRate; ++k) next.issue();
+      __m512 x[kPass];
 #pragma GCC unroll 16
-      for (int u = 0; u < kN; ++u) acc[u] = _mm512_fmadd_ps(p, bcst<C>(vrow + u * C), acc[u]);
+      for (int k = 0; k < kPass; k += 2) {
+        const __m512i raw = _mm512_loadu_si512(vrow + k * 32);
+        x[k] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+        x[k + 1] = _mm512_castsi512_ps(_mm512_and_si512(raw, odd_mask));
+      }
+      const float* pj = t.pf + (j / C) * kLanes + j % C;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 b = _mm512_set1_ps(pj[r * C]);
+#pragma GCC unroll 16
+        for (int k = 0; k < kPass; ++k) acc[r][k] = _mm512_fmadd_ps(x[k], b, acc[r][k]);
+      }
     }
-    for (int u = 0; u < kN; ++u) {
-      float* o = t.ot + (v0 + u) * kLanes;
-      _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[u]));
-    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int k = 0; k < kPass; ++k) {
+        float* o = t.ot + r * D + (v0 + k) * kLanes;
+        _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_set1_ps(al[r * C]), _mm512_load_ps(o), acc[r][k]));
+      }
   }
-  next_block.finish();
+  next.finish();
 }
 
 // Chunks of one request over the same pages for n kv heads (n = 1: a single chunk), page by
@@ -199,21 +197,19 @@ void pv_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t n, Block
 // is exactly that of computing its chunk alone, in the same order.
 template <int C, int D>
 void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
-  constexpr std::int64_t TB = kPvBlockFloats / D;
   const ChunkJob& job = jobs[0];
   const Problem& pr = *job.problem;
   const std::int64_t bs = pr.shape.block_size, padded = (bs + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
-  const std::int64_t s_floats = padded / C * kLanes, pf_floats = padded * kLanes;
+  const std::int64_t s_floats = padded / C * kLanes;
   float* kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
   float* s = static_cast<float*>(scratch(2, n * s_floats * 4));
-  float* pf = static_cast<float*>(scratch(3, n * pf_floats * 4));
-  float* vf = static_cast<float*>(scratch(5, kPvBlockFloats * 4));
+  float* pf = static_cast<float*>(scratch(3, n * s_floats * 4));
   float* qt = static_cast<float*>(scratch(0, n * D / C * 64));
   float* ot = static_cast<float*>(scratch(4, n * D / C * 64));
   Tile tiles[kMaxGroup];
   for (int h = 0; h < n; ++h) {
     Tile& t = tiles[h];
-    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, pf + h * pf_floats, vf,
+    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, pf + h * s_floats,
              ot + h * D / C * kLanes, {}, {}};
     for (std::int64_t p = 0; p < D / C; ++p)
       for (int lane = 0; lane < kLanes; ++lane) {
@@ -246,35 +242,31 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
         const Tile& u = tiles[last_head ? 0 : h + 1];
         const std::int64_t nj = last_head ? j0 + kBlockTokens : j0;
         BlockStream next_block = nj < valid ? block_lines(&pr, u.job->kv_head, D, page, 1, nj, kBlockTokens, valid)
-                                            : block_lines(&pr, u.job->kv_head, D, page, 2, 0, TB, valid);
+                                            : block_lines(&pr, u.job->kv_head, D, page, 2, 0, kBlockTokens, valid);
         qk_block<C, D>(tiles[h], page, j0, valid, scale, next_block);
       }
     }
-    // Vector SF per head, and UP's rescale of O.
+    // Vector SF, then cube PV and UP, head by head. Each head's PV streams the next head's V
+    // rows into L1; the last head's, the next page's first K rows.
     __m512 alpha[kMaxGroup], l_i[kMaxGroup];
+    for (int h = 0; h < n; ++h) softmax_page<C>(tiles[h], blocks * kBlockTokens / C, alpha[h], l_i[h]);
     for (int h = 0; h < n; ++h) {
-      softmax_page<C>(tiles[h], blocks * kBlockTokens / C, alpha[h], l_i[h]);
-      rescale<C, D>(tiles[h], alpha[h]);
-    }
-    // Cube PV, block by block over the heads; after the last, the next page's first K rows.
-    for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
-      const std::int64_t nb = valid - j0 < TB ? valid - j0 : TB;
-      for (int h = 0; h < n; ++h) {
-        const bool last_head = h + 1 == n;
-        const Tile& u = tiles[last_head ? 0 : h + 1];
-        const std::int64_t nj = last_head ? j0 + TB : j0;
-        BlockStream next_block = nj < valid ? block_lines(&pr, u.job->kv_head, D, page, 2, nj, TB, valid)
-                                            : block_lines(&pr, u.job->kv_head, D, next, 1, 0, kBlockTokens, bs);
-        pv_block<C, D>(tiles[h], page, j0, nb, next_block);
-      }
+      BlockStream next_rows = h + 1 < n ? block_lines(&pr, tiles[h + 1].job->kv_head, D, page, 2, 0, valid, valid)
+                                        : block_lines(&pr, tiles[0].job->kv_head, D, next, 1, 0, kBlockTokens, bs);
+      pv_page<C, D>(tiles[h], page, valid, alpha[h], next_rows);
     }
     for (int h = 0; h < n; ++h)  // UP of the softmax state
       _mm512_store_ps(tiles[h].l, _mm512_fmadd_ps(alpha[h], _mm512_load_ps(tiles[h].l), l_i[h]));
   }
   for (int h = 0; h < n; ++h)
     for (int r = 0; r < jobs[h].rows; ++r) {
-      for (std::int64_t pos = 0; pos < D; ++pos)
-        outs[h].o[r * D + position_dim(pos)] = tiles[h].ot[(pos / C) * kLanes + r * C + pos % C];
+      const float* src = tiles[h].ot + r * D;  // position order: chunk c's even dims, then its odd dims
+      float* o = outs[h].o + r * D;
+      for (std::int64_t c = 0; c < D; c += 32)
+        for (int i = 0; i < 16; ++i) {
+          o[c + 2 * i] = src[c + i];
+          o[c + 2 * i + 1] = src[c + 16 + i];
+        }
       outs[h].m[r] = tiles[h].m[r * C];
       outs[h].l[r] = tiles[h].l[r * C];
     }
