@@ -151,18 +151,14 @@ void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
 }
 
 // Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1:
-// per block, TD positions at a time so the TD x RV accumulators stay in registers, added to
-// O after UP's rescale (O = alpha * O + oi, oi summed block by block). Meanwhile the next
-// block's V rows (after the last block: the next page's first K rows) stream into L1.
+// per block, TD positions at a time so the TD x RV accumulators stay in registers; UP is fused
+// into the first block's write-back (O = alpha * O + oi_0, one FMA), later blocks add theirs
+// (O += oi_b). Meanwhile the next block's V rows (after the last block: the next page's first K
+// rows) stream into L1.
 template <int RV, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV == 3 ? 8 : 16 / RV, TB = kPvBlockFloats / D;
   constexpr int kL1Every = 32 / TD;  // TB*D/32 lines over (D/TD)*TB steps
-  // UP's rescale first (O = alpha * O), so the accumulation loops keep no alpha in registers.
-  for (std::int64_t i = 0; i < D * RV; ++i) {
-    float* o = t.ot + i * kLanes;
-    _mm512_store_ps(o, _mm512_mul_ps(alpha[i % RV], _mm512_load_ps(o)));
-  }
   for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
     const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
     for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
@@ -177,13 +173,23 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
         if (j % kL1Every == 1) next_block.issue();
         fma_step<RV, TD, 1>(acc, p_block + j * W, t.vf + j * D + pos0);
       }
+      if (j0 == 0) {
 #pragma GCC unroll 16
-      for (int d = 0; d < TD; ++d)
+        for (int d = 0; d < TD; ++d)
 #pragma GCC unroll 4
-        for (int v = 0; v < RV; ++v) {
-          float* o = t.ot + (pos0 + d) * W + v * kLanes;
-          _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[d][v]));
-        }
+          for (int v = 0; v < RV; ++v) {
+            float* o = t.ot + (pos0 + d) * W + v * kLanes;
+            _mm512_store_ps(o, _mm512_fmadd_ps(alpha[v], _mm512_load_ps(o), acc[d][v]));
+          }
+      } else {
+#pragma GCC unroll 16
+        for (int d = 0; d < TD; ++d)
+#pragma GCC unroll 4
+          for (int v = 0; v < RV; ++v) {
+            float* o = t.ot + (pos0 + d) * W + v * kLanes;
+            _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[d][v]));
+          }
+      }
     }
   }
 }
