@@ -41,6 +41,7 @@ using avx512::widen_row;
 
 constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
 constexpr int kMaxGroup = 16;     // kv heads computed together by attend_group
+constexpr int kQkAhead = 2;       // QK's L1 stream runs this many (block, head) steps ahead
 
 // C consecutive floats at p, repeated over the zmm (a broadcast load, no shuffle).
 template <int C>
@@ -233,16 +234,19 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     const std::int64_t valid = len - i * bs < bs ? len - i * bs : bs;
     const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
     const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
-    // Cube QK, block by block over the heads. Each (block, head) streams the next one's K rows
-    // into L1; after the last, PV's first V rows.
+    // Cube QK, block by block over the heads. Each (block, head) streams the K rows of the
+    // (block, head) kQkAhead steps later into L1 (two steps: one step's compute is shorter than
+    // the fill buffers need for a block from memory; measured 4.6 -> 4.4 ms on Decode32k); the
+    // last steps stream PV's first V rows instead.
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t j0 = b * kBlockTokens;
       for (int h = 0; h < n; ++h) {
-        const bool last_head = h + 1 == n;
-        const Tile& u = tiles[last_head ? 0 : h + 1];
-        const std::int64_t nj = last_head ? j0 + kBlockTokens : j0;
-        BlockStream next_block = nj < valid ? block_lines(&pr, u.job->kv_head, D, page, 1, nj, kBlockTokens, valid)
-                                            : block_lines(&pr, u.job->kv_head, D, page, 2, 0, kBlockTokens, valid);
+        const std::int64_t ahead = b * n + h + kQkAhead, ahead_block = ahead / n;
+        const Tile& u = tiles[ahead % n];
+        BlockStream next_block =
+            ahead_block < blocks ? block_lines(&pr, u.job->kv_head, D, page, 1, ahead_block * kBlockTokens, kBlockTokens, valid)
+            : ahead_block == blocks ? block_lines(&pr, u.job->kv_head, D, page, 2, 0, kBlockTokens, valid)
+                                    : BlockStream{};
         qk_block<C, D>(tiles[h], page, j0, valid, scale, next_block);
       }
     }
