@@ -148,7 +148,8 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
 template <int C, int D>
 void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha, BlockStream next) {
   constexpr int R = kLanes / C, kVecs = D / kLanes;
-  constexpr int kPass = std::min(kVecs, std::max(2, 16 / R));
+  // R x kPass accumulators plus kPass widened vectors stay in the 32 zmm registers.
+  constexpr int kPass = std::min({kVecs, std::max(2, 16 / R), 8});
   constexpr int kPfRate = std::max(1, (D / 32) / (kVecs / kPass));  // a V row's lines per pass step
   alignas(64) float al[kLanes];
   _mm512_store_ps(al, alpha);
