@@ -31,8 +31,8 @@ class PagedKVCache:
 
     def __init__(self, num_blocks, block_size, kv_heads, head_dim, max_pages_per_request):
         shape = (num_blocks, block_size, kv_heads, head_dim)
-        self.key_cache = np.zeros(shape, dtype=BF16)
-        self.value_cache = np.zeros(shape, dtype=BF16)
+        self.key_cache = mixpa.zeros_kv_cache(shape)  # on huge pages: pages are read at random
+        self.value_cache = mixpa.zeros_kv_cache(shape)
         self.block_size = block_size
         self.max_pages = max_pages_per_request
         self.free_pages = collections.deque(range(num_blocks))

@@ -65,6 +65,8 @@ nb::dict case_to_dict(Case&& c) {
   return r;
 }
 
+nb::object kv_buffer(std::size_t n) { return owning_array<std::uint16_t>(KvVector(n), {n}); }
+
 Case case_from_tensors(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
                        nb::handle context_lens, unsigned bf16_mask, double scale) {
   std::vector<ReadArray> keep;

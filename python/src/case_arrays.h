@@ -12,6 +12,10 @@ namespace mixpa::python {
 // bf16 tensors as uint16 arrays (the Python layer views them as ml_dtypes.bfloat16).
 nanobind::dict case_to_dict(Case&& c);
 
+// A zero-filled uint16 array of n elements on huge pages (KvVector, include/mixpa/memory.h),
+// owned by a capsule: the storage behind mixpa.zeros_kv_cache().
+nanobind::object kv_buffer(std::size_t n);
+
 // Copies five tensors (any layout validate_shapes() accepts) into an owning Case.
 // `bf16_mask` bit i: tensor i holds bf16 as uint16 bits. Throws mixpa::Error on bad input.
 Case case_from_tensors(nanobind::handle query, nanobind::handle key_cache, nanobind::handle value_cache,

@@ -146,6 +146,7 @@ NB_MODULE(_mixpa, m) {
         "out"_a.none(), "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a);
   m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
   m.def("case_names", &case_names);
+  m.def("kv_buffer", &kv_buffer, "n"_a, "n zero bf16 bit patterns (uint16) on 2 MiB pages where Linux allows.");
   m.def("make_case", &make_case, "name"_a, "seed"_a);
   m.def("_gil_held_during_last_run", [] { return gil_held_during_run.load(); });
   m.def("_last_call", &seen_list, "(name, data pointer, shape, strides) of each tensor the last call saw.");

@@ -129,3 +129,31 @@ def test_executors_and_auto(rng):
     p = random_problem(rng)
     np.testing.assert_array_equal(mixpa.paged_attention(*p.inputs(), executor="auto"),
                                   mixpa.paged_attention(*p.inputs(), executor=names[0]))
+
+
+def test_zeros_kv_cache_is_a_zeroed_huge_page_aligned_bf16_buffer_the_core_reads_in_place(rng):
+    p = random_problem(rng, 4, 32, 4, 128, 32, (1, 100, 64, 33))
+    k = mixpa.zeros_kv_cache(p.key_cache.shape)
+    v = mixpa.zeros_kv_cache(p.value_cache.shape)
+    assert k.dtype == BF16 and k.shape == p.key_cache.shape and k.flags.c_contiguous and k.flags.writeable
+    assert not np.any(k.view(np.uint16))
+    k[...] = p.key_cache
+    v[...] = p.value_cache
+    want = mixpa.paged_attention(p.query, p.key_cache, p.value_cache, p.block_table, p.context_lens)
+    got = mixpa.paged_attention(p.query, k, v, p.block_table, p.context_lens)
+    np.testing.assert_array_equal(got, want)
+    assert last_call()["key_cache"][0] == k.ctypes.data  # read in place
+    big = mixpa.zeros_kv_cache((64, 64, 8, 128))  # 8 MiB: at least kHugePageMinBytes
+    assert big.ctypes.data % (2 << 20) == 0
+    assert mixpa.zeros_kv_cache((0, 16, 1, 64)).size == 0
+    with pytest.raises(ValueError, match="negative"):
+        mixpa.zeros_kv_cache((2, -1, 1, 64))
+
+
+def test_zeros_kv_cache_as_torch_shares_memory():
+    torch = pytest.importorskip("torch")
+    t = mixpa.zeros_kv_cache((4, 16, 2, 64), torch=True)
+    assert t.dtype == torch.bfloat16 and tuple(t.shape) == (4, 16, 2, 64)
+    assert not bool(t.any())
+    t[1, 2, 1, 3] = 1.5
+    assert float(t.flatten()[((1 * 16 + 2) * 2 + 1) * 64 + 3]) == 1.5
