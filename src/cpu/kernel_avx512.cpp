@@ -36,6 +36,7 @@ using avx512::kLanes;
 using avx512::block_lines;
 using avx512::BlockStream;
 using avx512::exp_bf16;
+using avx512::store_dim_order;
 using avx512::widen_row;
 
 // Everything one chunk works on. Widths: W = RV * 16 lanes.
@@ -173,23 +174,14 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
         if (j % kL1Every == 1) next_block.issue();
         fma_step<RV, TD, 1>(acc, p_block + j * W, t.vf + j * D + pos0);
       }
-      if (j0 == 0) {
 #pragma GCC unroll 16
-        for (int d = 0; d < TD; ++d)
+      for (int d = 0; d < TD; ++d)
 #pragma GCC unroll 4
-          for (int v = 0; v < RV; ++v) {
-            float* o = t.ot + (pos0 + d) * W + v * kLanes;
-            _mm512_store_ps(o, _mm512_fmadd_ps(alpha[v], _mm512_load_ps(o), acc[d][v]));
-          }
-      } else {
-#pragma GCC unroll 16
-        for (int d = 0; d < TD; ++d)
-#pragma GCC unroll 4
-          for (int v = 0; v < RV; ++v) {
-            float* o = t.ot + (pos0 + d) * W + v * kLanes;
-            _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[d][v]));
-          }
-      }
+        for (int v = 0; v < RV; ++v) {
+          float* o = t.ot + (pos0 + d) * W + v * kLanes;
+          const __m512 old = _mm512_load_ps(o);
+          _mm512_store_ps(o, j0 == 0 ? _mm512_fmadd_ps(alpha[v], old, acc[d][v]) : _mm512_add_ps(old, acc[d][v]));
+        }
     }
   }
 }
@@ -229,12 +221,7 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
   }
   for (int r = 0; r < job.rows; ++r) {
-    float* o = out.o + r * D;  // back to dim order: positions c..c+15 are the even dims of chunk c
-    for (std::int64_t c = 0; c < D; c += 32)
-      for (int i = 0; i < 16; ++i) {
-        o[c + 2 * i] = t.ot[(c + i) * W + r];
-        o[c + 2 * i + 1] = t.ot[(c + 16 + i) * W + r];
-      }
+    store_dim_order(t.ot + r, W, out.o + r * D, D);
     out.m[r] = t.m[r];
     out.l[r] = t.l[r];
   }

@@ -37,6 +37,8 @@ using avx512::BlockStream;
 using avx512::position_dim;
 using avx512::reduce_tokens;
 using avx512::exp_bf16;
+using avx512::store_dim_order;
+using avx512::widen_chunk;
 using avx512::widen_row;
 
 constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
@@ -82,8 +84,7 @@ struct Tile {
   std::int64_t dim, bs;
   float* qt;  // [dim / C][16]        lane r*C + c = Q_r at position p*C + c
   float* kf;  // [16][dim]            widened K rows of one token block (zeros past the context)
-  float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t
-  float* pf;  // [blocks*16 / C][16]  lane r*C + t = rounded P of row r, token g*C + t
+  float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t; then its rounded P
   float* ot;  // [16 / C][dim]        O_r in position order
   alignas(64) float m[kLanes], l[kLanes];
 };
@@ -121,7 +122,7 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
   }
 }
 
-// Vector SF: running max per row, P rounded to bf16 (in the scores' layout), l_i.
+// Vector SF: running max per row, P rounded to bf16 in place of the scores, l_i.
 template <int C>
 void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
   const __m512 m_old = _mm512_load_ps(t.m);
@@ -133,7 +134,7 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
   for (std::int64_t g = 0; g < groups; ++g) {
     const __m512 p = exp_bf16(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx));
     sum = _mm512_add_ps(sum, p);
-    _mm512_store_ps(t.pf + g * kLanes, p);
+    _mm512_store_ps(t.s + g * kLanes, p);
   }
   _mm512_store_ps(t.m, mx);
   l_i = over_row<C, false>(sum);
@@ -155,7 +156,6 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha
   _mm512_store_ps(al, alpha);
   const char* row0 = reinterpret_cast<const char*>(t.pr->value_row(page, 0, t.job->kv_head));
   const std::int64_t stride = t.pr->v_strides.row * 2;
-  const __m512i odd_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (int v0 = 0; v0 < kVecs; v0 += kPass) {
     __m512 acc[R][kPass];
 #pragma GCC unroll 8
@@ -167,12 +167,8 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha
       for (int k = 0; k < kPfRate; ++k) next.issue();
       __m512 x[kPass];
 #pragma GCC unroll 16
-      for (int k = 0; k < kPass; k += 2) {
-        const __m512i raw = _mm512_loadu_si512(vrow + k * 32);
-        x[k] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
-        x[k + 1] = _mm512_castsi512_ps(_mm512_and_si512(raw, odd_mask));
-      }
-      const float* pj = t.pf + (j / C) * kLanes + j % C;
+      for (int k = 0; k < kPass; k += 2) widen_chunk(_mm512_loadu_si512(vrow + k * 32), x[k], x[k + 1]);
+      const float* pj = t.s + (j / C) * kLanes + j % C;
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m512 b = _mm512_set1_ps(pj[r * C]);
@@ -192,11 +188,10 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha
 }
 
 // Chunks of one request over the same pages for n kv heads (n = 1: a single chunk), page by
-// page, and within a page token block by token block across the heads: the rows of one block
-// of all n heads are read together, i.e. contiguously when the heads are neighbours in the cache
-// (one head alone reads 1/num_kv_heads of each page, rows strided by the other heads, which the
-// hardware streamers follow poorly). Each head has its own scores, P and O, and its arithmetic
-// is exactly that of computing its chunk alone, in the same order.
+// page: each page is read once for all n heads (contiguously when the heads are neighbours in
+// the cache), QK token block by token block across the heads, then SF and PV head by head.
+// Each head has its own scores and O, and its arithmetic is exactly that of computing its chunk
+// alone, in the same order.
 template <int C, int D>
 void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   const ChunkJob& job = jobs[0];
@@ -205,14 +200,12 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   const std::int64_t s_floats = padded / C * kLanes;
   float* kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
   float* s = static_cast<float*>(scratch(2, n * s_floats * 4));
-  float* pf = static_cast<float*>(scratch(3, n * s_floats * 4));
   float* qt = static_cast<float*>(scratch(0, n * D / C * 64));
   float* ot = static_cast<float*>(scratch(4, n * D / C * 64));
   Tile tiles[kMaxGroup];
   for (int h = 0; h < n; ++h) {
     Tile& t = tiles[h];
-    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, pf + h * s_floats,
-             ot + h * D / C * kLanes, {}, {}};
+    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, ot + h * D / C * kLanes, {}, {}};
     for (std::int64_t p = 0; p < D / C; ++p)
       for (int lane = 0; lane < kLanes; ++lane) {
         const int r = lane / C;
@@ -237,8 +230,8 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
     // Cube QK, block by block over the heads. Each (block, head) streams the K rows of the
     // (block, head) kQkAhead steps later into L1 (two steps: one step's compute is shorter than
-    // the fill buffers need for a block from memory; measured 4.6 -> 4.4 ms on Decode32k); the
-    // last steps stream PV's first V rows instead.
+    // the fill buffers need for a block from memory; Decode32k 4.98 -> 4.70 ms, bench medians);
+    // the last steps stream PV's first V rows instead.
     std::int64_t ahead_block = kQkAhead / n;  // the (block, head) step kQkAhead after (b, h),
     int ahead_head = kQkAhead % n;            // kept incrementally (no division per step)
     for (std::int64_t b = 0; b < blocks; ++b) {
@@ -270,13 +263,7 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   }
   for (int h = 0; h < n; ++h)
     for (int r = 0; r < jobs[h].rows; ++r) {
-      const float* src = tiles[h].ot + r * D;  // position order: chunk c's even dims, then its odd dims
-      float* o = outs[h].o + r * D;
-      for (std::int64_t c = 0; c < D; c += 32)
-        for (int i = 0; i < 16; ++i) {
-          o[c + 2 * i] = src[c + i];
-          o[c + 2 * i + 1] = src[c + 16 + i];
-        }
+      store_dim_order(tiles[h].ot + r * D, 1, outs[h].o + r * D, D);
       outs[h].m[r] = tiles[h].m[r * C];
       outs[h].l[r] = tiles[h].l[r * C];
     }

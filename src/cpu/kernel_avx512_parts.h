@@ -22,14 +22,30 @@ inline std::int64_t position_dim(std::int64_t pos) {
   return pos - q + (q < 16 ? 2 * q : 2 * (q - 16) + 1);
 }
 
+// One 32-element chunk (64 bytes of bf16) widened: positions 0-15 (its even elements) and
+// 16-31 (its odd elements).
+inline void widen_chunk(__m512i x, __m512& even, __m512& odd) {
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
 // dst[0, dim) = the bf16 row src in position order; dim is a multiple of 32.
 inline void widen_row(const bf16* src, float* dst, std::int64_t dim) {
-  const __m512i odd_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (std::int64_t c = 0; c < dim; c += 32) {
-    const __m512i x = _mm512_loadu_si512(src + c);
-    _mm512_store_ps(dst + c, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
-    _mm512_store_ps(dst + c + 16, _mm512_castsi512_ps(_mm512_and_si512(x, odd_mask)));
+    __m512 even, odd;
+    widen_chunk(_mm512_loadu_si512(src + c), even, odd);
+    _mm512_store_ps(dst + c, even);
+    _mm512_store_ps(dst + c + 16, odd);
   }
+}
+
+// dst[0, dim) in dim order from a row in position order whose position p is src[p * stride].
+inline void store_dim_order(const float* src, std::int64_t stride, float* dst, std::int64_t dim) {
+  for (std::int64_t c = 0; c < dim; c += 32)
+    for (int i = 0; i < 16; ++i) {
+      dst[c + 2 * i] = src[(c + i) * stride];
+      dst[c + 2 * i + 1] = src[(c + 16 + i) * stride];
+    }
 }
 
 // P = bf16(exp(x)) for x <= 0 (x = score - running max), kept in fp32, in 11 instructions instead
