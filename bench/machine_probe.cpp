@@ -118,43 +118,67 @@ namespace {
 
 constexpr std::int64_t kPeakIters = 4'000'000;
 
-__attribute__((target("avx512f,avx512bf16"))) float peak_bf16_thread() {
+// The probes below run 16 independent accumulator chains, acc = acc * a + b (or acc += a . b),
+// and return the sum of every lane of every chain, so the compiler can drop none of them: a
+// chain whose result is unused is dead code, and a probe that kept one chain would time its
+// latency while counting 16 chains' FLOPs (an earlier ymm probe did, and read 2x the zmm rate).
+// a and b are opaque to the compiler, so it can neither fold nor shorten the chains; with a = b
+// = 1 every value stays an exact small integer, which tests/bench checks.
+__attribute__((target("avx512f,avx512bf16"))) double probe_bf16_zmm(std::int64_t iters) {
   __m512 acc[16];
   for (int k = 0; k < 16; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
-  const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x2f802f80);  // 2^-32: normal, adds nothing visible
-  for (std::int64_t i = 0; i < kPeakIters; ++i)
-    for (int k = 0; k < 16; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], a, b);
-  __m512 s = acc[0];
-  for (int k = 1; k < 16; ++k) s = _mm512_add_ps(s, acc[k]);
-  return _mm512_reduce_add_ps(s);
+  __m512i a = _mm512_set1_epi32(0x3f803f80), b = a;  // bf16 pairs (1, 1): each step adds 2
+  asm volatile("" : "+v"(a), "+v"(b));
+  for (std::int64_t i = 0; i < iters; ++i)
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)a, (__m512bh)b);
+  double sum = 0;
+  for (int k = 0; k < 16; ++k) sum += static_cast<double>(_mm512_reduce_add_ps(acc[k]));
+  return sum;
 }
 
-// fp32 FMA chains (the avx512 and avx2 flavours' instruction); a and b are opaque to the
-// compiler so it can neither fold nor shorten the chains.
-__attribute__((target("avx2,fma"))) float peak_fma256_thread() {
+__attribute__((target("avx2,fma"))) double probe_fma_ymm(std::int64_t iters) {
   __m256 acc[16];
   for (int k = 0; k < 16; ++k) acc[k] = _mm256_set1_ps(static_cast<float>(k));
-  __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  __m256 a = _mm256_set1_ps(1.0f), b = a;
   asm volatile("" : "+x"(a), "+x"(b));
-  for (std::int64_t i = 0; i < kPeakIters; ++i)
+  for (std::int64_t i = 0; i < iters; ++i)
 #pragma GCC unroll 16
     for (int k = 0; k < 16; ++k) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
-  float out[8];
-  _mm256_storeu_ps(out, acc[3]);
-  return out[0];
+  double sum = 0;
+  for (int k = 0; k < 16; ++k) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, acc[k]);
+    for (float x : lanes) sum += static_cast<double>(x);
+  }
+  return sum;
 }
 
-__attribute__((target("avx512f"))) float peak_fma512_thread() {
+__attribute__((target("avx512f"))) double probe_fma_zmm(std::int64_t iters) {
   __m512 acc[16];
   for (int k = 0; k < 16; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
-  __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  __m512 a = _mm512_set1_ps(1.0f), b = a;
   asm volatile("" : "+v"(a), "+v"(b));
-  for (std::int64_t i = 0; i < kPeakIters; ++i)
+  for (std::int64_t i = 0; i < iters; ++i)
 #pragma GCC unroll 16
     for (int k = 0; k < 16; ++k) acc[k] = _mm512_fmadd_ps(acc[k], a, b);
-  __m512 s = acc[0];
-  for (int k = 1; k < 16; ++k) s = _mm512_add_ps(s, acc[k]);
-  return _mm512_reduce_add_ps(s);
+  double sum = 0;
+  for (int k = 0; k < 16; ++k) sum += static_cast<double>(_mm512_reduce_add_ps(acc[k]));
+  return sum;
+}
+
+struct Probe {
+  double (*run)(std::int64_t iters);
+  double flop_per_instr;
+  const char* name;
+};
+
+std::vector<Probe> dot_probes() {
+  std::vector<Probe> probes;
+  if (__builtin_cpu_supports("avx512bf16")) probes.push_back({&probe_bf16_zmm, 64, "vdpbf16ps zmm"});
+  if (__builtin_cpu_supports("avx512f")) probes.push_back({&probe_fma_zmm, 32, "vfmadd231ps zmm"});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) probes.push_back({&probe_fma_ymm, 16, "vfmadd231ps ymm"});
+  return probes;
 }
 
 struct alignas(64) AmxConfig {
@@ -200,26 +224,23 @@ Peak measure_amx_peak(int threads) {
 Peak measure_dot_peak(int threads) {
   // The fastest dot-product instruction this CPU has: vdpbf16ps, else fp32 FMA on zmm or ymm
   // (whichever is faster: on some cores a zmm FMA issues at half the ymm rate).
-  struct Probe {
-    float (*run)();
-    double flop_per_instr;
-    const char* name;
-  };
-  std::vector<Probe> probes;
-  if (__builtin_cpu_supports("avx512bf16")) probes.push_back({&peak_bf16_thread, 64, "vdpbf16ps zmm"});
-  if (__builtin_cpu_supports("avx512f")) probes.push_back({&peak_fma512_thread, 32, "vfmadd231ps zmm"});
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) probes.push_back({&peak_fma256_thread, 16, "vfmadd231ps ymm"});
   Peak best{0, "none (no SIMD dot product found)"};
-  std::atomic<float> sink{0};
-  for (const Probe& probe : probes) {
+  std::atomic<double> sink{0};
+  for (const Probe& probe : dot_probes()) {
     // Best of several short trials: the machine is shared, and the peak is what it can do.
     double secs = 1e30;
     for (int trial = 0; trial < 7; ++trial)
-      secs = std::min(secs, timed_parallel(threads, threads, [&](std::int64_t) { sink = probe.run(); }));
+      secs = std::min(secs, timed_parallel(threads, threads, [&](std::int64_t) { sink = probe.run(kPeakIters); }));
     const double gflops = probe.flop_per_instr * 16.0 * static_cast<double>(kPeakIters) * threads / secs / 1e9;
     if (gflops > best.gflops) best = {gflops, probe.name};
   }
   return best;
+}
+
+std::vector<ProbeCheck> run_dot_probes_once(std::int64_t iters) {
+  std::vector<ProbeCheck> out;
+  for (const Probe& probe : dot_probes()) out.push_back({probe.name, probe.flop_per_instr, probe.run(iters)});
+  return out;
 }
 
 }  // namespace mixpa::bench

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/cases.h"
 
@@ -24,6 +25,16 @@ struct Peak {
 // Dot-product peak of the fastest instruction this CPU has (vdpbf16ps, else fp32 FMA on zmm or
 // ymm), 16 independent accumulator chains per thread on `threads` threads.
 Peak measure_dot_peak(int threads);
+
+// For tests: each dot-product probe this CPU runs, once, for `iters` steps with a = b = 1. `sum`
+// is the sum over every lane of its 16 chains (chain k starts at k), so a probe that computes
+// all it counts returns lanes * (120 + 16 * iters * step), step = 1 for an FMA and 2 for vdpbf16ps.
+struct ProbeCheck {
+  std::string instruction;
+  double flop_per_instr;
+  double sum;
+};
+std::vector<ProbeCheck> run_dot_probes_once(std::int64_t iters);
 // The AMX tile peak (tdpbf16ps, four independent accumulator tiles per thread). Only call it
 // when the cpu executor's "amx" flavour is supported (that also obtains the OS permission).
 Peak measure_amx_peak(int threads);
