@@ -89,12 +89,33 @@ struct Tile {
   alignas(64) float m[kLanes], l[kLanes];
 };
 
+// Rows of one kv head's K or V cache that a loop prefetches in step with its own rows: row j at
+// row + j * stride bytes, for j < rows. An empty one is {idle, 0, 0}, idle a line already in L1.
+// The addresses are constant offsets from one pointer bumped once per row, so a prefetch costs
+// one instruction (a general line stream's bookkeeping, ~8 scalar instructions a line, made the
+// FMA loops rename-bound: 16 FMAs plus their loads are already ~5 of the 6 slots a cycle).
+struct RowLines {
+  const char* row;
+  std::int64_t stride, rows;
+};
+
+inline RowLines rows_of(const Problem& pr, std::int64_t kv_head, std::int64_t page, int which, std::int64_t j0,
+                        std::int64_t rows, const void* idle) {
+  if (page < 0 || rows <= 0) return {static_cast<const char*>(idle), 0, 0};
+  const bool k = which == 1;
+  return {reinterpret_cast<const char*>(k ? pr.key_row(page, j0, kv_head) : pr.value_row(page, j0, kv_head)),
+          (k ? pr.k_strides.row : pr.v_strides.row) * 2, rows};
+}
+
 // Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf). Meanwhile the
-// next block's rows stream into L1 (memory as in kernel_avx512.cpp).
+// 16 rows of `next` stream into L1 (memory as in kernel_avx512.cpp): their D/32 lines each over
+// the D/C steps, C/2 lines a step.
 template <int C, int D>
-void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale,
-              BlockStream next_block) {
-  constexpr int kPfRate = C / 2;  // 16 rows * D/32 lines over D/C steps
+void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, RowLines next) {
+  constexpr int kRowLines = D / 32, kStepLines = C / 2;
+  constexpr int kStepsPerRow = kStepLines < kRowLines ? kRowLines / kStepLines : 1;
+  constexpr int kRowsPerStep = kStepLines > kRowLines ? kStepLines / kRowLines : 1;
+  constexpr int kLines = kStepLines < kRowLines ? kStepLines : kRowLines;  // per row and step
   for (int j = 0; j < kBlockTokens; ++j) {
     float* dst = t.kf + j * D;
     if (j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
@@ -104,11 +125,19 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
   __m512 acc[kBlockTokens];
 #pragma GCC unroll 16
   for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_setzero_ps();
-  for (std::int64_t p = 0; p < D / C; ++p) {
-    for (int k = 0; k < kPfRate; ++k) next_block.issue();
-    const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
+  const char* pf = next.row;
+  for (std::int64_t p0 = 0; p0 < D / C; p0 += kStepsPerRow, pf += kRowsPerStep * next.stride) {
+#pragma GCC unroll 8
+    for (int u = 0; u < kStepsPerRow; ++u) {
+#pragma GCC unroll 4
+      for (int r = 0; r < kRowsPerStep; ++r)
+#pragma GCC unroll 8
+        for (int k = 0; k < kLines; ++k) _mm_prefetch(pf + r * next.stride + (u * kStepLines + k) * 64, _MM_HINT_T0);
+      const std::int64_t p = p0 + u;
+      const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
 #pragma GCC unroll 16
-    for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(t.kf + j * D + p * C), acc[j]);
+      for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(t.kf + j * D + p * C), acc[j]);
+    }
   }
   for (int g = 0; g < kBlockTokens / C; ++g) {
     const __m512 sc = _mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale);
@@ -145,13 +174,13 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
 // (a 64-byte load gives the even positions by x << 16 and the odd ones by x & 0xffff0000) and
 // never stored; P[r][j] is one float of the scores' layout. kPass position vectors per pass keep
 // R x kPass accumulators in registers over all the tokens, then UP: O = alpha * O + oi.
-// Meanwhile `next` streams into L1. V rows past the context are never read.
+// Meanwhile the rows of `next` stream into L1, row j's lines of this pass with token j. V rows
+// past the context are never read.
 template <int C, int D>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha, BlockStream next) {
+void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha, RowLines next) {
   constexpr int R = kLanes / C, kVecs = D / kLanes;
   // R x kPass accumulators plus kPass widened vectors stay in the 32 zmm registers.
   constexpr int kPass = std::min({kVecs, std::max(2, 16 / R), 8});
-  constexpr int kPfRate = std::max(1, (D / 32) / (kVecs / kPass));  // a V row's lines per pass step
   alignas(64) float al[kLanes];
   _mm512_store_ps(al, alpha);
   const char* row0 = reinterpret_cast<const char*>(t.pr->value_row(page, 0, t.job->kv_head));
@@ -163,19 +192,31 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha
 #pragma GCC unroll 16
       for (int k = 0; k < kPass; ++k) acc[r][k] = _mm512_setzero_ps();
     const char* vrow = row0 + v0 * 32;  // vectors v0, v0 + 1 are the even and odd halves of chunk v0 / 2
-    for (std::int64_t j = 0; j < valid; ++j, vrow += stride) {
-      for (int k = 0; k < kPfRate; ++k) next.issue();
+    const char* pf = next.row + v0 * 32;  // this pass's kPass / 2 lines of next row j
+    // Token j: its P is pj[r * C] for row r.
+    auto token = [&](std::int64_t j, const float* pj) __attribute__((always_inline)) {
+      if (j < next.rows)
+#pragma GCC unroll 4
+        for (int k = 0; k < kPass / 2; ++k) _mm_prefetch(pf + k * 64, _MM_HINT_T0);
+      pf += next.stride;
       __m512 x[kPass];
 #pragma GCC unroll 16
       for (int k = 0; k < kPass; k += 2) widen_chunk(_mm512_loadu_si512(vrow + k * 32), x[k], x[k + 1]);
-      const float* pj = t.s + (j / C) * kLanes + j % C;
+      vrow += stride;
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m512 b = _mm512_set1_ps(pj[r * C]);
 #pragma GCC unroll 16
         for (int k = 0; k < kPass; ++k) acc[r][k] = _mm512_fmadd_ps(x[k], b, acc[r][k]);
       }
+    };
+    std::int64_t j = 0;
+    for (; j + C <= valid; j += C) {  // C tokens share one vector of the scores' layout
+      const float* pg = t.s + (j / C) * kLanes;
+#pragma GCC unroll 16
+      for (int c = 0; c < C; ++c) token(j + c, pg + c);
     }
+    for (; j < valid; ++j) token(j, t.s + (j / C) * kLanes + j % C);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
@@ -184,7 +225,6 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha
         _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_set1_ps(al[r * C]), _mm512_load_ps(o), acc[r][k]));
       }
   }
-  next.finish();
 }
 
 // page_starts over the K (which = 1) or V (2) rows of `page` for kv heads [h_lo, h_hi] when those
@@ -264,11 +304,11 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t j0 = b * kBlockTokens;
       for (int h = 0; h < n; ++h) {
-        const Tile& u = tiles[ahead_head];
-        BlockStream next_block =
-            ahead_block < blocks ? block_lines(&pr, u.job->kv_head, D, page, 1, ahead_block * kBlockTokens, kBlockTokens, valid)
-            : ahead_block == blocks ? block_lines(&pr, u.job->kv_head, D, page, 2, 0, kBlockTokens, valid)
-                                    : BlockStream{};
+        const std::int64_t ahead_head_kv = tiles[ahead_head].job->kv_head;
+        const RowLines next_block =
+            ahead_block < blocks    ? rows_of(pr, ahead_head_kv, page, 1, ahead_block * kBlockTokens, kBlockTokens, kf)
+            : ahead_block == blocks ? rows_of(pr, ahead_head_kv, page, 2, 0, kBlockTokens, kf)
+                                    : rows_of(pr, 0, -1, 1, 0, 0, kf);
         qk_block<C, D>(tiles[h], page, j0, valid, scale, next_block);
         for (std::int64_t q = 0; q < k_per_step; ++q) k_starts.issue();
         if (++ahead_head == n) {
@@ -282,8 +322,8 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     __m512 alpha[kMaxGroup], l_i[kMaxGroup];
     for (int h = 0; h < n; ++h) softmax_page<C>(tiles[h], blocks * kBlockTokens / C, alpha[h], l_i[h]);
     for (int h = 0; h < n; ++h) {
-      BlockStream next_rows = h + 1 < n ? block_lines(&pr, tiles[h + 1].job->kv_head, D, page, 2, 0, valid, valid)
-                                        : block_lines(&pr, tiles[0].job->kv_head, D, next, 1, 0, kBlockTokens, bs);
+      const RowLines next_rows = h + 1 < n ? rows_of(pr, tiles[h + 1].job->kv_head, page, 2, 0, valid, kf)
+                                           : rows_of(pr, tiles[0].job->kv_head, next, 1, 0, kBlockTokens, kf);
       pv_page<C, D>(tiles[h], page, valid, alpha[h], next_rows);
       for (std::int64_t q = 0; q < v_per_head; ++q) v_starts.issue();
     }
