@@ -41,6 +41,15 @@ inline __m512 exp512(__m512 x) {
 #endif
 constexpr std::int64_t kPrefetchPages = MIXPA_PREFETCH_PAGES;
 
+// Row j of `page` for kv head `kv_head` in the K (which = 1) or V (which = 2) cache, as bytes,
+// and the byte stride between a page's rows.
+inline const char* cache_row(const Problem* pr, int which, std::int64_t page, std::int64_t j, std::int64_t kv_head) {
+  return reinterpret_cast<const char*>(which == 1 ? pr->key_row(page, j, kv_head) : pr->value_row(page, j, kv_head));
+}
+inline std::int64_t cache_row_bytes(const Problem* pr, int which) {
+  return (which == 1 ? pr->k_strides.row : pr->v_strides.row) * 2;
+}
+
 // `which`: 1 = K rows, 2 = V rows, 3 = both.
 inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
                           std::int64_t j0, std::int64_t j1, int which = 3) {
@@ -105,9 +114,8 @@ inline LineStream<kHint> row_lines(const Problem* pr, std::int64_t kv_head, std:
                                    int which, std::int64_t j0, std::int64_t rows) {
   LineStream<kHint> s;
   if (page < 0 || rows <= 0) return s;
-  const bool k = which == 1;
-  s.row = reinterpret_cast<const char*>(k ? pr->key_row(page, j0, kv_head) : pr->value_row(page, j0, kv_head));
-  s.row_bytes = (k ? pr->k_strides.row : pr->v_strides.row) * 2;
+  s.row = cache_row(pr, which, page, j0, kv_head);
+  s.row_bytes = cache_row_bytes(pr, which);
   s.lines_per_row = static_cast<int>(dim / 32);  // dim * 2 bytes / 64
   s.left = rows * (dim / 32);
   return s;

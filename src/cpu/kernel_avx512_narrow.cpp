@@ -32,8 +32,6 @@ namespace {
 
 using avx512::exp512;
 using avx512::kLanes;
-using avx512::block_lines;
-using avx512::BlockStream;
 using avx512::position_dim;
 using avx512::reduce_tokens;
 using avx512::exp_bf16;
@@ -102,9 +100,7 @@ struct RowLines {
 inline RowLines rows_of(const Problem& pr, std::int64_t kv_head, std::int64_t page, int which, std::int64_t j0,
                         std::int64_t rows, const void* idle) {
   if (page < 0 || rows <= 0) return {static_cast<const char*>(idle), 0, 0};
-  const bool k = which == 1;
-  return {reinterpret_cast<const char*>(k ? pr.key_row(page, j0, kv_head) : pr.value_row(page, j0, kv_head)),
-          (k ? pr.k_strides.row : pr.v_strides.row) * 2, rows};
+  return {avx512::cache_row(&pr, which, page, j0, kv_head), avx512::cache_row_bytes(&pr, which), rows};
 }
 
 // Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf). Meanwhile the
@@ -235,9 +231,8 @@ inline avx512::LineStream<_MM_HINT_T1> streamer_starts(const Problem& pr, std::i
                                                        std::int64_t h_hi, std::int64_t dim, int which) {
   if (page < 0) return {};
   const std::int64_t bs = pr.shape.block_size;
-  const bool k = which == 1;
-  const char* lo = reinterpret_cast<const char*>(k ? pr.key_row(page, 0, h_lo) : pr.value_row(page, 0, h_lo));
-  const char* hi = reinterpret_cast<const char*>((k ? pr.key_row(page, bs - 1, h_hi) : pr.value_row(page, bs - 1, h_hi)) + dim);
+  const char* lo = avx512::cache_row(&pr, which, page, 0, h_lo);
+  const char* hi = avx512::cache_row(&pr, which, page, bs - 1, h_hi) + dim * 2;
   const std::int64_t needed = bs * (h_hi - h_lo + 1) * dim * 2;
   if (hi <= lo || 2 * needed < hi - lo) return {};
   return avx512::page_starts(lo, hi);
