@@ -9,7 +9,7 @@
 
 #include "commands.h"
 #include "core/cases.h"
-#include "core/executors.h"
+#include "api/executors.h"
 #include "core/validate.h"
 #include "cpu/chunk_kernel.h"
 #include "io/safetensors.h"

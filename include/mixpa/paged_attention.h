@@ -17,18 +17,22 @@
 
 namespace mixpa {
 
-// The five input tensors (shapes as SPEC §1):
+// The input tensors (shapes as SPEC §1 and §6):
 //   query        bf16 [batch, num_heads, head_dim]                            contiguous
 //   key_cache    bf16 [num_blocks, block_size, num_kv_heads, head_dim]        any strides, head_dim stride 1
 //   value_cache  bf16 same shape as key_cache                                 any strides, head_dim stride 1
 //   block_table  i32  [batch, max_blocks_per_req]                              contiguous
 //   context_lens i32  [batch]                                                  contiguous
+//   alibi_slopes f32  [num_heads], optional: x += slope_h * (t - pos)         contiguous
+//   sinks        f32  [num_heads], optional: one extra softmax term e^sink_h   contiguous
 struct Inputs {
   TensorView query;
   TensorView key_cache;
   TensorView value_cache;
   TensorView block_table;
   TensorView context_lens;
+  TensorView alibi_slopes;  // absent = no ALiBi
+  TensorView sinks;         // absent = no sinks
 };
 
 // Options of the simulated MIX pipeline (executor "sim"); other executors ignore them.
@@ -44,6 +48,8 @@ struct SimOptions {
 
 struct Options {
   std::optional<double> scale;   // softmax scale; default 1/sqrt(head_dim)
+  double softcap = 0;            // > 0: logits soft-capped after the scale, c * tanh(x / c); 0 = none
+  std::int64_t window_left = -1; // >= 0: each query sees itself and window_left tokens before; -1 = all
   std::string executor = "auto"; // "auto" = the fastest executor this build has
   int hw_blocks = 24;            // hardware blocks of the SPMD launch (origin: 24)
   int pipe_depth = 2;            // slots per tile pipe (origin: 2)
@@ -54,9 +60,18 @@ struct Options {
   std::function<void(std::string_view)> report;
 };
 
-// Validates everything, then computes attention into `out` (float32 [batch, num_heads, head_dim]).
+// Validates everything, then computes attention into `out` (float32 [batch, num_heads, head_dim])
+// and, when out.lse is set, the log-sum-exp of each row's visible logits into it (float32
+// [batch, num_heads], natural log, -inf for a row that sees no token; sinks not included).
 // Throws mixpa::Error naming the input and the rule on invalid input; `out` is untouched then.
 void run(const Inputs& inputs, const Options& options, OutputView out);
+
+// Merges two partial attention results over disjoint token sets of the same rows (cascade /
+// shared-prefix attention, split-KV across devices): for each of `rows` rows of `head_dim`,
+//   lse = log(e^lse_a + e^lse_b),  o = e^(lse_a - lse) * o_a + e^(lse_b - lse) * o_b;
+// -inf on both sides gives zeros and -inf. The outputs may alias either input.
+void merge_states(const float* o_a, const float* lse_a, const float* o_b, const float* lse_b, float* o_out,
+                  float* lse_out, std::int64_t rows, std::int64_t head_dim);
 
 // Executors this build has that can run on this machine, fastest first; "auto" picks the first.
 std::vector<std::string> executor_names();

@@ -33,10 +33,12 @@ struct TensorView {
   const T* as() const { return static_cast<const T*>(data); }
 };
 
-// The output: float32, contiguous [batch, num_heads, head_dim].
+// The output: float32, contiguous [batch, num_heads, head_dim]; optionally the log-sum-exp of
+// each row, float32 contiguous [batch, num_heads] (nullptr = not wanted).
 struct OutputView {
   float* data = nullptr;
   std::array<std::int64_t, 3> shape{};
+  float* lse = nullptr;
 };
 
 }  // namespace mixpa

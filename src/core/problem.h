@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 
+#include "core/variant.h"
 #include "mixpa/dtype.h"
 
 namespace mixpa {
@@ -28,9 +29,18 @@ struct CacheStrides {
   std::int64_t head = 0;
 };
 
+// Where an executor writes its results: out float32 [batch, num_heads, head_dim] and, when
+// asked for, lse float32 [batch, num_heads] (natural log; -inf for a row that sees no token).
+struct Results {
+  Results(float* out_ = nullptr, float* lse_ = nullptr) : out(out_), lse(lse_) {}  // NOLINT: from float* on purpose
+  float* out;
+  float* lse;  // nullptr = not wanted
+};
+
 struct Problem {
   Shape shape;
-  float scale = 1.0f;
+  Variant variant;  // scale, soft-cap, window, ALiBi, sinks (SPEC §6)
+  float scale = 1.0f;  // == variant.scale
   const bf16* query = nullptr;  // contiguous [batch, num_heads, head_dim]
   const bf16* key_cache = nullptr;
   const bf16* value_cache = nullptr;
@@ -41,6 +51,10 @@ struct Problem {
 
   std::int64_t context_len(std::int64_t b) const { return context_lens[b]; }
   std::int64_t num_pages(std::int64_t b) const { return (context_lens[b] + shape.block_size - 1) / shape.block_size; }
+  // The tokens request b's query rows see (the window applied); empty for context 0.
+  TokenRange visible(std::int64_t b) const { return visible_tokens(variant, context_lens[b]); }
+  // The position of request b's query row (q_len 1: its last token).
+  std::int64_t position(std::int64_t b) const { return context_lens[b] - 1; }
   // Page j of request b; validated to be in [0, num_blocks) for j < num_pages(b).
   std::int64_t page(std::int64_t b, std::int64_t j) const { return block_table[b * shape.max_blocks_per_req + j]; }
 

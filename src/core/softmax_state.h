@@ -36,13 +36,17 @@ struct SoftmaxState {
     m = m_new;
   }
 
-  // out = o / l; an empty state (context length 0) yields zeros.
-  void finalize(const float* o, float* out, std::int64_t dim) const {
+  // out = o / (l + e^(sink - m)); an empty state (no visible token) yields zeros. The sink is
+  // one more softmax term with no value row (SPEC §6); sink = -inf (none) adds an exact 0, so
+  // the plain case is o / l bit for bit. A sink far above every score gives out ~ 0, not NaN.
+  void finalize(const float* o, float* out, std::int64_t dim,
+                float sink = -std::numeric_limits<float>::infinity()) const {
     if (empty()) {
       for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
       return;
     }
-    const float inv = 1.0f / l;
+    const float denom = sink == -std::numeric_limits<float>::infinity() ? l : l + std::exp(sink - m);
+    const float inv = 1.0f / denom;
     for (std::int64_t d = 0; d < dim; ++d) out[d] = o[d] * inv;
   }
 

@@ -6,7 +6,7 @@
 namespace mixpa {
 
 SplitKvPlan plan_split_kv(const Plan& plan, const std::int32_t* context_lens, std::int64_t target_items,
-                          std::int64_t min_chunk_tokens) {
+                          std::int64_t min_chunk_tokens, std::int64_t window_left) {
   SplitKvPlan sp;
   const std::int64_t blocks = plan.total_logical_blocks;
   const std::int64_t bs = plan.shape.block_size;
@@ -14,15 +14,19 @@ SplitKvPlan plan_split_kv(const Plan& plan, const std::int32_t* context_lens, st
   sp.first.reserve(blocks + 1);
   for (std::int64_t i = 0; i < blocks; ++i) {
     sp.first.push_back(static_cast<std::int64_t>(sp.chunks.size()));
-    const std::int64_t len = context_lens[i / plan.q_loop];
-    const std::int64_t pages = (len + bs - 1) / bs;
-    const std::int64_t by_length = std::max<std::int64_t>(1, len / std::max<std::int64_t>(1, min_chunk_tokens));
+    Variant window;
+    window.window_left = window_left;
+    const TokenRange seen = visible_tokens(window, context_lens[i / plan.q_loop]);
+    const std::int64_t first_page = seen.empty() ? 0 : seen.begin / bs;
+    const std::int64_t pages = seen.empty() ? 0 : (seen.end + bs - 1) / bs - first_page;
+    const std::int64_t by_length = std::max<std::int64_t>(1, seen.size() / std::max<std::int64_t>(1, min_chunk_tokens));
     const std::int64_t splits = std::clamp<std::int64_t>(std::min(wanted, by_length), 1, std::max<std::int64_t>(pages, 1));
     const std::int64_t per = std::max<std::int64_t>(1, (pages + splits - 1) / splits);
     std::int64_t begin = 0;
     do {
       const std::int64_t end = std::min(pages, begin + per);
-      sp.chunks.push_back({i, begin, end});
+      const TokenRange t{std::max(seen.begin, (first_page + begin) * bs), std::min(seen.end, (first_page + end) * bs)};
+      sp.chunks.push_back({i, seen.empty() ? TokenRange{} : t});
       begin = end;
     } while (begin < pages);
     sp.max_chunks_per_block =

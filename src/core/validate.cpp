@@ -56,7 +56,34 @@ CacheStrides cache_strides(const TensorView& t, const char* name) {
   return CacheStrides{t.strides[0], t.strides[1], t.strides[2]};
 }
 
+// An optional f32 [num_heads] vector of finite values (ALiBi slopes, sinks).
+const float* head_vector(const TensorView& t, const char* name, std::int64_t num_heads) {
+  if (!t.present()) return nullptr;
+  require_tensor(t, name, DType::kF32, 1, "[num_heads]");
+  require_contiguous(t, name);
+  if (t.shape[0] != num_heads) fail(name, ": shape ", t.shape_string(), ", expected [", num_heads, "] (num_heads)");
+  const float* v = t.as<float>();
+  for (std::int64_t h = 0; h < num_heads; ++h)
+    if (!std::isfinite(v[h])) fail(name, "[", h, "] = ", v[h], " is not finite");
+  return v;
+}
+
 }  // namespace
+
+Variant resolve_variant(const Inputs& in, const Options& options, const Shape& s) {
+  Variant v;
+  v.scale = resolve_scale(options, s.head_dim);
+  if (!std::isfinite(options.softcap) || options.softcap < 0)
+    fail("softcap: ", options.softcap, " must be a finite number >= 0 (0 = no soft-cap)");
+  v.softcap = static_cast<float>(options.softcap);
+  if (options.softcap > 0 && !(v.softcap > 0 && std::isfinite(v.softcap)))
+    fail("softcap: ", options.softcap, " is outside float32's positive normal range");
+  if (options.window_left < -1) fail("window_left: ", options.window_left, " must be >= -1 (-1 = no window)");
+  v.window_left = options.window_left;
+  v.alibi_slopes = head_vector(in.alibi_slopes, "alibi_slopes", s.num_heads);
+  v.sinks = head_vector(in.sinks, "sinks", s.num_heads);
+  return v;
+}
 
 float resolve_scale(const Options& options, std::int64_t head_dim) {
   if (!options.scale) return static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
@@ -122,12 +149,14 @@ Problem validate(const Inputs& in, const Options& options, const OutputView& out
   Problem p;
   p.shape = validate_shapes(in);
   const Shape& s = p.shape;
-  p.scale = resolve_scale(options, s.head_dim);
+  p.variant = resolve_variant(in, options, s);
+  p.scale = p.variant.scale;
 
   if (out.shape[0] != s.batch || out.shape[1] != s.num_heads || out.shape[2] != s.head_dim)
     fail("out: shape [", out.shape[0], ", ", out.shape[1], ", ", out.shape[2], "], expected [", s.batch, ", ",
          s.num_heads, ", ", s.head_dim, "]");
   if (out.data == nullptr && s.batch > 0) fail("out: data pointer is null");
+  if (out.lse != nullptr && out.lse == out.data) fail("lse: must not alias out");
 
   p.query = in.query.as<bf16>();
   p.key_cache = in.key_cache.as<bf16>();
@@ -144,8 +173,11 @@ Problem validate(const Inputs& in, const Options& options, const OutputView& out
     if (len > max_tokens)
       fail("context_lens[", b, "] = ", len, " exceeds max_blocks_per_req * block_size = ", s.max_blocks_per_req,
            " * ", s.block_size, " = ", max_tokens);
+    // The pages a request uses: those holding its visible tokens (a window skips the rest).
+    const TokenRange seen = p.visible(b);
+    const std::int64_t first = seen.empty() ? 0 : seen.begin / s.block_size;
     const std::int64_t pages = p.num_pages(b);
-    for (std::int64_t j = 0; j < pages; ++j) {
+    for (std::int64_t j = first; j < pages; ++j) {
       const std::int64_t page = p.page(b, j);
       if (page < 0 || page >= s.num_blocks)
         fail("block_table[", b, "][", j, "] = ", page, " is outside [0, ", s.num_blocks, ") (page ", j,

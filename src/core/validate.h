@@ -21,6 +21,10 @@ Shape validate_shapes(const Inputs& inputs);
 // Scale resolution: options.scale if set (must be finite), else 1/sqrt(head_dim).
 float resolve_scale(const Options& options, std::int64_t head_dim);
 
+// The variant of SPEC §6 (scale, softcap, window_left, alibi_slopes, sinks) checked against
+// the shape: finite values, [num_heads] vectors.
+Variant resolve_variant(const Inputs& inputs, const Options& options, const Shape& shape);
+
 // Option checks shared by all executors (hw_blocks, pipe_depth, num_threads).
 void validate_options(const Options& options);
 

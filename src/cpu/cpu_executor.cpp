@@ -26,7 +26,9 @@ struct Partials {
 
 ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
   const LogicalBlock lb = plan.logical_block(c.logical_block);
-  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, c.page_begin, c.page_end};
+  const std::int64_t bs = pr.shape.block_size;
+  const std::int64_t page_begin = c.tokens.begin / bs, page_end = (c.tokens.end + bs - 1) / bs;
+  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, page_begin, c.tokens.empty() ? page_begin : page_end};
 }
 
 // The order the pool hands chunks out: chunks that read the same pages (the other kv heads
@@ -40,7 +42,7 @@ std::vector<std::int64_t> execution_order(const Plan& plan, const SplitKvPlan& s
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
     const KvChunk &x = sp.chunks[a], &y = sp.chunks[b];
     const std::int64_t bx = x.logical_block / plan.q_loop, by = y.logical_block / plan.q_loop;
-    return bx != by ? bx < by : x.page_begin < y.page_begin;
+    return bx != by ? bx < by : x.tokens.begin < y.tokens.begin;
   });
   return order;
 }
@@ -57,7 +59,7 @@ std::vector<std::int64_t> work_units(const Plan& plan, const SplitKvPlan& sp, co
     const KvChunk& c = sp.chunks[order[i]];
     const KvChunk* p = i > 0 ? &sp.chunks[order[i - 1]] : nullptr;
     const bool joins = grouping && p != nullptr && p->logical_block / plan.q_loop == c.logical_block / plan.q_loop &&
-                       p->page_begin == c.page_begin && p->page_end == c.page_end;
+                       p->tokens.begin == c.tokens.begin && p->tokens.end == c.tokens.end;
     if (!joins) begin.push_back(i);
   }
   if (static_cast<std::int64_t>(begin.size()) < 4 * threads) {
@@ -68,9 +70,10 @@ std::vector<std::int64_t> work_units(const Plan& plan, const SplitKvPlan& sp, co
   return begin;
 }
 
-// Merges the chunks of one logical block in chunk order and writes out = o / l.
+// Merges the chunks of one logical block in chunk order and writes out = o / (l + e^(sink - m))
+// and lse: the sinks join once, after the merge.
 void merge_block(const Problem& pr, const Plan& plan, const SplitKvPlan& sp, std::int64_t block, Partials& parts,
-                 float* out) {
+                 const Results& res) {
   const LogicalBlock lb = plan.logical_block(block);
   const std::int64_t dim = pr.shape.head_dim;
   std::vector<float> o(dim);
@@ -81,16 +84,21 @@ void merge_block(const Problem& pr, const Plan& plan, const SplitKvPlan& sp, std
       const ChunkOut part = parts.at(c, plan.q_tile);
       st.merge(o.data(), part.o + r * dim, part.m[r], part.l[r], dim);
     }
-    st.finalize(o.data(), out + (lb.batch * pr.shape.num_heads + lb.head_begin + r) * dim, dim);
+    const std::int64_t head = lb.head_begin + r, row = lb.batch * pr.shape.num_heads + head;
+    st.finalize(o.data(), res.out + row * dim, dim, pr.variant.sink(head));
+    if (res.lse) res.lse[row] = st.lse();
   }
 }
 
 }  // namespace
 
-void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, float* out, Isa isa) {
+void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, const Results& out, Isa isa) {
   if (!isa_supported(isa)) throw Error("cpu: this CPU cannot run the " + std::string(isa_name(isa)) + " kernels");
+  if (pr.variant.score_features() != kScorePlain || pr.variant.has_window())
+    throw Error("cpu: soft-cap, ALiBi and windows are not in the cpu kernels yet (executor reference or sim has them)");
   const ChunkKernel kernel = chunk_kernel(isa);
-  const SplitKvPlan sp = plan_split_kv(plan, pr.context_lens);
+  const SplitKvPlan sp = plan_split_kv(plan, pr.context_lens, kSplitTargetItems, kSplitMinChunkTokens,
+                                       pr.variant.window_left);
   const std::int64_t n = static_cast<std::int64_t>(sp.chunks.size());
   const int threads = options.num_threads > 0 ? options.num_threads : hardware_threads();
   Partials parts;
@@ -126,7 +134,7 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, f
 
 }  // namespace cpu
 
-void run_cpu(const Problem& problem, const Plan& plan, const Options& options, float* out) {
+void run_cpu(const Problem& problem, const Plan& plan, const Options& options, const Results& out) {
   cpu::run_with_isa(problem, plan, options, out, cpu::default_isa());
 }
 

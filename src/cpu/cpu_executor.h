@@ -11,11 +11,11 @@
 namespace mixpa {
 
 // The registered executor: the kernel flavour is default_isa() (best supported, or MIXPA_CPU_ISA).
-void run_cpu(const Problem& problem, const Plan& plan, const Options& options, float* out);
+void run_cpu(const Problem& problem, const Plan& plan, const Options& options, const Results& out);
 
 namespace cpu {
 // The same with an explicit flavour (tests force each one; it must be isa_supported()).
-void run_with_isa(const Problem& problem, const Plan& plan, const Options& options, float* out, Isa isa);
+void run_with_isa(const Problem& problem, const Plan& plan, const Options& options, const Results& out, Isa isa);
 }  // namespace cpu
 
 }  // namespace mixpa

@@ -168,7 +168,10 @@ namespace mixpa {
 
 bool cuda_available() { return cuda::device_available(); }
 
-void run_cuda(const Problem& pr, const Plan& plan, const Options& options, float* out) {
+void run_cuda(const Problem& pr, const Plan& plan, const Options& options, const Results& res) {
+  float* out = res.out;
+  if (pr.variant.score_features() != kScorePlain || pr.variant.has_window() || pr.variant.has_sinks() || res.lse)
+    throw Error("cuda: soft-cap, ALiBi, windows, sinks and lse are not in the cuda kernel yet");
   using namespace cuda;
   if (!device_available()) throw Error("cuda: no CUDA device with a kernel image for this build is available");
   const Shape& sh = pr.shape;

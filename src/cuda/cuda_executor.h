@@ -82,6 +82,6 @@ class PagedAttention {
 
 namespace mixpa {
 // The executor table's entry: host data in, host data out.
-void run_cuda(const Problem& problem, const Plan& plan, const Options& options, float* out);
+void run_cuda(const Problem& problem, const Plan& plan, const Options& options, const Results& out);
 bool cuda_available();
 }  // namespace mixpa

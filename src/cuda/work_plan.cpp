@@ -32,8 +32,7 @@ std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_len
   bool any_split = false;
   for (std::int64_t i = 0; i < items; ++i) {
     const KvChunk& c = split.chunks[i];
-    const std::int64_t ctx = context_lens[plan.logical_block(c.logical_block).batch];
-    load[i % grid] += std::min(c.page_end * bs, ctx) - std::min(c.page_begin * bs, ctx) + kItemOverheadTokens;
+    load[i % grid] += c.tokens.size() + kItemOverheadTokens;
     any_split = any_split || split.num_chunks(c.logical_block) > 1;
   }
   return *std::max_element(load.begin(), load.end()) + (any_split ? kMergeOverheadTokens : 0);
@@ -100,8 +99,8 @@ WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const Dev
       it.kv_head = static_cast<std::int32_t>(lb.kv_head);
       it.head_begin = static_cast<std::int32_t>(lb.head_begin);
       it.rows = lb.rows;
-      it.token_begin = static_cast<std::int32_t>(std::min(ch.page_begin * s.block_size, ctx));
-      it.token_end = static_cast<std::int32_t>(std::min(ch.page_end * s.block_size, ctx));
+      it.token_begin = static_cast<std::int32_t>(ch.tokens.begin);
+      it.token_end = static_cast<std::int32_t>(ch.tokens.end);
       it.partial = n > 1 ? static_cast<std::int32_t>(w.num_partials++) : -1;
       w.items.push_back(it);
     }

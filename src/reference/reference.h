@@ -12,12 +12,14 @@ namespace mixpa {
 
 // Executor "reference": SPEC §3's numerics page by page, one row at a time, fp32,
 // single-threaded: running max, P rounded to bf16, l = row sum of rounded P.
-void run_reference(const Problem& problem, const Plan& plan, const Options& options, float* out);
+void run_reference(const Problem& problem, const Plan& plan, const Options& options, const Results& out);
 
-// Exact attention in float64 over the bf16 inputs (two-pass softmax). out: [batch, heads, head_dim].
+// Exact attention in float64 over the bf16 inputs (two-pass softmax), the variant of SPEC §6
+// included. out: [batch, heads, head_dim]; lse (optional): [batch, heads], -inf for no token.
 // Multi-threaded over requests; `progress` (may be empty) is called with the fraction done,
 // possibly from several threads at once.
-void exact_attention_f64(const Problem& problem, double* out, const std::function<void(double)>& progress = {});
+void exact_attention_f64(const Problem& problem, double* out, const std::function<void(double)>& progress = {},
+                         double* lse = nullptr);
 
 // SPEC §1's pass/fail check |out - ref| <= atol + rtol * |ref|, with its figures.
 struct AccuracyReport {
@@ -31,5 +33,11 @@ inline constexpr double kCheckAtol = 2e-3;
 inline constexpr double kCheckRtol = 2e-3;
 AccuracyReport compare_to_exact(const float* out, const double* exact, std::int64_t n, double atol = kCheckAtol,
                                 double rtol = kCheckRtol);
+
+// SPEC §6's check of lse: |lse - ref| <= 4e-3 + 2e-3·|ref| where ref is finite, exactly -inf
+// where ref is -inf (P rounded to bf16 moves the sum by up to 2^-9 relative).
+inline constexpr double kLseAtol = 4e-3;
+inline constexpr double kLseRtol = 2e-3;
+AccuracyReport compare_lse_to_exact(const float* lse, const double* exact, std::int64_t n);
 
 }  // namespace mixpa

@@ -10,11 +10,18 @@
 #include <limits>
 #include <vector>
 
+#include "core/page_walk.h"
 #include "core/softmax_state.h"
 #include "mixpa/error.h"
 
 namespace mixpa::sim {
 namespace {
+
+// The pages of a logical block's visible tokens, walked once per block by each program.
+void walk_pages(const Problem& pr, std::int64_t batch, std::vector<PageSpan>& pages) {
+  pages.clear();
+  for (PageWalk w(pr, batch, pr.visible(batch)); w.is_valid(); ++w) pages.push_back(*w);
+}
 
 template <int kQTile>
 class CubeProgram {
@@ -26,26 +33,25 @@ class CubeProgram {
         o_(kQTile * dim_) {}
 
   void run_block(const LogicalBlock& lb) {
-    const std::int64_t len = pr_.context_len(lb.batch);
-    const std::int64_t n = pr_.num_pages(lb.batch);
-    if (n == 0) return;  // context 0: the vectors write zeros, no pipe is touched
+    walk_pages(pr_, lb.batch, pages_);
+    const auto n = static_cast<std::int64_t>(pages_.size());
+    if (n == 0) return;  // no visible token: the vectors write zeros, no pipe is touched
     lb_ = lb;
     w_.stage(Stage::kLoad, lb.index, -1);
     load_q();
     // QK-first: K pages double-buffered (page i+1 loaded before page i is multiplied);
     // V page i loaded while the vectors work on SF[i], before PV[i].
-    load_k(0, len);
+    load_k(0);
     for (std::int64_t i = 0; i < n; ++i) {
-      if (i + 1 < n) load_k(i + 1, len);
-      qk(i, len);
+      if (i + 1 < n) load_k(i + 1);
+      qk(i);
       w_.tpush(*w_.pipes().sij, s_.data(), s_.size() * sizeof(float));
-      if (i > 0) pv_step(i - 1, len);
+      if (i > 0) pv_step(i - 1);
     }
-    pv_step(n - 1, len);
+    pv_step(n - 1);
   }
 
  private:
-  std::int64_t valid(std::int64_t i, std::int64_t len) const { return std::min(bs_, len - i * bs_); }
 
   void load_q() {
     std::fill(q_.begin(), q_.end(), 0.0f);  // rows past the tile's valid rows stay zero (masked)
@@ -55,55 +61,55 @@ class CubeProgram {
     }
   }
 
-  // K^T of page i as fp32 [head_dim][block_size]; rows past the context are never read.
-  void load_k(std::int64_t i, std::int64_t len) {
+  // K^T of page i as fp32 [head_dim][block_size]; rows outside the visible span are never read.
+  void load_k(std::int64_t i) {
     w_.stage(Stage::kLoad, lb_.index, i);
     std::vector<float>& kt = kt_[i % 2];
-    const std::int64_t page = pr_.page(lb_.batch, i), rows = valid(i, len);
+    const PageSpan& pg = pages_[i];
     std::fill(kt.begin(), kt.end(), 0.0f);
-    for (std::int64_t j = 0; j < rows; ++j) {
-      const bf16* k = pr_.key_row(page, j, lb_.kv_head);
+    for (std::int64_t j = pg.begin; j < pg.end; ++j) {
+      const bf16* k = pr_.key_row(pg.page, j, lb_.kv_head);
       for (std::int64_t d = 0; d < dim_; ++d) kt[d * bs_ + j] = k[d].to_float();
     }
   }
 
-  void load_v(std::int64_t i, std::int64_t len) {
+  void load_v(std::int64_t i) {
     w_.stage(Stage::kLoad, lb_.index, i);
     std::vector<float>& v = v_[i % 2];
-    const std::int64_t page = pr_.page(lb_.batch, i), rows = valid(i, len);
-    for (std::int64_t j = 0; j < rows; ++j) {
-      const bf16* src = pr_.value_row(page, j, lb_.kv_head);
+    const PageSpan& pg = pages_[i];
+    for (std::int64_t j = pg.begin; j < pg.end; ++j) {
+      const bf16* src = pr_.value_row(pg.page, j, lb_.kv_head);
       for (std::int64_t d = 0; d < dim_; ++d) v[j * dim_ + d] = src[d].to_float();
     }
   }
 
-  // S = Q · K_page^T  (q_tile, block_size); columns past the context are left 0 (masked by SF).
-  void qk(std::int64_t i, std::int64_t len) {
+  // S = Q · K_page^T  (q_tile, block_size); columns outside the span are left 0 (masked by SF).
+  void qk(std::int64_t i) {
     w_.stage(Stage::kQK, lb_.index, i);
     const std::vector<float>& kt = kt_[i % 2];
-    const std::int64_t cols = valid(i, len);
+    const PageSpan& pg = pages_[i];
     std::fill(s_.begin(), s_.end(), 0.0f);
     for (int r = 0; r < kQTile; ++r) {
       float* s = s_.data() + r * bs_;
       for (std::int64_t d = 0; d < dim_; ++d) {
         const float q = q_[r * dim_ + d];
         const float* k = kt.data() + d * bs_;
-        for (std::int64_t j = 0; j < cols; ++j) s[j] += q * k[j];
+        for (std::int64_t j = pg.begin; j < pg.end; ++j) s[j] += q * k[j];
       }
     }
   }
 
   // pop pij[i]; O_i = P_i · V_page(i)  (q_tile, head_dim); push oi.
-  void pv_step(std::int64_t i, std::int64_t len) {
-    load_v(i, len);
+  void pv_step(std::int64_t i) {
+    load_v(i);
     w_.tpop(*w_.pipes().pij, p_.data(), p_.size() * sizeof(bf16));
     w_.stage(Stage::kPV, lb_.index, i);
     const std::vector<float>& v = v_[i % 2];
-    const std::int64_t rows = valid(i, len);
+    const PageSpan& pg = pages_[i];
     std::fill(o_.begin(), o_.end(), 0.0f);
     for (int r = 0; r < kQTile; ++r) {
       float* o = o_.data() + r * dim_;
-      for (std::int64_t j = 0; j < rows; ++j) {
+      for (std::int64_t j = pg.begin; j < pg.end; ++j) {
         const float p = p_[r * bs_ + j].to_float();
         const float* vj = v.data() + j * dim_;
         for (std::int64_t d = 0; d < dim_; ++d) o[d] += p * vj[d];
@@ -117,6 +123,7 @@ class CubeProgram {
   const Plan& plan_;
   const std::int64_t dim_, bs_;
   LogicalBlock lb_;
+  std::vector<PageSpan> pages_;  // the visible pages of the current logical block
   std::vector<float> q_;       // (q_tile, head_dim)
   std::vector<float> kt_[2];   // (head_dim, block_size) x 2 buffers
   std::vector<float> v_[2];    // (block_size, head_dim) x 2 buffers
@@ -131,20 +138,20 @@ class VectorProgram {
 
  public:
   VectorProgram(Worker& w, const ProgramArgs& a)
-      : w_(w), pr_(*a.problem), out_(a.out), dim_(pr_.shape.head_dim), bs_(pr_.shape.block_size),
+      : w_(w), pr_(*a.problem), out_(a.out), lse_(a.lse), dim_(pr_.shape.head_dim), bs_(pr_.shape.block_size),
         lane_(w.ctx().sub_block_id), s_(kRows * bs_), p_(kRows * bs_), oi_(kRows * dim_), o_(kRows * dim_) {}
 
   void run_block(const LogicalBlock& lb) {
     lb_ = lb;
-    const std::int64_t len = pr_.context_len(lb.batch);
-    const std::int64_t n = pr_.num_pages(lb.batch);
+    walk_pages(pr_, lb.batch, pages_);
+    const auto n = static_cast<std::int64_t>(pages_.size());
     for (int r = 0; r < kRows; ++r) {
       state_[r] = SoftmaxState{};
       running_max_[r] = -std::numeric_limits<float>::infinity();
     }
-    // SF-first: SF[0]; SF[i], UP[i-1]; ...; UP[n-1]. Context 0 touches no pipe.
+    // SF-first: SF[0]; SF[i], UP[i-1]; ...; UP[n-1]. No visible token touches no pipe.
     for (std::int64_t i = 0; i < n; ++i) {
-      sf(i, len);
+      sf(i);
       if (i > 0) up(i - 1);
     }
     if (n > 0) up(n - 1);
@@ -152,16 +159,18 @@ class VectorProgram {
   }
 
  private:
-  void sf(std::int64_t i, std::int64_t len) {
+  void sf(std::int64_t i) {
     w_.tpop(*w_.pipes().sij, s_.data(), s_.size() * sizeof(float), lane_);
     w_.stage(Stage::kSF, lb_.index, i);
-    const std::int64_t cols = std::min(bs_, len - i * bs_);  // columns >= cols are masked (-inf)
-    const float scale = pr_.scale;
+    const PageSpan& pg = pages_[i];  // columns outside [begin, end) are masked (-inf)
+    const Variant& var = pr_.variant;
+    const std::int64_t pos = pr_.position(lb_.batch);
     for (int r = 0; r < kRows; ++r) {
       float* s = s_.data() + r * bs_;
+      const std::int64_t head = lb_.head_begin + lane_ * kRows + r;  // rows past the group: any head
       float row_max = -std::numeric_limits<float>::infinity();
-      for (std::int64_t j = 0; j < cols; ++j) {
-        s[j] *= scale;
+      for (std::int64_t j = pg.begin; j < pg.end; ++j) {
+        s[j] = var.logit(s[j], std::min(head, pr_.shape.num_heads - 1), pg.token0 + j, pos);
         row_max = std::max(row_max, s[j]);
       }
       // Running max M_i = max(M_{i-1}, m): SF[i] runs before UP[i-1], so SF keeps its own.
@@ -169,11 +178,12 @@ class VectorProgram {
       running_max_[r] = m_i;
       float l_i = 0.0f;
       bf16* p = p_.data() + r * bs_;
-      for (std::int64_t j = 0; j < cols; ++j) {
+      for (std::int64_t j = 0; j < pg.begin; ++j) p[j] = bf16{};
+      for (std::int64_t j = pg.begin; j < pg.end; ++j) {
         p[j] = bf16::from_float(std::exp(s[j] - m_i));  // P rounded to bf16
         l_i += p[j].to_float();                          // l = sum of the rounded P
       }
-      for (std::int64_t j = cols; j < bs_; ++j) p[j] = bf16{};
+      for (std::int64_t j = pg.end; j < bs_; ++j) p[j] = bf16{};
       pending_[i % 2][r] = {m_i, l_i};
     }
     w_.tpush(*w_.pipes().pij, p_.data(), p_.size() * sizeof(bf16), lane_);
@@ -193,17 +203,20 @@ class VectorProgram {
     for (int r = 0; r < kRows; ++r) {
       const int row = lane_ * kRows + r;
       if (row >= lb_.rows) break;  // rows past num_heads of this kv group are masked
-      float* dst = out_ + (lb_.batch * pr_.shape.num_heads + lb_.head_begin + row) * dim_;
-      state_[r].finalize(o_.data() + r * dim_, dst, dim_);
+      const std::int64_t head = lb_.head_begin + row, flat = lb_.batch * pr_.shape.num_heads + head;
+      state_[r].finalize(o_.data() + r * dim_, out_ + flat * dim_, dim_, pr_.variant.sink(head));
+      if (lse_) lse_[flat] = state_[r].lse();
     }
   }
 
   Worker& w_;
   const Problem& pr_;
   float* out_;
+  float* lse_;
   const std::int64_t dim_, bs_;
   const int lane_;
   LogicalBlock lb_;
+  std::vector<PageSpan> pages_;  // the visible pages of the current logical block
   std::vector<float> s_;   // (q_tile/2, block_size)
   std::vector<bf16> p_;    // (q_tile/2, block_size)
   std::vector<float> oi_;  // (q_tile/2, head_dim)

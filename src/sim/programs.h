@@ -13,6 +13,7 @@ struct ProgramArgs {
   const Problem* problem = nullptr;
   const Plan* plan = nullptr;
   float* out = nullptr;
+  float* lse = nullptr;  // [batch, num_heads] or nullptr
 };
 
 // Runs the program of `worker`'s core (cube or vector lane) for every logical block of its
@@ -20,6 +21,6 @@ struct ProgramArgs {
 void run_programs(Worker& worker, const ProgramArgs& args);
 
 // Executor "sim": the MIX pipeline run literally on the runtime above.
-void run_sim(const Problem& problem, const Plan& plan, const Options& options, float* out);
+void run_sim(const Problem& problem, const Plan& plan, const Options& options, const Results& out);
 
 }  // namespace mixpa::sim

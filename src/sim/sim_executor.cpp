@@ -5,7 +5,7 @@
 
 namespace mixpa::sim {
 
-void run_sim(const Problem& problem, const Plan& plan, const Options& options, float* out) {
+void run_sim(const Problem& problem, const Plan& plan, const Options& options, const Results& out) {
   RuntimeConfig rc;
   rc.block_num = plan.hw_blocks;
   rc.depth = plan.pipes.depth;
@@ -16,7 +16,7 @@ void run_sim(const Problem& problem, const Plan& plan, const Options& options, f
   rc.watchdog_seconds = options.sim.watchdog_seconds;
   rc.record = !options.sim.trace_path.empty() || !options.sim.swimlane_path.empty() || bool(options.report);
   MixRuntime runtime(rc);
-  const ProgramArgs args{&problem, &plan, out};
+  const ProgramArgs args{&problem, &plan, out.out, out.lse};
   runtime.run([&](Worker& w) { run_programs(w, args); });
   if (rc.record) emit_trace_outputs(runtime, plan, options);
 }

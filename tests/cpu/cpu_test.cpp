@@ -187,21 +187,22 @@ TEST(CpuExecutor, OriginSmallCase1AgreesWithExact) {
   EXPECT_LT(err, 5e-4);
 }
 
-TEST(SplitKv, ChunksCoverEveryPageInOrder) {
+TEST(SplitKv, ChunksCoverEveryTokenInOrderOnPageBoundaries) {
   const Case c = generate_case(small_spec("sp", 3, 32, 8, 128, 64, {32768, 0, 100}), 1);
   const Plan plan = make_plan(Shape{3, 32, 8, 128, c.num_blocks, 64, c.max_blocks_per_req}, 1.0f);
   const SplitKvPlan sp = plan_split_kv(plan, c.context_lens.data());
   ASSERT_EQ(sp.first.size(), static_cast<std::size_t>(plan.total_logical_blocks + 1));
   for (std::int64_t b = 0; b < plan.total_logical_blocks; ++b) {
-    const std::int64_t pages = (c.context_lens[plan.logical_block(b).batch] + 63) / 64;
+    const std::int64_t len = c.context_lens[plan.logical_block(b).batch];
     std::int64_t next = 0;
     ASSERT_GE(sp.num_chunks(b), 1);
     for (std::int64_t i = sp.first[b]; i < sp.first[b + 1]; ++i) {
       EXPECT_EQ(sp.chunks[i].logical_block, b);
-      EXPECT_EQ(sp.chunks[i].page_begin, next);
-      next = sp.chunks[i].page_end;
+      EXPECT_EQ(sp.chunks[i].tokens.begin, next);
+      next = sp.chunks[i].tokens.end;
+      if (next < len) EXPECT_EQ(next % 64, 0) << "chunk boundaries fall on page boundaries";
     }
-    EXPECT_EQ(next, pages);
+    EXPECT_EQ(next, len);
   }
   // The 32k request is split (few logical blocks); the 100-token one is not (too short).
   EXPECT_GT(sp.num_chunks(0), 4);

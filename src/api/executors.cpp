@@ -1,5 +1,5 @@
 // The executor table, and run(): validate, plan, dispatch.
-#include "core/executors.h"
+#include "api/executors.h"
 
 #include <sstream>
 #include <string>
@@ -54,7 +54,7 @@ void run(const Inputs& inputs, const Options& options, OutputView out) {
   const ExecutorEntry& executor = find_executor(options.executor);
   const Problem problem = validate(inputs, options, out);
   const Plan plan = make_plan(problem.shape, problem.scale, options.hw_blocks, options.pipe_depth);
-  executor.run(problem, plan, options, out.data);
+  executor.run(problem, plan, options, Results{out.data, out.lse});
 }
 
 }  // namespace mixpa

@@ -1,5 +1,6 @@
-// The executor table: every way this build can compute paged attention, fastest first.
-// An executor reads a validated Problem and its Plan and writes out[batch, heads, head_dim].
+// The API layer's executor table: every way this build can compute paged attention, fastest
+// first. It sits above the executors (core knows none of them); an executor reads a validated
+// Problem and its Plan and writes out[batch, heads, head_dim] (and lse[batch, heads] if asked).
 #pragma once
 
 #include <span>
@@ -11,7 +12,7 @@
 
 namespace mixpa {
 
-using ExecutorFn = void (*)(const Problem& problem, const Plan& plan, const Options& options, float* out);
+using ExecutorFn = void (*)(const Problem& problem, const Plan& plan, const Options& options, const Results& out);
 
 struct ExecutorEntry {
   std::string_view name;
