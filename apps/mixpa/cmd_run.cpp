@@ -45,10 +45,16 @@ void add_run_command(CLI::App& app, RunArgs& a) {
                                                      "block_table, context_lens; metadata 'scale')");
   auto* cs = run->add_option("--case,-c", a.case_name, "Generate an origin case in memory (Case1, Case2, SmallCase1, ...)");
   in->excludes(cs);
-  run->add_option("--output,-o", a.output, "Write the output (safetensors, F32 'out' [batch, heads, head_dim])");
+  run->add_option("--output,-o", a.output,
+                  "Write the output (safetensors, F32 'out' [batch, heads, head_dim] and 'lse' [batch, heads])");
   run->add_option("--executor,--backend,-e", a.executor, "Executor: auto, cpu, sim, reference, cuda (see mixpa --help)");
   run->add_option("--seed", a.seed, "Seed of --case generation (default 0)");
   run->add_option("--scale", a.scale, "Softmax scale (default: the file's metadata 'scale', else 1/sqrt(head_dim))");
+  run->add_option("--softcap", a.softcap,
+                  "Logit soft-cap c > 0: x = c*tanh(x/c) after the scale; 0 = none (default: the file's 'softcap')");
+  run->add_option("--window-left", a.window_left,
+                  "Sliding window: each query sees itself and N tokens before; -1 = all (default: the file's "
+                  "'window_left')");
   run->add_flag("--no-verify", a.no_verify, "With --case: skip the check against exact float64 attention");
   run->add_flag("--verify", a.verify, "With --input: check against exact float64 attention");
   run->add_option("--repeat", a.repeat, "Run N times and report the median time (default 1)")->check(CLI::PositiveNumber);
@@ -96,6 +102,9 @@ int run_command(RunArgs& a) {
   options.executor = a.executor;
   if (a.scale) options.scale = a.scale;
   else if (c.has_scale) options.scale = c.scale;
+  c.apply_variant(options);
+  if (a.softcap) options.softcap = *a.softcap;
+  if (a.window_left) options.window_left = *a.window_left;
   if (a.swimlane_window.size() == 2) {
     options.sim.swimlane_from_us = a.swimlane_window[0];
     options.sim.swimlane_to_us = a.swimlane_window[1];
@@ -105,8 +114,10 @@ int run_command(RunArgs& a) {
   // Validate everything (and resolve the executor) before any work or output.
   const ExecutorEntry& executor = find_executor(options.executor);
   std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_elements(), 0)));
+  std::vector<float> lse(static_cast<std::size_t>(std::max<std::int64_t>(c.spec.batch * c.spec.num_heads, 0)));
   const Inputs inputs = c.inputs();
-  const OutputView view{out.data(), {inputs.query.shape[0], inputs.query.shape[1], inputs.query.shape[2]}};
+  const OutputView view{out.data(), {inputs.query.shape[0], inputs.query.shape[1], inputs.query.shape[2]},
+                        lse.empty() ? nullptr : lse.data()};
   const Problem problem = validate(inputs, options, view);
   print_shape(c, problem.scale);
 
@@ -126,20 +137,25 @@ int run_command(RunArgs& a) {
   int status = 0;
   const bool verify = a.input.empty() ? !a.no_verify : a.verify;
   if (verify) {
-    std::vector<double> exact(out.size());
+    std::vector<double> exact(out.size()), exact_lse(lse.size());
     {
       Progress progress("verifying against exact float64");
-      exact_attention_f64(problem, exact.data(), [&](double f) { progress.update(f); });
+      exact_attention_f64(problem, exact.data(), [&](double f) { progress.update(f); }, exact_lse.data());
     }
     const AccuracyReport r = compare_to_exact(out.data(), exact.data(), static_cast<std::int64_t>(out.size()));
+    const AccuracyReport rl = compare_lse_to_exact(lse.data(), exact_lse.data(), static_cast<std::int64_t>(lse.size()));
     std::printf("verify: max abs error %.3g vs exact float64 attention; %s (|out - ref| <= 2e-3 + 2e-3*|ref|",
                 r.max_abs_error, r.pass() ? "PASS" : "FAIL");
     if (!r.pass()) std::printf(", %lld elements outside", static_cast<long long>(r.failures));
     std::printf(")\n");
-    status = r.pass() ? 0 : 1;
+    std::printf("verify: lse max abs error %.3g; %s (|lse - ref| <= 4e-3 + 2e-3*|ref|, -inf exact",
+                rl.max_abs_error, rl.pass() ? "PASS" : "FAIL");
+    if (!rl.pass()) std::printf(", %lld rows outside", static_cast<long long>(rl.failures));
+    std::printf(")\n");
+    status = r.pass() && rl.pass() ? 0 : 1;
   }
   if (!a.output.empty()) {
-    save_output(a.output, out.data(), view.shape[0], view.shape[1], view.shape[2]);
+    save_output(a.output, out.data(), view.shape[0], view.shape[1], view.shape[2], view.lse);
     std::printf("wrote %s\n", a.output.c_str());
   }
   return status;

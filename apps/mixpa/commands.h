@@ -14,7 +14,8 @@ namespace mixpa::cli {
 struct RunArgs {
   std::string input, output, case_name, executor = "auto";
   std::uint64_t seed = 0;
-  std::optional<double> scale;
+  std::optional<double> scale, softcap;
+  std::optional<std::int64_t> window_left;
   bool no_verify = false, verify = false;
   int repeat = 1;
   std::vector<double> swimlane_window;

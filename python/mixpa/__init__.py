@@ -22,8 +22,8 @@ import numpy as np
 
 from . import _mixpa
 
-__all__ = ["Case", "case_names", "executors", "load_case", "make_case", "paged_attention", "save_case",
-           "zeros_kv_cache"]
+__all__ = ["Case", "case_names", "executors", "load_case", "make_case", "merge_states", "paged_attention",
+           "save_case", "zeros_kv_cache"]
 __version__ = "0.1.0"
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -81,22 +81,61 @@ def _prepare(tensors):
 
 
 def paged_attention(query, key_cache, value_cache, block_table, context_lens, *,
-                    scale: Optional[float] = None, executor: str = "auto", out=None,
+                    scale: Optional[float] = None, softcap: Optional[float] = None, window_left: int = -1,
+                    alibi_slopes=None, sinks=None, return_lse: bool = False, executor: str = "auto", out=None,
                     hw_blocks: int = 24, pipe_depth: int = 2, num_threads: int = 0):
-    """Decode-phase paged attention; returns ``out`` (float32 [batch, num_heads, head_dim]).
+    """Decode-phase paged attention; returns ``out`` (float32 [batch, num_heads, head_dim]),
+    or ``(out, lse)`` with ``return_lse=True``.
 
-    ``scale`` defaults to 1/sqrt(head_dim). ``out``, when given, must be a writable C-contiguous
-    float32 array/tensor of that shape and is written in place and returned; otherwise a new
-    NumPy array is returned (a torch tensor sharing its memory when ``query`` is a torch tensor).
-    The GIL is released while the kernel runs. Raises ValueError on invalid input.
+    Shapes and dtypes: query bf16 [batch, num_heads, head_dim]; key_cache / value_cache bf16
+    [num_blocks, block_size, num_kv_heads, head_dim] (head_dim 64/128/256, block_size
+    16/32/64/128; any strides with unit head_dim stride); block_table int32
+    [batch, max_blocks_per_req]; context_lens int32 [batch].
+
+    Variants (SPEC §6, docs/spec.md): ``scale`` defaults to 1/sqrt(head_dim); ``softcap`` c > 0
+    soft-caps each logit after the scale (c * tanh(x / c), Gemma 2 / Grok); ``window_left`` >= 0
+    lets each query see itself and that many tokens before (Mistral, Gemma); ``alibi_slopes``
+    float32 [num_heads] adds slope_h * (t - pos); ``sinks`` float32 [num_heads] adds one
+    softmax term e^sink_h to the denominator (gpt-oss). ``lse`` is float32 [batch, num_heads],
+    the natural log-sum-exp of each row's visible logits (sinks not included, -inf for a row
+    that sees no token); merge partial results with :func:`merge_states`.
+
+    ``out``, when given, must be a writable C-contiguous float32 array/tensor of that shape and
+    is written in place and returned; otherwise a new NumPy array is returned (a torch tensor
+    sharing its memory when ``query`` is a torch tensor). The GIL is released while the kernel
+    runs. Raises ValueError on invalid input.
     """
     tensors, mask = _prepare((query, key_cache, value_cache, block_table, context_lens))
     result = _mixpa.paged_attention(*tensors, mask, None if scale is None else float(scale), executor, out,
-                                    hw_blocks, pipe_depth, num_threads)
-    if out is None and _is_torch(query):
+                                    hw_blocks, pipe_depth, num_threads, 0.0 if softcap is None else float(softcap),
+                                    int(window_left), alibi_slopes, sinks, bool(return_lse))
+    lse = None
+    if return_lse:
+        result, lse = result
+    if _is_torch(query):
         import torch
-        return torch.from_numpy(result)
-    return result
+        if out is None:
+            result = torch.from_numpy(result)
+        if lse is not None:
+            lse = torch.from_numpy(lse)
+    return (result, lse) if return_lse else result
+
+
+def merge_states(o_a, lse_a, o_b, lse_b):
+    """Merges two partial attention results over disjoint token sets of the same rows
+    (cascade / shared-prefix attention, split-KV across devices): returns ``(o, lse)`` with
+    ``lse = log(e^lse_a + e^lse_b)`` and ``o = e^(lse_a - lse) o_a + e^(lse_b - lse) o_b``;
+    -inf on both sides gives zeros and -inf. ``o_*`` float32 [..., head_dim], ``lse_*``
+    float32 [...] (the same leading shape), as returned by ``paged_attention(return_lse=True)``.
+    """
+    torch_in = _is_torch(o_a)
+    arrs = [np.ascontiguousarray(x.detach().cpu().numpy() if _is_torch(x) else x, dtype=np.float32)
+            for x in (o_a, lse_a, o_b, lse_b)]
+    o, lse = _mixpa.merge_states(*arrs)
+    if torch_in:
+        import torch
+        return torch.from_numpy(o), torch.from_numpy(lse)
+    return o, lse
 
 
 @dataclass

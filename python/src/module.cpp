@@ -41,10 +41,19 @@ nb::object new_output(std::array<std::int64_t, 3> shape, float*& data) {
                                               static_cast<size_t>(shape[2])}, owner).cast();
 }
 
+// A fresh float32 NumPy array [batch, num_heads] for the log-sum-exp.
+nb::object new_lse(std::int64_t batch, std::int64_t heads, float*& data) {
+  auto* heap = new std::vector<float>(static_cast<size_t>(std::max<std::int64_t>(batch * heads, 0)));
+  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  data = heap->data();
+  return nb::ndarray<nb::numpy, float>(data, {static_cast<size_t>(batch), static_cast<size_t>(heads)}, owner).cast();
+}
+
 nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
                            nb::handle context_lens, unsigned bf16_mask, std::optional<double> scale,
                            const std::string& executor, nb::handle out, int hw_blocks, int pipe_depth,
-                           int num_threads) {
+                           int num_threads, double softcap, std::int64_t window_left, nb::handle alibi_slopes,
+                           nb::handle sinks, bool return_lse) {
   std::vector<ReadArray> keep;
   const nb::handle objs[] = {query, key_cache, value_cache, block_table, context_lens};
   TensorView views[5];
@@ -53,9 +62,13 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
     views[i] = import_tensor(kNames[i], objs[i], (bf16_mask >> i) & 1u, keep);
     seen.push_back(seen_of(kNames[i], views[i]));
   }
-  const Inputs in{views[0], views[1], views[2], views[3], views[4]};
+  const TensorView slopes = import_tensor("alibi_slopes", alibi_slopes, false, keep);
+  const TensorView sink_view = import_tensor("sinks", sinks, false, keep);
+  const Inputs in{views[0], views[1], views[2], views[3], views[4], slopes, sink_view};
   Options options;
   options.scale = scale;
+  options.softcap = softcap;
+  options.window_left = window_left;
   options.executor = executor;
   options.hw_blocks = hw_blocks;
   options.pipe_depth = pipe_depth;
@@ -79,12 +92,47 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
   out_seen.shape.assign(view.shape.begin(), view.shape.end());
   seen.push_back(std::move(out_seen));
   record_seen(std::move(seen));
+  nb::object lse;
+  if (return_lse) lse = new_lse(view.shape[0], view.shape[1], view.lse);
   {
     nb::gil_scoped_release release;
     gil_held_during_run = PyGILState_Check() != 0;
     run(in, options, view);
   }
+  if (return_lse) return nb::make_tuple(result, lse);
   return result;
+}
+
+// merge_states over float32 arrays o [..., head_dim] and lse [...] (same leading shape).
+nb::tuple merge_states_py(nb::ndarray<const float, nb::c_contig, nb::device::cpu> o_a,
+                          nb::ndarray<const float, nb::c_contig, nb::device::cpu> lse_a,
+                          nb::ndarray<const float, nb::c_contig, nb::device::cpu> o_b,
+                          nb::ndarray<const float, nb::c_contig, nb::device::cpu> lse_b) {
+  auto shape_of = [](const auto& a) {
+    std::vector<std::int64_t> s;
+    for (size_t d = 0; d < a.ndim(); ++d) s.push_back(static_cast<std::int64_t>(a.shape(d)));
+    return s;
+  };
+  const std::vector<std::int64_t> so = shape_of(o_a), sl = shape_of(lse_a);
+  if (so.empty()) throw Error("merge_states: o_a must have at least one dimension (head_dim)");
+  if (shape_of(o_b) != so) throw Error("merge_states: o_b's shape differs from o_a's");
+  if (shape_of(lse_b) != sl) throw Error("merge_states: lse_b's shape differs from lse_a's");
+  if (std::vector<std::int64_t>(so.begin(), so.end() - 1) != sl)
+    throw Error("merge_states: lse's shape must be o's shape without its last dimension (head_dim)");
+  const std::int64_t dim = so.back();
+  std::int64_t rows = 1;
+  for (std::int64_t d : sl) rows *= d;
+  auto* o = new std::vector<float>(static_cast<size_t>(rows * dim));
+  auto* l = new std::vector<float>(static_cast<size_t>(rows));
+  nb::capsule own_o(o, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  nb::capsule own_l(l, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+  {
+    nb::gil_scoped_release release;
+    merge_states(o_a.data(), lse_a.data(), o_b.data(), lse_b.data(), o->data(), l->data(), rows, dim);
+  }
+  std::vector<size_t> shape_o(so.begin(), so.end()), shape_l(sl.begin(), sl.end());
+  return nb::make_tuple(nb::ndarray<nb::numpy, float>(o->data(), shape_o.size(), shape_o.data(), own_o).cast(),
+                        nb::ndarray<nb::numpy, float>(l->data(), shape_l.size(), shape_l.data(), own_l).cast());
 }
 
 nb::list seen_list() {
@@ -143,7 +191,9 @@ NB_MODULE(_mixpa, m) {
   });
   m.def("paged_attention", &paged_attention, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(),
         "block_table"_a.none(), "context_lens"_a.none(), "bf16_mask"_a, "scale"_a.none(), "executor"_a,
-        "out"_a.none(), "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a);
+        "out"_a.none(), "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a, "softcap"_a, "window_left"_a,
+        "alibi_slopes"_a.none(), "sinks"_a.none(), "return_lse"_a);
+  m.def("merge_states", &merge_states_py, "o_a"_a, "lse_a"_a, "o_b"_a, "lse_b"_a);
   m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
   m.def("case_names", &case_names);
   m.def("kv_buffer", &kv_buffer, "n"_a, "n zero bf16 bit patterns (uint16) on 2 MiB pages where Linux allows.");

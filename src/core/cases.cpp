@@ -131,7 +131,19 @@ TensorView stored_view(const void* data, DType dtype, const std::vector<std::int
 }
 }  // namespace
 
+void Case::apply_variant(Options& options) const {
+  options.softcap = softcap;
+  options.window_left = window_left;
+}
+
 Inputs Case::inputs() const {
+  Inputs in = tensor_inputs();
+  if (has_alibi) in.alibi_slopes = stored_view(alibi_slopes.data(), DType::kF32, alibi_shape);
+  if (has_sinks) in.sinks = stored_view(sinks.data(), DType::kF32, sinks_shape);
+  return in;
+}
+
+Inputs Case::tensor_inputs() const {
   if (stored_shapes.size() == 5) {
     Inputs in;
     in.query = stored_view(query.data(), DType::kBF16, stored_shapes[0]);
@@ -164,6 +176,14 @@ Case generate_case(const CaseSpec& spec, std::uint64_t seed, const std::function
   Case c;
   c.spec = spec;
   c.scale = spec.scale;
+  c.softcap = spec.softcap;
+  c.window_left = spec.window_left;
+  c.has_alibi = !spec.alibi_slopes.empty();
+  c.alibi_slopes = spec.alibi_slopes;
+  c.alibi_shape = {static_cast<std::int64_t>(spec.alibi_slopes.size())};
+  c.has_sinks = !spec.sinks.empty();
+  c.sinks = spec.sinks;
+  c.sinks_shape = {static_cast<std::int64_t>(spec.sinks.size())};
   c.context_lens.resize(spec.batch);
   for (std::int64_t b = 0; b < spec.batch; ++b)
     c.context_lens[b] = spec.context_lens[b % static_cast<std::int64_t>(spec.context_lens.size())];

@@ -29,6 +29,12 @@ struct CaseSpec {
   // Value ranges: query and keys ~ U(-qk_range, qk_range), values ~ U(-v_range, v_range).
   double qk_range = 0.5;
   double v_range = 1.0;
+  // The variant of SPEC §6, stored in case files (metadata softcap / window_left, tensors
+  // alibi_slopes / sinks [num_heads]; empty = none).
+  double softcap = 0.0;
+  std::int64_t window_left = -1;
+  std::vector<float> alibi_slopes;
+  std::vector<float> sinks;
 };
 
 // The origin's cases (SPEC §4) and the benchmark shapes; the first three are the origin's.
@@ -48,11 +54,20 @@ struct Case {
   std::int64_t max_blocks_per_req = 0;
   double scale = 1.0;
   bool has_scale = true;
+  // The variant: soft-cap and window go into Options (apply_variant), the vectors into inputs().
+  double softcap = 0.0;
+  std::int64_t window_left = -1;
+  bool has_alibi = false, has_sinks = false;
+  std::vector<float> alibi_slopes, sinks;
+  std::vector<std::int64_t> alibi_shape, sinks_shape;  // as stored (validate() checks them)
   // Shapes as stored in a case file (query, key_cache, value_cache, block_table, context_lens);
   // empty for generated cases. inputs() uses them so that validate() sees the file's shapes.
   std::vector<std::vector<std::int64_t>> stored_shapes;  // false for a case file without a "scale" entry: use 1/sqrt(head_dim)
 
   Inputs inputs() const;
+  // Sets options.softcap and options.window_left from the case (a CLI flag may override after).
+  void apply_variant(Options& options) const;
+  Inputs tensor_inputs() const;  // the five tensors of SPEC §1 only
   std::int64_t out_elements() const { return spec.batch * spec.num_heads * spec.head_dim; }
   // Bytes of K and V a kernel must read: every used page's rows of every kv head (context only).
   std::int64_t kv_bytes_read() const;

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <sstream>
 
 #include "io/safetensors.h"
@@ -37,6 +38,31 @@ StoredTensor stored(std::string name, DType dtype, std::vector<std::int64_t> sha
   t.bytes.resize(n * sizeof(T));
   if (n) std::memcpy(t.bytes.data(), data, n * sizeof(T));
   return t;
+}
+
+// A metadata number: the whole string must parse (no trailing text, no "0x").
+template <class T>
+std::optional<T> metadata_number(const SafetensorsFile& f, const std::string& path, const char* key, const char* what) {
+  const auto it = f.metadata.find(key);
+  if (it == f.metadata.end()) return std::nullopt;
+  const std::string& s = it->second;
+  T value{};
+  const auto r = std::from_chars(s.data(), s.data() + s.size(), value);
+  if (r.ec != std::errc{} || r.ptr != s.data() + s.size())
+    throw Error(path + ": metadata '" + key + "' = '" + s + "' is not " + what);
+  return value;
+}
+
+// An optional f32 vector tensor (alibi_slopes, sinks); its shape is checked by validate().
+bool optional_vector(const SafetensorsFile& f, const std::string& path, const char* name, std::vector<float>& values,
+                     std::vector<std::int64_t>& shape) {
+  const StoredTensor* t = f.find(name);
+  if (!t) return false;
+  if (t->dtype != DType::kF32)
+    throw Error(path + ": " + name + ": dtype is " + std::string(dtype_name(t->dtype)) + ", expected F32 [num_heads]");
+  values = copy_out<float>(*t);
+  shape = t->shape;
+  return true;
 }
 
 std::string scale_string(double scale) {
@@ -90,6 +116,25 @@ Case case_from_file(const SafetensorsFile& f, const std::string& path) {
     c.has_scale = true;
   }
   c.spec.scale = c.scale;
+
+  // SPEC §6's variant keys. Values are checked by validate() with the other options.
+  if (auto v = metadata_number<double>(f, path, "softcap", "a decimal number")) {
+    if (!std::isfinite(*v)) throw Error(path + ": metadata 'softcap' = '" + f.metadata.at("softcap") + "' is not finite");
+    c.softcap = *v;
+  }
+  if (auto v = metadata_number<std::int64_t>(f, path, "window_left", "an integer")) c.window_left = *v;
+  for (const char* key : {"k_scale", "v_scale"})
+    if (f.metadata.count(key))
+      throw Error(path + ": metadata '" + key + "': fp8 scales are only valid with an F8_E4M3/F8_E5M2 cache, "
+                  "and key_cache is BF16");
+  if (auto it = f.metadata.find("kv_layout"); it != f.metadata.end() && it->second != "NHD")
+    throw Error(path + ": metadata 'kv_layout' = '" + it->second + "': " +
+                (it->second == "HND" ? "HND caches are not supported by this version (NHD only)"
+                                     : "unknown layout, expected NHD or HND"));
+  c.has_alibi = optional_vector(f, path, "alibi_slopes", c.alibi_slopes, c.alibi_shape);
+  c.has_sinks = optional_vector(f, path, "sinks", c.sinks, c.sinks_shape);
+  c.spec.softcap = c.softcap;
+  c.spec.window_left = c.window_left;
   return c;
 }
 
@@ -98,6 +143,10 @@ void save_case(const std::string& path, const Case& c) {
   auto shape_of = [](const TensorView& t) { return std::vector<std::int64_t>(t.shape.begin(), t.shape.begin() + t.rank); };
   SafetensorsFile f;
   if (c.has_scale) f.metadata["scale"] = scale_string(c.scale);
+  if (c.softcap != 0) f.metadata["softcap"] = scale_string(c.softcap);
+  if (c.window_left != -1) f.metadata["window_left"] = std::to_string(c.window_left);
+  if (c.has_alibi) f.tensors.push_back(stored("alibi_slopes", DType::kF32, c.alibi_shape, c.alibi_slopes.data(), c.alibi_slopes.size()));
+  if (c.has_sinks) f.tensors.push_back(stored("sinks", DType::kF32, c.sinks_shape, c.sinks.data(), c.sinks.size()));
   f.tensors.push_back(stored("query", DType::kBF16, shape_of(in.query), c.query.data(), c.query.size()));
   f.tensors.push_back(stored("key_cache", DType::kBF16, shape_of(in.key_cache), c.key_cache.data(), c.key_cache.size()));
   f.tensors.push_back(
@@ -110,10 +159,12 @@ void save_case(const std::string& path, const Case& c) {
 }
 
 void save_output(const std::string& path, const float* out, std::int64_t batch, std::int64_t num_heads,
-                 std::int64_t head_dim) {
+                 std::int64_t head_dim, const float* lse) {
   SafetensorsFile f;
   f.tensors.push_back(stored("out", DType::kF32, {batch, num_heads, head_dim}, out,
                              static_cast<std::size_t>(batch * num_heads * head_dim)));
+  if (lse)
+    f.tensors.push_back(stored("lse", DType::kF32, {batch, num_heads}, lse, static_cast<std::size_t>(batch * num_heads)));
   write_safetensors(path, f);
 }
 

@@ -34,15 +34,17 @@ SafetensorsFile read_safetensors(const std::string& path);
 SafetensorsFile parse_safetensors(const std::byte* data, std::size_t size, const std::string& origin);
 void write_safetensors(const std::string& path, const SafetensorsFile& file);
 
-// The case format: tensors query, key_cache, value_cache, block_table, context_lens;
-// metadata "scale" (decimal string). load_case checks presence and dtypes of the tensors
+// The case format: tensors query, key_cache, value_cache, block_table, context_lens, and
+// optionally alibi_slopes, sinks (F32 [num_heads]); metadata "scale", "softcap" (decimal
+// strings), "window_left" (integer) and "kv_layout" (NHD). load_case checks presence and dtypes of the tensors
 // with the same one-line messages as validate(); the rest of SPEC §1 is checked by run().
 Case load_case(const std::string& path);
 Case case_from_file(const SafetensorsFile& file, const std::string& origin);  // load_case without the disk
 void save_case(const std::string& path, const Case& c);
 
-// The output format: one F32 tensor "out" [batch, num_heads, head_dim].
+// The output format: F32 "out" [batch, num_heads, head_dim] and, when given, F32 "lse"
+// [batch, num_heads] (natural log, -inf for a row that sees no token).
 void save_output(const std::string& path, const float* out, std::int64_t batch, std::int64_t num_heads,
-                 std::int64_t head_dim);
+                 std::int64_t head_dim, const float* lse = nullptr);
 
 }  // namespace mixpa
