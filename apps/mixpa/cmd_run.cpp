@@ -55,6 +55,9 @@ void add_run_command(CLI::App& app, RunArgs& a) {
   run->add_option("--window-left", a.window_left,
                   "Sliding window: each query sees itself and N tokens before; -1 = all (default: the file's "
                   "'window_left')");
+  run->add_option("--kv-layout", a.kv_layout,
+                  "KV cache layout of --input: NHD [blocks, block_size, kv_heads, head_dim] or HND [blocks, kv_heads, "
+                  "block_size, head_dim] (default: the file's 'kv_layout', else NHD)");
   run->add_flag("--no-verify", a.no_verify, "With --case: skip the check against exact float64 attention");
   run->add_flag("--verify", a.verify, "With --input: check against exact float64 attention");
   run->add_option("--repeat", a.repeat, "Run N times and report the median time (default 1)")->check(CLI::PositiveNumber);
@@ -105,6 +108,11 @@ int run_command(RunArgs& a) {
   c.apply_variant(options);
   if (a.softcap) options.softcap = *a.softcap;
   if (a.window_left) options.window_left = *a.window_left;
+  if (!a.kv_layout.empty()) {
+    options.kv_layout = parse_kv_layout(a.kv_layout, "--kv-layout");
+    if (!a.case_name.empty() && options.kv_layout != KvLayout::kNHD)
+      throw Error("--kv-layout: generated cases (--case) are NHD; give an HND case file with --input");
+  }
   if (a.swimlane_window.size() == 2) {
     options.sim.swimlane_from_us = a.swimlane_window[0];
     options.sim.swimlane_to_us = a.swimlane_window[1];

@@ -16,6 +16,7 @@ struct RunArgs {
   std::uint64_t seed = 0;
   std::optional<double> scale, softcap;
   std::optional<std::int64_t> window_left;
+  std::string kv_layout;
   bool no_verify = false, verify = false;
   int repeat = 1;
   std::vector<double> swimlane_window;

@@ -17,9 +17,17 @@
 
 namespace mixpa {
 
+// The KV cache layout (SPEC §6): NHD = [num_blocks, block_size, num_kv_heads, head_dim] (default),
+// HND = [num_blocks, num_kv_heads, block_size, head_dim]. Both are read through the view's strides.
+enum class KvLayout { kNHD, kHND };
+
+// "NHD" / "HND"; throws mixpa::Error naming `what` otherwise.
+KvLayout parse_kv_layout(std::string_view name, std::string_view what = "kv_layout");
+
 // The input tensors (shapes as SPEC §1 and §6):
 //   query        bf16 [batch, num_heads, head_dim]                            contiguous
 //   key_cache    bf16 [num_blocks, block_size, num_kv_heads, head_dim]        any strides, head_dim stride 1
+//                     ([num_blocks, num_kv_heads, block_size, head_dim] with kv_layout HND)
 //   value_cache  bf16 same shape as key_cache                                 any strides, head_dim stride 1
 //   block_table  i32  [batch, max_blocks_per_req]                              contiguous
 //   context_lens i32  [batch]                                                  contiguous
@@ -50,6 +58,7 @@ struct Options {
   std::optional<double> scale;   // softmax scale; default 1/sqrt(head_dim)
   double softcap = 0;            // > 0: logits soft-capped after the scale, c * tanh(x / c); 0 = none
   std::int64_t window_left = -1; // >= 0: each query sees itself and window_left tokens before; -1 = all
+  KvLayout kv_layout = KvLayout::kNHD;
   std::string executor = "auto"; // "auto" = the fastest executor this build has
   int hw_blocks = 24;            // hardware blocks of the SPMD launch (origin: 24)
   int pipe_depth = 2;            // slots per tile pipe (origin: 2)

@@ -82,14 +82,16 @@ def _prepare(tensors):
 
 def paged_attention(query, key_cache, value_cache, block_table, context_lens, *,
                     scale: Optional[float] = None, softcap: Optional[float] = None, window_left: int = -1,
-                    alibi_slopes=None, sinks=None, return_lse: bool = False, executor: str = "auto", out=None,
+                    alibi_slopes=None, sinks=None, return_lse: bool = False, kv_layout: str = "NHD",
+                    executor: str = "auto", out=None,
                     hw_blocks: int = 24, pipe_depth: int = 2, num_threads: int = 0):
     """Decode-phase paged attention; returns ``out`` (float32 [batch, num_heads, head_dim]),
     or ``(out, lse)`` with ``return_lse=True``.
 
     Shapes and dtypes: query bf16 [batch, num_heads, head_dim]; key_cache / value_cache bf16
-    [num_blocks, block_size, num_kv_heads, head_dim] (head_dim 64/128/256, block_size
-    16/32/64/128; any strides with unit head_dim stride); block_table int32
+    [num_blocks, block_size, num_kv_heads, head_dim] (``kv_layout="NHD"``, the default) or
+    [num_blocks, num_kv_heads, block_size, head_dim] (``kv_layout="HND"``), head_dim 64/128/256,
+    block_size 16/32/64/128, any strides with unit head_dim stride; block_table int32
     [batch, max_blocks_per_req]; context_lens int32 [batch].
 
     Variants (SPEC §6, docs/spec.md): ``scale`` defaults to 1/sqrt(head_dim); ``softcap`` c > 0
@@ -108,7 +110,7 @@ def paged_attention(query, key_cache, value_cache, block_table, context_lens, *,
     tensors, mask = _prepare((query, key_cache, value_cache, block_table, context_lens))
     result = _mixpa.paged_attention(*tensors, mask, None if scale is None else float(scale), executor, out,
                                     hw_blocks, pipe_depth, num_threads, 0.0 if softcap is None else float(softcap),
-                                    int(window_left), alibi_slopes, sinks, bool(return_lse))
+                                    int(window_left), alibi_slopes, sinks, bool(return_lse), str(kv_layout))
     lse = None
     if return_lse:
         result, lse = result

@@ -53,7 +53,7 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
                            nb::handle context_lens, unsigned bf16_mask, std::optional<double> scale,
                            const std::string& executor, nb::handle out, int hw_blocks, int pipe_depth,
                            int num_threads, double softcap, std::int64_t window_left, nb::handle alibi_slopes,
-                           nb::handle sinks, bool return_lse) {
+                           nb::handle sinks, bool return_lse, const std::string& kv_layout) {
   std::vector<ReadArray> keep;
   const nb::handle objs[] = {query, key_cache, value_cache, block_table, context_lens};
   TensorView views[5];
@@ -69,6 +69,7 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
   options.scale = scale;
   options.softcap = softcap;
   options.window_left = window_left;
+  options.kv_layout = parse_kv_layout(kv_layout);
   options.executor = executor;
   options.hw_blocks = hw_blocks;
   options.pipe_depth = pipe_depth;
@@ -79,7 +80,7 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
   WriteArray out_array;
   if (out.is_none()) {
     // Shapes first, so a malformed (e.g. broadcast) query is reported before any allocation.
-    const Shape s = validate_shapes(in);
+    const Shape s = validate_shapes(in, options.kv_layout);
     view.shape = {s.batch, s.num_heads, s.head_dim};
     result = new_output(view.shape, view.data);
   } else {
@@ -192,7 +193,7 @@ NB_MODULE(_mixpa, m) {
   m.def("paged_attention", &paged_attention, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(),
         "block_table"_a.none(), "context_lens"_a.none(), "bf16_mask"_a, "scale"_a.none(), "executor"_a,
         "out"_a.none(), "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a, "softcap"_a, "window_left"_a,
-        "alibi_slopes"_a.none(), "sinks"_a.none(), "return_lse"_a);
+        "alibi_slopes"_a.none(), "sinks"_a.none(), "return_lse"_a, "kv_layout"_a);
   m.def("merge_states", &merge_states_py, "o_a"_a, "lse_a"_a, "o_b"_a, "lse_b"_a);
   m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
   m.def("case_names", &case_names);

@@ -134,6 +134,7 @@ TensorView stored_view(const void* data, DType dtype, const std::vector<std::int
 void Case::apply_variant(Options& options) const {
   options.softcap = softcap;
   options.window_left = window_left;
+  options.kv_layout = kv_layout;
 }
 
 Inputs Case::inputs() const {

@@ -57,6 +57,7 @@ struct Case {
   // The variant: soft-cap and window go into Options (apply_variant), the vectors into inputs().
   double softcap = 0.0;
   std::int64_t window_left = -1;
+  KvLayout kv_layout = KvLayout::kNHD;  // of the stored caches (generated cases are NHD)
   bool has_alibi = false, has_sinks = false;
   std::vector<float> alibi_slopes, sinks;
   std::vector<std::int64_t> alibi_shape, sinks_shape;  // as stored (validate() checks them)

@@ -49,11 +49,13 @@ void require_contiguous(const TensorView& t, const char* name) {
   if (!t.is_contiguous()) fail(name, ": must be contiguous (row-major), shape ", t.shape_string());
 }
 
-CacheStrides cache_strides(const TensorView& t, const char* name) {
+// Element strides of a cache view as (page, row, kv head), whatever the layout.
+CacheStrides cache_strides(const TensorView& t, const char* name, KvLayout layout) {
   if (t.shape[3] > 1 && t.strides[3] != 1) fail(name, ": head_dim stride is ", t.strides[3], ", must be 1");
   for (int d = 0; d < 3; ++d)
     if (t.strides[d] < 0) fail(name, ": stride ", d, " is ", t.strides[d], ", must be >= 0");
-  return CacheStrides{t.strides[0], t.strides[1], t.strides[2]};
+  return layout == KvLayout::kNHD ? CacheStrides{t.strides[0], t.strides[1], t.strides[2]}
+                                  : CacheStrides{t.strides[0], t.strides[2], t.strides[1]};
 }
 
 // An optional f32 [num_heads] vector of finite values (ALiBi slopes, sinks).
@@ -101,10 +103,20 @@ void validate_options(const Options& options) {
     fail("watchdog: ", options.sim.watchdog_seconds, " seconds must be a positive number");
 }
 
-Shape validate_shapes(const Inputs& in) {
+KvLayout parse_kv_layout(std::string_view name, std::string_view what) {
+  if (name == "NHD") return KvLayout::kNHD;
+  if (name == "HND") return KvLayout::kHND;
+  fail(what, ": '", name, "' is not a KV layout, expected NHD ([num_blocks, block_size, num_kv_heads, head_dim]) "
+       "or HND ([num_blocks, num_kv_heads, block_size, head_dim])");
+}
+
+Shape validate_shapes(const Inputs& in, KvLayout layout) {
+  const bool nhd = layout == KvLayout::kNHD;
+  const char* cache_dims = nhd ? "[num_blocks, block_size, num_kv_heads, head_dim]"
+                               : "[num_blocks, num_kv_heads, block_size, head_dim] (kv_layout HND)";
   require_tensor(in.query, "query", DType::kBF16, 3, "[batch, num_heads, head_dim]");
-  require_tensor(in.key_cache, "key_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
-  require_tensor(in.value_cache, "value_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
+  require_tensor(in.key_cache, "key_cache", DType::kBF16, 4, cache_dims);
+  require_tensor(in.value_cache, "value_cache", DType::kBF16, 4, cache_dims);
   require_tensor(in.block_table, "block_table", DType::kI32, 2, "[batch, max_blocks_per_req]");
   require_tensor(in.context_lens, "context_lens", DType::kI32, 1, "[batch]");
   require_contiguous(in.query, "query");
@@ -116,8 +128,8 @@ Shape validate_shapes(const Inputs& in) {
   s.num_heads = in.query.shape[1];
   s.head_dim = in.query.shape[2];
   s.num_blocks = in.key_cache.shape[0];
-  s.block_size = in.key_cache.shape[1];
-  s.num_kv_heads = in.key_cache.shape[2];
+  s.block_size = in.key_cache.shape[nhd ? 1 : 2];
+  s.num_kv_heads = in.key_cache.shape[nhd ? 2 : 1];
   s.max_blocks_per_req = in.block_table.shape[1];
 
   for (int d = 0; d < 4; ++d)
@@ -139,15 +151,15 @@ Shape validate_shapes(const Inputs& in) {
   if (std::find(kSupportedBlockSizes.begin(), kSupportedBlockSizes.end(), s.block_size) == kSupportedBlockSizes.end())
     fail("key_cache: block_size ", s.block_size, " is not supported, expected one of ",
          set_string(kSupportedBlockSizes));
-  cache_strides(in.key_cache, "key_cache");
-  cache_strides(in.value_cache, "value_cache");
+  cache_strides(in.key_cache, "key_cache", layout);
+  cache_strides(in.value_cache, "value_cache", layout);
   return s;
 }
 
 Problem validate(const Inputs& in, const Options& options, const OutputView& out) {
   validate_options(options);
   Problem p;
-  p.shape = validate_shapes(in);
+  p.shape = validate_shapes(in, options.kv_layout);
   const Shape& s = p.shape;
   p.variant = resolve_variant(in, options, s);
   p.scale = p.variant.scale;
@@ -161,8 +173,8 @@ Problem validate(const Inputs& in, const Options& options, const OutputView& out
   p.query = in.query.as<bf16>();
   p.key_cache = in.key_cache.as<bf16>();
   p.value_cache = in.value_cache.as<bf16>();
-  p.k_strides = cache_strides(in.key_cache, "key_cache");
-  p.v_strides = cache_strides(in.value_cache, "value_cache");
+  p.k_strides = cache_strides(in.key_cache, "key_cache", options.kv_layout);
+  p.v_strides = cache_strides(in.value_cache, "value_cache", options.kv_layout);
   p.block_table = in.block_table.as<std::int32_t>();
   p.context_lens = in.context_lens.as<std::int32_t>();
 

@@ -16,7 +16,7 @@ Problem validate(const Inputs& inputs, const Options& options, const OutputView&
 
 // Shape/dtype checks only (no reads of block_table/context_lens), for callers that validate
 // page ids elsewhere (e.g. on a device). Returns the shape.
-Shape validate_shapes(const Inputs& inputs);
+Shape validate_shapes(const Inputs& inputs, KvLayout layout = KvLayout::kNHD);
 
 // Scale resolution: options.scale if set (must be finite), else 1/sqrt(head_dim).
 float resolve_scale(const Options& options, std::int64_t head_dim);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <sstream>
 
 #include "io/safetensors.h"
@@ -127,10 +128,10 @@ Case case_from_file(const SafetensorsFile& f, const std::string& path) {
     if (f.metadata.count(key))
       throw Error(path + ": metadata '" + key + "': fp8 scales are only valid with an F8_E4M3/F8_E5M2 cache, "
                   "and key_cache is BF16");
-  if (auto it = f.metadata.find("kv_layout"); it != f.metadata.end() && it->second != "NHD")
-    throw Error(path + ": metadata 'kv_layout' = '" + it->second + "': " +
-                (it->second == "HND" ? "HND caches are not supported by this version (NHD only)"
-                                     : "unknown layout, expected NHD or HND"));
+  if (auto it = f.metadata.find("kv_layout"); it != f.metadata.end()) {
+    c.kv_layout = parse_kv_layout(it->second, path + ": metadata 'kv_layout'");
+    if (c.kv_layout == KvLayout::kHND) std::swap(c.spec.block_size, c.spec.num_kv_heads);  // [nb, kvh, bs, hd]
+  }
   c.has_alibi = optional_vector(f, path, "alibi_slopes", c.alibi_slopes, c.alibi_shape);
   c.has_sinks = optional_vector(f, path, "sinks", c.sinks, c.sinks_shape);
   c.spec.softcap = c.softcap;
@@ -145,6 +146,7 @@ void save_case(const std::string& path, const Case& c) {
   if (c.has_scale) f.metadata["scale"] = scale_string(c.scale);
   if (c.softcap != 0) f.metadata["softcap"] = scale_string(c.softcap);
   if (c.window_left != -1) f.metadata["window_left"] = std::to_string(c.window_left);
+  if (c.kv_layout == KvLayout::kHND) f.metadata["kv_layout"] = "HND";
   if (c.has_alibi) f.tensors.push_back(stored("alibi_slopes", DType::kF32, c.alibi_shape, c.alibi_slopes.data(), c.alibi_slopes.size()));
   if (c.has_sinks) f.tensors.push_back(stored("sinks", DType::kF32, c.sinks_shape, c.sinks.data(), c.sinks.size()));
   f.tensors.push_back(stored("query", DType::kBF16, shape_of(in.query), c.query.data(), c.query.size()));

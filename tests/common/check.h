@@ -29,6 +29,7 @@ inline Options case_options(const Case& c, Options options) {
   if (!options.scale) options.scale = c.scale;
   if (options.softcap == 0) options.softcap = c.softcap;
   if (options.window_left == -1) options.window_left = c.window_left;
+  if (options.kv_layout == KvLayout::kNHD) options.kv_layout = c.kv_layout;
   return options;
 }
 
