@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "cuda/kernel_launch.h"
+#include "cuda/log2_state.h"
 #include "cuda/smem_pipe.cuh"
 #include "cuda/tile_layout.h"
 #include "cuda/warp_mma.cuh"
@@ -43,13 +44,27 @@ struct Config {
 };
 
 // ---------------------------------------------------------------------------------------------
+// The stride loop, written once: CTA k runs items k, k + grid, k + 2 grid, ... (the origin's
+// hardware blocks over logical blocks). The producer and the compute warps walk the same
+// sequence, which keeps the pipe's push and pop counts equal.
+struct ItemLoop {
+  int i, end, step;
+  __device__ explicit ItemLoop(const KernelParams& p) : i(blockIdx.x), end(p.num_items), step(gridDim.x) {}
+  __device__ bool is_valid() const { return i < end; }
+  __device__ ItemLoop& operator++() {
+    i += step;
+    return *this;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // Producer: TPUSH one stage per 64-token tile of every item this CTA owns.
 template <class C>
 __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
   constexpr TileGeometry g = C::kGeom;
   PipeState s = pipe.producer_start_state();
-  for (int i = blockIdx.x; i < p.num_items; i += gridDim.x) {
-    const WorkItem w = p.items[i];
+  for (ItemLoop it(p); it.is_valid(); ++it) {
+    const WorkItem w = p.items[it.i];
     const int tiles = item_tiles(w);
     for (int tile = 0; tile < tiles; ++tile) {
       const int t0 = w.token_begin + tile * kTileTokens;
@@ -91,174 +106,175 @@ __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Compute warps: TPOP a stage, S = Q.K^T, softmax update, O += P.V, TFREE.
+// Compute warps (cube + vector fused), one item at a time:
+//   begin_item      Q fragments, empty state
+//   per stage       TPOP; qk (S = Q.K^T); softmax_update (SF: mask, running max, p, l; alpha
+//                   rescales O); pv (O += P.V); TFREE
+//   merge_warps     q_tile 16: the token warps' states combined on their log2 form (UP across warps)
+//   store           out = O / l, or the partial (O, m, l) of a split block
+// Elements e = 0,1 of an accumulator fragment are row g, e = 2,3 row g + 8 (lane = 4 g + t).
 template <class C>
-struct WarpState {
+struct ComputeWarp {
+  static constexpr TileGeometry kGeom = C::kGeom;
+  const KernelParams& p;
+  const int warp, lane, g, t;
+  const int rf;  // rows [16 rf, 16 rf + 16) of the q tile
+  const int tw;  // tokens [tw * kWarpTokens, ...) of each stage
+
+  // Per item.
+  WorkItem w;
+  int row0, row1;
+  std::int64_t qbase;
+  const std::uint16_t* q0;
+  const std::uint16_t* q1;
+  std::uint32_t qf[C::kQInRegisters ? C::kKSteps : 1][4];
   float o[C::kDimTiles][4];  // (16 rows, head_dim) fragment, unnormalised
-  float m[2];                // running max of rows g and g+8 (log2 units; -inf = empty)
-  float l[2];                // this lane's share of the sum of rounded p
-};
+  Log2State st[2];           // rows g and g + 8: running max (log2 units) and this lane's share of l
 
-// A fragment of Q for k-step kk: rows (g, g+8) of the warp's row fragment, zero past `rows`.
-template <class C>
-__device__ void load_q(std::uint32_t (&a)[4], const std::uint16_t* q0, const std::uint16_t* q1, int kk, int t) {
-  const int c = 16 * kk + 2 * t;
-  a[0] = q0 ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c)) : 0u;
-  a[1] = q1 ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c)) : 0u;
-  a[2] = q0 ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c + 8)) : 0u;
-  a[3] = q1 ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c + 8)) : 0u;
-}
+  __device__ ComputeWarp(const KernelParams& params, int warp_, int lane_)
+      : p(params), warp(warp_), lane(lane_), g(lane_ >> 2), t(lane_ & 3), rf(warp_row_frag(kGeom, warp_)),
+        tw(warp_token_slice(kGeom, warp_)) {}
 
-template <class C>
-__device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, int lane, unsigned char* smem) {
-  constexpr TileGeometry geom = C::kGeom;
-  const int rf = warp_row_frag(geom, warp);     // rows [16 rf, 16 rf + 16) of the q tile
-  const int tw = warp_token_slice(geom, warp);  // tokens [tw * kWarpTokens, ...) of each stage
-  const int g = lane >> 2, t = lane & 3;
-  float* stats_m = reinterpret_cast<float*>(smem + SmemLayout::kStatsM);
-  float* stats_l = reinterpret_cast<float*>(smem + SmemLayout::kStatsL);
-  float* merge_buf = reinterpret_cast<float*>(smem + SmemLayout::kMergeBuffer);
-  PipeState s = pipe.consumer_start_state();
+  // A fragment of Q for k-step kk: rows (g, g+8) of the warp's row fragment, zero past `rows`.
+  __device__ void load_q(std::uint32_t (&a)[4], int kk) const {
+    const int c = 16 * kk + 2 * t;
+    a[0] = q0 ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c)) : 0u;
+    a[1] = q1 ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c)) : 0u;
+    a[2] = q0 ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c + 8)) : 0u;
+    a[3] = q1 ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c + 8)) : 0u;
+  }
 
-  for (int i = blockIdx.x; i < p.num_items; i += gridDim.x) {
-    const WorkItem w = p.items[i];
-    const int row0 = 16 * rf + g, row1 = row0 + 8;
-    const std::int64_t qbase = (static_cast<std::int64_t>(w.batch) * p.num_heads + w.head_begin) * C::kHeadDim;
-    const std::uint16_t* q0 = row0 < w.rows ? p.query + qbase + static_cast<std::int64_t>(row0) * C::kHeadDim : nullptr;
-    const std::uint16_t* q1 = row1 < w.rows ? p.query + qbase + static_cast<std::int64_t>(row1) * C::kHeadDim : nullptr;
-    std::uint32_t qf[C::kQInRegisters ? C::kKSteps : 1][4];
+  __device__ void begin_item(const WorkItem& item) {
+    w = item;
+    row0 = 16 * rf + g, row1 = row0 + 8;
+    qbase = (static_cast<std::int64_t>(w.batch) * p.num_heads + w.head_begin) * C::kHeadDim;
+    q0 = row0 < w.rows ? p.query + qbase + static_cast<std::int64_t>(row0) * C::kHeadDim : nullptr;
+    q1 = row1 < w.rows ? p.query + qbase + static_cast<std::int64_t>(row1) * C::kHeadDim : nullptr;
     if constexpr (C::kQInRegisters) {
 #pragma unroll
-      for (int kk = 0; kk < C::kKSteps; ++kk) load_q<C>(qf[kk], q0, q1, kk, t);
+      for (int kk = 0; kk < C::kKSteps; ++kk) load_q(qf[kk], kk);
     }
-    WarpState<C> st;
 #pragma unroll
-    for (int n = 0; n < C::kDimTiles; ++n) st.o[n][0] = st.o[n][1] = st.o[n][2] = st.o[n][3] = 0.0f;
-    st.m[0] = st.m[1] = kNegInf;
-    st.l[0] = st.l[1] = 0.0f;
+    for (int n = 0; n < C::kDimTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    st[0] = st[1] = Log2State{};
+  }
 
-    const int tiles = item_tiles(w);
-    for (int tile = 0; tile < tiles; ++tile) {
-      const unsigned char* stage = tpop(pipe, s);
-      const std::uint32_t k_tile = smem_address(stage);
-      const std::uint32_t v_tile = k_tile + geom.tile_bytes();
-      const int t0 = w.token_begin + tile * kTileTokens;
-
-      // S = Q . K^T over this warp's kWarpTokens tokens.
-      float sc[C::kSTiles][4];
+  // S = Q . K^T over this warp's kWarpTokens tokens of the stage.
+  __device__ void qk(std::uint32_t k_tile, float (&sc)[C::kSTiles][4]) const {
 #pragma unroll
-      for (int j = 0; j < C::kSTiles; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+    for (int j = 0; j < C::kSTiles; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
 #pragma unroll
-      for (int pp = 0; pp < C::kKSteps / 2; ++pp) {
-        std::uint32_t qa[4], qb[4];
-        if constexpr (C::kQInRegisters) {
+    for (int pp = 0; pp < C::kKSteps / 2; ++pp) {
+      std::uint32_t qa[4], qb[4];
+      if constexpr (C::kQInRegisters) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) qa[e] = qf[2 * pp][e], qb[e] = qf[2 * pp + 1][e];
-        } else {
-          load_q<C>(qa, q0, q1, 2 * pp, t);
-          load_q<C>(qb, q0, q1, 2 * pp + 1, t);
-        }
-#pragma unroll
-        for (int j = 0; j < C::kSTiles; ++j) {
-          const ProducerSlot src = k_fragment_source(geom, tw, j, pp, lane);
-          std::uint32_t b[4];  // pieces 4pp..4pp+3 of 8 token rows: k-steps 2pp and 2pp+1
-          ldmatrix_x4(b, k_tile + swizzled_offset(geom, src.row, src.chunk));
-          mma_bf16_16816(sc[j], qa, b[0], b[1]);
-          mma_bf16_16816(sc[j], qb, b[2], b[3]);
-        }
+        for (int e = 0; e < 4; ++e) qa[e] = qf[2 * pp][e], qb[e] = qf[2 * pp + 1][e];
+      } else {
+        load_q(qa, 2 * pp);
+        load_q(qb, 2 * pp + 1);
       }
-
-      // Vector step SF: mask columns past the item's range, running max, p = exp2(s - M)
-      // rounded to bf16, l from the rounded p. Elements e = 0,1 are row g, e = 2,3 row g+8.
-      float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
-      for (int j = 0; j < C::kSTiles; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int token = t0 + score_column(geom, tw, j, t, e);
-          sc[j][e] = token < w.token_end ? sc[j][e] * p.scale_log2 : kNegInf;
-          mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
-        }
-      float alpha[2], m_use[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        const float m_new = fmaxf(st.m[r], mx[r]);
-        m_use[r] = m_new == kNegInf ? 0.0f : m_new;  // all masked so far: p = 0, no (-inf) - (-inf)
-        alpha[r] = exp2f(st.m[r] - m_use[r]);        // empty state: exp2(-inf) = 0
-        st.m[r] = m_new;
+      for (int j = 0; j < C::kSTiles; ++j) {
+        const ProducerSlot src = k_fragment_source(kGeom, tw, j, pp, lane);
+        std::uint32_t b[4];  // pieces 4pp..4pp+3 of 8 token rows: k-steps 2pp and 2pp+1
+        ldmatrix_x4(b, k_tile + swizzled_offset(kGeom, src.row, src.chunk));
+        mma_bf16_16816(sc[j], qa, b[0], b[1]);
+        mma_bf16_16816(sc[j], qb, b[2], b[3]);
       }
-      float row_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-      for (int j = 0; j < C::kSTiles; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          sc[j][e] = bf16_round(exp2f(sc[j][e] - m_use[e >> 1]));
-          row_sum[e >> 1] += sc[j][e];
-        }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) st.l[r] = st.l[r] * alpha[r] + row_sum[r];
-#pragma unroll
-      for (int n = 0; n < C::kDimTiles; ++n) {
-        st.o[n][0] *= alpha[0];
-        st.o[n][1] *= alpha[0];
-        st.o[n][2] *= alpha[1];
-        st.o[n][3] *= alpha[1];
-      }
-
-      // O += P . V: two S tiles (16 tokens) form one A tile of P.
-#pragma unroll
-      for (int q = 0; q < C::kPvSteps; ++q) {
-        std::uint32_t pa[4];
-        pa[0] = pack_bf16(sc[2 * q][0], sc[2 * q][1]);
-        pa[1] = pack_bf16(sc[2 * q][2], sc[2 * q][3]);
-        pa[2] = pack_bf16(sc[2 * q + 1][0], sc[2 * q + 1][1]);
-        pa[3] = pack_bf16(sc[2 * q + 1][2], sc[2 * q + 1][3]);
-#pragma unroll
-        for (int d = 0; d < C::kDimTiles / 2; ++d) {
-          const ProducerSlot src = v_fragment_source(geom, tw, q, d, lane);
-          std::uint32_t b[4];  // tokens 16q..16q+15 x dims 16d..16d+15, transposed
-          ldmatrix_x4_trans(b, v_tile + swizzled_offset(geom, src.row, src.chunk));
-          mma_bf16_16816(st.o[2 * d], pa, b[0], b[1]);
-          mma_bf16_16816(st.o[2 * d + 1], pa, b[2], b[3]);
-        }
-      }
-      tfree(pipe, s);
     }
+  }
 
-    // Vector step UP across warps, then the epilogue. l: sum the quad's shares.
+  // Vector step SF: mask columns past the item's range, running max, p = exp2(s - M) rounded
+  // to bf16 (left in sc), l from the rounded p; O and l rescaled by alpha = exp2(M_old - M).
+  __device__ void softmax_update(float (&sc)[C::kSTiles][4], int t0) {
+    float mx[2] = {kNegInf, kNegInf};
+#pragma unroll
+    for (int j = 0; j < C::kSTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int token = t0 + score_column(kGeom, tw, j, t, e);
+        sc[j][e] = token < w.token_end ? sc[j][e] * p.scale_log2 : kNegInf;
+        mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
+      }
+    float alpha[2], m_use[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      st.l[r] += __shfl_xor_sync(0xffffffffu, st.l[r], 1);
-      st.l[r] += __shfl_xor_sync(0xffffffffu, st.l[r], 2);
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float m_new = fmaxf(st[r].m, mx[r]);
+      m_use[r] = m_new == kNegInf ? 0.0f : m_new;  // all masked so far: p = 0, no (-inf) - (-inf)
+      alpha[r] = exp2f(st[r].m - m_use[r]);        // empty state: exp2(-inf) = 0
+      st[r].m = m_new;
     }
-    bool writer = true;
-    if constexpr (C::kTokenWarps > 1) {
-      // Fixed-order merge of the token warps' states (deterministic): warp 0 stores f0*O0,
-      // warps 1.. add theirs in turn, the last one keeps the sum in registers and writes.
+    float row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < C::kSTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        sc[j][e] = bf16_round(exp2f(sc[j][e] - m_use[e >> 1]));
+        row_sum[e >> 1] += sc[j][e];
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) st[r].l = st[r].l * alpha[r] + row_sum[r];
+#pragma unroll
+    for (int n = 0; n < C::kDimTiles; ++n) {
+      o[n][0] *= alpha[0];
+      o[n][1] *= alpha[0];
+      o[n][2] *= alpha[1];
+      o[n][3] *= alpha[1];
+    }
+  }
+
+  // O += P . V: two S tiles (16 tokens) form one A tile of P.
+  __device__ void pv(const float (&sc)[C::kSTiles][4], std::uint32_t v_tile) {
+#pragma unroll
+    for (int q = 0; q < C::kPvSteps; ++q) {
+      std::uint32_t pa[4];
+      pa[0] = pack_bf16(sc[2 * q][0], sc[2 * q][1]);
+      pa[1] = pack_bf16(sc[2 * q][2], sc[2 * q][3]);
+      pa[2] = pack_bf16(sc[2 * q + 1][0], sc[2 * q + 1][1]);
+      pa[3] = pack_bf16(sc[2 * q + 1][2], sc[2 * q + 1][3]);
+#pragma unroll
+      for (int d = 0; d < C::kDimTiles / 2; ++d) {
+        const ProducerSlot src = v_fragment_source(kGeom, tw, q, d, lane);
+        std::uint32_t b[4];  // tokens 16q..16q+15 x dims 16d..16d+15, transposed
+        ldmatrix_x4_trans(b, v_tile + swizzled_offset(kGeom, src.row, src.chunk));
+        mma_bf16_16816(o[2 * d], pa, b[0], b[1]);
+        mma_bf16_16816(o[2 * d + 1], pa, b[2], b[3]);
+      }
+    }
+  }
+
+  // UP across the token warps (q_tile 16), deterministic: every warp publishes its rows'
+  // (m, l), all combine them on the log2 form (merge_log2_states), then warp 0 stores f0*O0,
+  // warps 1.. add theirs in turn and the last one keeps the sum in registers. Returns whether
+  // this warp holds the item's final state (always, for q_tile 64).
+  __device__ bool merge_warps(unsigned char* smem) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {  // l: sum the quad's shares
+      st[r].l += __shfl_xor_sync(0xffffffffu, st[r].l, 1);
+      st[r].l += __shfl_xor_sync(0xffffffffu, st[r].l, 2);
+    }
+    if constexpr (C::kTokenWarps == 1) {
+      return true;
+    } else {
+      float* stats_m = reinterpret_cast<float*>(smem + SmemLayout::kStatsM);
+      float* stats_l = reinterpret_cast<float*>(smem + SmemLayout::kStatsL);
+      float* merge_buf = reinterpret_cast<float*>(smem + SmemLayout::kMergeBuffer);
       if (t == 0) {
-        stats_m[tw * 64 + g] = st.m[0];
-        stats_m[tw * 64 + g + 8] = st.m[1];
-        stats_l[tw * 64 + g] = st.l[0];
-        stats_l[tw * 64 + g + 8] = st.l[1];
+        stats_m[tw * 64 + g] = st[0].m;
+        stats_m[tw * 64 + g + 8] = st[1].m;
+        stats_l[tw * 64 + g] = st[0].l;
+        stats_l[tw * 64 + g + 8] = st[1].l;
       }
       compute_warps_sync(32 * kComputeWarps);
       float f[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = g + 8 * r;
-        float m_all = kNegInf;
-#pragma unroll
-        for (int k = 0; k < C::kTokenWarps; ++k) m_all = fmaxf(m_all, stats_m[k * 64 + row]);
-        float l_all = 0.0f;
-        if (m_all != kNegInf) {
-#pragma unroll
-          for (int k = 0; k < C::kTokenWarps; ++k) l_all += exp2f(stats_m[k * 64 + row] - m_all) * stats_l[k * 64 + row];
-        }
-        f[r] = m_all == kNegInf ? 0.0f : exp2f(st.m[r] - m_all);
-        st.m[r] = m_all;
-        st.l[r] = l_all;
+        const Log2State all = merge_log2_states<C::kTokenWarps>(stats_m + row, stats_l + row, 64);
+        f[r] = st[r].weight(all.m);
+        st[r] = all;
       }
 #pragma unroll
       for (int step = 0; step < C::kTokenWarps; ++step) {
@@ -268,46 +284,66 @@ __device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, i
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               float& slot = merge_buf[(n * 4 + e) * 32 + lane];
-              const float mine = f[e >> 1] * st.o[n][e];
-              if (step == C::kTokenWarps - 1) st.o[n][e] = slot + mine;
+              const float mine = f[e >> 1] * o[n][e];
+              if (step == C::kTokenWarps - 1) o[n][e] = slot + mine;
               else slot = step == 0 ? mine : slot + mine;
             }
         }
         if (step < C::kTokenWarps - 1) compute_warps_sync(32 * kComputeWarps);
       }
-      writer = tw == C::kTokenWarps - 1;
+      return tw == C::kTokenWarps - 1;
     }
-    if (writer) {
-      const int rows_ok[2] = {row0 < w.rows, row1 < w.rows};
-      if (w.partial < 0) {
-        float inv[2];
+  }
+
+  // The epilogue: out = O / l (a block's only chunk; context 0 gives zeros), or the partial
+  // (O, m, l) of a split block for the merge.
+  __device__ void store() const {
+    const int rows_ok[2] = {row0 < w.rows, row1 < w.rows};
+    if (w.partial < 0) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) inv[r] = st.l[r] > 0.0f ? 1.0f / st.l[r] : 0.0f;  // context 0: zeros
+      for (int r = 0; r < 2; ++r) {
+        if (!rows_ok[r]) continue;
+        const float inv = st[r].l > 0.0f ? 1.0f / st[r].l : 0.0f;
+        float* dst = p.out + (qbase + static_cast<std::int64_t>(r ? row1 : row0) * C::kHeadDim);
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          if (!rows_ok[r]) continue;
-          float* dst = p.out + (qbase + static_cast<std::int64_t>(r ? row1 : row0) * C::kHeadDim);
+        for (int n = 0; n < C::kDimTiles; ++n)
+          *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+      }
+    } else {
+      const std::int64_t slot = static_cast<std::int64_t>(w.partial) * p.q_tile;
 #pragma unroll
-          for (int n = 0; n < C::kDimTiles; ++n)
-            *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(st.o[n][2 * r] * inv[r], st.o[n][2 * r + 1] * inv[r]);
-        }
-      } else {
-        const std::int64_t slot = static_cast<std::int64_t>(w.partial) * p.q_tile;
+      for (int r = 0; r < 2; ++r) {
+        if (!rows_ok[r]) continue;
+        const std::int64_t row = slot + (r ? row1 : row0);
+        float* dst = p.part_o + row * C::kHeadDim;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          if (!rows_ok[r]) continue;
-          const std::int64_t row = slot + (r ? row1 : row0);
-          float* dst = p.part_o + row * C::kHeadDim;
-#pragma unroll
-          for (int n = 0; n < C::kDimTiles; ++n)
-            *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(st.o[n][2 * r], st.o[n][2 * r + 1]);
-          if (t == 0) {
-            p.part_m[row] = st.m[r];
-            p.part_l[row] = st.l[r];
-          }
+        for (int n = 0; n < C::kDimTiles; ++n)
+          *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+        if (t == 0) {
+          p.part_m[row] = st[r].m;
+          p.part_l[row] = st[r].l;
         }
       }
     }
+  }
+};
+
+template <class C>
+__device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, int lane, unsigned char* smem) {
+  ComputeWarp<C> cw(p, warp, lane);
+  PipeState s = pipe.consumer_start_state();
+  for (ItemLoop it(p); it.is_valid(); ++it) {
+    cw.begin_item(p.items[it.i]);
+    const int tiles = item_tiles(cw.w);
+    for (int tile = 0; tile < tiles; ++tile) {
+      const std::uint32_t k_tile = smem_address(tpop(pipe, s));
+      float sc[C::kSTiles][4];
+      cw.qk(k_tile, sc);
+      cw.softmax_update(sc, cw.w.token_begin + tile * kTileTokens);
+      cw.pv(sc, k_tile + C::kGeom.tile_bytes());
+      tfree(pipe, s);
+    }
+    if (cw.merge_warps(smem)) cw.store();
   }
 }
 

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Instructions the producer warp issues per ring stage, read from the kernel's SASS.
+
+    cuobjdump -sass libmixpa_cuda_kernels.a | python3 scripts/sass_stage_count.py
+    (cuobjdump: CUDA toolkit, or `pip install nvidia-cuda-cuobjdump`)
+
+Method (static, per kernel instantiation): the producer's copy loop is the innermost loop
+(backward BRA) that holds LDGSTS (cp.async); the tile loop is the innermost loop that
+encloses it and also holds the full-barrier arrive (cp.async.mbarrier.arrive: ARRIVES).
+Per stage = (tile-loop instructions outside the copy loop and outside the mbarrier spin
+loops) + (copy-loop body x its trip count), trip count = LDGSTS per stage / LDGSTS per
+copy-loop iteration (2 per 16-byte piece row: K and V; a stage = 64 rows x head_dim x 2 B,
+x 2 tensors). Code on rarely taken paths (bad page id, page crossing) is counted as if
+taken once per stage: an upper bound for those, exact for the straight-line path.
+"""
+import re
+import sys
+from collections import defaultdict
+
+INS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+FUNC = re.compile(r"Function : (\S+)")
+
+
+def parse(text):
+    funcs, cur = {}, None
+    for line in text.splitlines():
+        m = FUNC.search(line)
+        if m:
+            cur = m.group(1)
+            funcs[cur] = []
+            continue
+        m = INS.search(line)
+        if m and cur:
+            funcs[cur].append((int(m.group(1), 16), m.group(2).strip()))
+    return funcs
+
+
+def loops(ins):
+    out = []
+    for addr, text in ins:
+        m = re.search(r"\bBRA\s+(?:`\()?.*?0x([0-9a-f]+)", text)
+        if m and "BRA.DIV" not in text:
+            target = int(m.group(1), 16)
+            if target <= addr:
+                out.append((target, addr))
+    return out
+
+
+def count(ins, lo, hi, pred=lambda t: True):
+    return sum(1 for a, t in ins if lo <= a <= hi and pred(t))
+
+
+def analyse(name, ins, head_dim):
+    ls = loops(ins)
+    ldg = [a for a, t in ins if "LDGSTS" in t]
+    if not ldg:
+        return None
+    inner = min((l for l in ls if any(l[0] <= a <= l[1] for a in ldg)), key=lambda l: l[1] - l[0], default=None)
+    arrive = [a for a, t in ins if t.split()[0].lstrip("@!P0123456789T ").startswith("ARRIVES") or "ARRIVES" in t]
+    per_stage_ldgsts = 2 * 64 * head_dim * 2 // 16 // 32  # per lane: K and V pieces of 64 rows
+    if inner is None:  # fully unrolled copy
+        inner_body, inner_ldg, trips = 0, 0, 0
+        lo_in, hi_in = 0, -1
+    else:
+        lo_in, hi_in = inner
+        inner_body = count(ins, lo_in, hi_in)
+        inner_ldg = count(ins, lo_in, hi_in, lambda t: "LDGSTS" in t)
+        trips = per_stage_ldgsts / inner_ldg
+    # The tile loop: the innermost loop around the copy loop (or the copies) with the arrive.
+    # LDGSTS outside it are out-of-line paths (BRA.DIV fallbacks of a divergent warp).
+    span = (lo_in, hi_in) if inner else (min(ldg), max(ldg))
+    tile = min((l for l in ls if l[0] <= span[0] and l[1] >= span[1] and l != inner
+                and any(l[0] <= a <= l[1] for a in arrive)), key=lambda l: l[1] - l[0], default=None)
+    if tile is None:
+        return None
+    spins = [l for l in ls if tile[0] <= l[0] and l[1] <= tile[1] and l not in (inner, tile) and
+             any("TRYWAIT" in t for a, t in ins if l[0] <= a <= l[1])]
+    spin_ins = sum(count(ins, a, b) for a, b in spins)
+    straight = count(ins, tile[0], tile[1]) - inner_body - spin_ins
+    total = straight + inner_body * trips
+    return dict(name=name, straight=straight, inner_body=inner_body, inner_ldgsts=inner_ldg, trips=trips,
+                per_stage=total, ldgsts=per_stage_ldgsts)
+
+
+def main():
+    funcs = parse(sys.stdin.read())
+    print(f"{'kernel (head_dim, row_frags)':34s} {'per stage':>9s} {'= outside copy loop':>20s} {'+ body x trips':>16s}  LDGSTS/stage/lane")
+    for name, ins in funcs.items():
+        m = re.search(r"paged_attention_kernelILi(\d+)ELi(\d+)E", name)
+        if not m:
+            continue
+        hd, rf = int(m.group(1)), int(m.group(2))
+        r = analyse(name, ins, hd)
+        if r is None:
+            print(f"paged_attention_kernel<{hd},{rf}>: producer loop not found")
+            continue
+        print(f"{'paged_attention_kernel<%d,%d>' % (hd, rf):34s} {r['per_stage']:9.0f} {r['straight']:20d} "
+              f"{r['inner_body']:7d} x {r['trips']:5.1f}  {r['ldgsts']}")
+
+
+if __name__ == "__main__":
+    main()
