@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (the Debian dev machine) before calling the device tool: packs what the device
 # machine lacks into .device/ (git-ignored), which the device call must carry:
-#   run(command="bash scripts/device_check.sh", carry=[".device"], timeout_s=540)
+#   run(command="bash scripts/device_check.sh", carry=[".device"], timeout_s=480)
 # The device image has nvcc, CMake, ninja, python3 + torch, but no GoogleTest, CLI11 or
 # nlohmann-json, and no network. We bring their headers / CMake configs, GoogleTest's source
 # (built there in ~20 s), and prebuilt test/bench binaries as a fallback should the build
@@ -26,4 +26,4 @@ if [ "${MIXPA_BUNDLE_PREBUILT:-1}" = 1 ]; then
   strip .device/prebuilt/* || true
 fi
 du -sh .device
-echo "now: run(command=\"bash scripts/device_check.sh\", carry=[\".device\"], timeout_s=540)"
+echo "now: run(command=\"bash scripts/device_check.sh\", carry=[\".device\"], timeout_s=480)"

@@ -1,6 +1,19 @@
 #!/usr/bin/env python3
 """Instructions the producer warp issues per ring stage, read from the kernel's SASS.
 
+Two counts per kernel instantiation:
+  hot path   a trace of the tile loop's SASS from its head to its back edge along the path a
+             full stage takes when no page boundary is crossed: forward branches around code
+             that reads the block table (LDG), raises the error flag (ATOM/RED), spins on an
+             mbarrier (TRYWAIT) or calls the watchdog (CALL) are taken, BRA.DIV (divergent
+             warp) is not, inner backward branches fall through (copy loops are multiplied
+             by their trip count, see below). The page-crossing path (skipped) is reported
+             separately with its length: it runs once per lane per page entered.
+  static     every instruction of the tile loop (outside the spin loops), copy loops times
+             their trip count: an upper bound that counts rarely taken paths once per stage.
+For the pre-stream producer (per-row page lookups each tile) use the static count: its table
+reads run every tile, they are not a rare path.
+
     cuobjdump -sass libmixpa_cuda_kernels.a | python3 scripts/sass_stage_count.py
     (cuobjdump: CUDA toolkit, or `pip install nvidia-cuda-cuobjdump`)
 
@@ -22,11 +35,15 @@ FUNC = re.compile(r"Function : (\S+)")
 
 
 def parse(text):
-    funcs, cur = {}, None
+    funcs, cur, arch = {}, None, "?"
     for line in text.splitlines():
+        a = re.match(r"\s*arch = (\S+)", line)
+        if a:
+            arch = a.group(1)
+            continue
         m = FUNC.search(line)
         if m:
-            cur = m.group(1)
+            cur = arch + " " + m.group(1)
             funcs[cur] = []
             continue
         m = INS.search(line)
@@ -55,9 +72,14 @@ def analyse(name, ins, head_dim):
     ldg = [a for a, t in ins if "LDGSTS" in t]
     if not ldg:
         return None
-    inner = min((l for l in ls if any(l[0] <= a <= l[1] for a in ldg)), key=lambda l: l[1] - l[0], default=None)
-    arrive = [a for a, t in ins if t.split()[0].lstrip("@!P0123456789T ").startswith("ARRIVES") or "ARRIVES" in t]
+    arrive = [a for a, t in ins if "ARRIVES" in t]
     per_stage_ldgsts = 2 * 64 * head_dim * 2 // 16 // 32  # per lane: K and V pieces of 64 rows
+
+    def copy_loop(l):  # a loop of copies inside one stage: holds LDGSTS, not the arrive
+        k = count(ins, l[0], l[1], lambda t: "LDGSTS" in t)
+        return k > 0 and k < per_stage_ldgsts and per_stage_ldgsts % k == 0 and not any(l[0] <= a <= l[1] for a in arrive)
+
+    inner = min((l for l in ls if copy_loop(l)), key=lambda l: l[1] - l[0], default=None)
     if inner is None:  # fully unrolled copy
         inner_body, inner_ldg, trips = 0, 0, 0
         lo_in, hi_in = 0, -1
@@ -78,23 +100,62 @@ def analyse(name, ins, head_dim):
     spin_ins = sum(count(ins, a, b) for a, b in spins)
     straight = count(ins, tile[0], tile[1]) - inner_body - spin_ins
     total = straight + inner_body * trips
+    hot, crossing = hot_path(ins, tile[0], tile[1], inner, trips)
     return dict(name=name, straight=straight, inner_body=inner_body, inner_ldgsts=inner_ldg, trips=trips,
-                per_stage=total, ldgsts=per_stage_ldgsts)
+                per_stage=total, ldgsts=per_stage_ldgsts, hot=hot, crossing=crossing)
+
+
+SKIP = ("LDG.", "ATOM", "RED.", "TRYWAIT", "CALL")
+
+
+def hot_path(ins, head, back, inner=None, trips=1):
+    """Instructions along the no-crossing path of one tile-loop iteration, and the longest
+    skipped (page-crossing) region."""
+    index = {a: i for i, (a, _) in enumerate(ins)}
+    i, n, longest, guard = index[head], 0, 0, 0
+    while guard < 100000:
+        guard += 1
+        addr, text = ins[i]
+        if addr > back:
+            break
+        weight = trips if inner and inner[0] <= addr <= inner[1] else 1
+        n += weight
+        if addr == back:
+            break
+        m = re.search(r"\bBRA(\.U\.ANY|\.U)?\s+(?:`\()?.*?0x([0-9a-f]+)", text)
+        if m and "BRA.DIV" not in text:
+            target = int(m.group(2), 16)
+            conditional = text.startswith("@")
+            if not conditional:
+                if target < head or target > back:
+                    break
+                i = index[target]
+                continue
+            if target > addr:
+                region = [t for a, t in ins if addr < a < target]
+                if any(k in t for t in region for k in SKIP) and not any("LDGSTS" in t for t in region):
+                    longest = max(longest, len(region))
+                    i = index[target]
+                    continue
+        i += 1
+    return n, longest
 
 
 def main():
     funcs = parse(sys.stdin.read())
-    print(f"{'kernel (head_dim, row_frags)':34s} {'per stage':>9s} {'= outside copy loop':>20s} {'+ body x trips':>16s}  LDGSTS/stage/lane")
+    print(f"{'arch  kernel (head_dim, row_frags)':40s} {'hot path':>8s} {'crossing':>8s} {'static':>8s} "
+          f"{'(outside copy loop':>19s} {'+ body x trips)':>16s}  LDGSTS/stage/lane")
     for name, ins in funcs.items():
         m = re.search(r"paged_attention_kernelILi(\d+)ELi(\d+)E", name)
         if not m:
             continue
         hd, rf = int(m.group(1)), int(m.group(2))
         r = analyse(name, ins, hd)
+        label = name.split()[0] + " paged_attention_kernel<%d,%d>" % (hd, rf)
         if r is None:
-            print(f"paged_attention_kernel<{hd},{rf}>: producer loop not found")
+            print(f"{label}: producer loop not found")
             continue
-        print(f"{'paged_attention_kernel<%d,%d>' % (hd, rf):34s} {r['per_stage']:9.0f} {r['straight']:20d} "
+        print(f"{label:40s} {r['hot']:8.0f} {r['crossing']:8d} {r['per_stage']:8.0f} {r['straight']:19d} "
               f"{r['inner_body']:7d} x {r['trips']:5.1f}  {r['ldgsts']}")
 
 

@@ -2,10 +2,14 @@
 // (CUDA events, median, after warm-up; direct launches and CUDA-graph replay) and judges each
 // time against the GPU's read bandwidth measured in the same run, then runs the GPU peers
 // (torch SDPA cuDNN / flash on the same KV gathered densely, FlashInfer paged decode if
-// importable) through peer_torch_cuda.py, which prints the ratios.
+// importable) through peer_torch_cuda.py, which prints the ratios. No launch is timed hot:
+// before each timed launch a buffer of twice the L2 is written (outside the timed events),
+// so the KV cache comes from HBM as it would in a serving step.
 //
 //   mixpa_cuda_bench [--cases Case1,Case2,SmallCase1,Decode32k] [--reps 30]
 //                    [--stream-gib 4] [--no-peer] [--python python3] [--peer-dir DIR] [--verify]
+//                    [--window-left N]  (also time each case with a sliding window of N + 1 tokens)
+//                    [--peer-script PATH]  (default: the source tree's bench/cuda/peer_torch_cuda.py)
 //                    [--sweep]   (also time other ring depths and split targets: tunes the heuristic)
 #include <algorithm>
 #include <cstdio>
@@ -32,6 +36,7 @@ struct Args {
   bool peer = true;
   bool verify = false;
   bool sweep = false;
+  long long window_left = -1;
   std::string python = "python3";
   std::string peer_dir = (std::filesystem::temp_directory_path() / "mixpa_cuda_peer").string();
   std::string script = MIXPA_BENCH_DIR "/peer_torch_cuda.py";
@@ -54,8 +59,10 @@ Args parse(int argc, char** argv) {
     else if (k == "--no-peer") a.peer = false;
     else if (k == "--verify") a.verify = true;
     else if (k == "--sweep") a.sweep = true;
+    else if (k == "--window-left") a.window_left = std::stoll(value());
     else if (k == "--python") a.python = value();
     else if (k == "--peer-dir") a.peer_dir = value();
+    else if (k == "--peer-script") a.script = value();
     else throw Error("mixpa_cuda_bench: unknown option '" + k + "' (see the header of bench/cuda/cuda_bench.cpp)");
   }
   return a;
@@ -66,11 +73,17 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Times launches cold: each one follows a write of 2 x L2 bytes (not timed).
 struct Timer {
   cudaEvent_t a, b;
+  cuda::DeviceBuffer flush;
   Timer() {
     cuda::check(cudaEventCreate(&a), "cudaEventCreate");
     cuda::check(cudaEventCreate(&b), "cudaEventCreate");
+    int dev = 0, l2 = 0;
+    cuda::check(cudaGetDevice(&dev), "cudaGetDevice");
+    cuda::check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute(L2)");
+    flush = cuda::DeviceBuffer(2 * static_cast<std::size_t>(std::max(l2, 1 << 20)));
   }
   ~Timer() {
     cudaEventDestroy(a);
@@ -80,6 +93,7 @@ struct Timer {
   double median_seconds(int reps, cudaStream_t s, F&& f) {
     std::vector<double> t;
     for (int r = -3; r < reps; ++r) {
+      cuda::check(cudaMemsetAsync(flush.as<void>(), r & 0xff, flush.bytes(), s), "cudaMemsetAsync(L2 flush)");
       cuda::check(cudaEventRecord(a, s), "cudaEventRecord");
       f();
       cuda::check(cudaEventRecord(b, s), "cudaEventRecord");
@@ -99,7 +113,7 @@ void run_case(const Args& args, const std::string& name, double stream_bw) {
   std::vector<float> host_out(c.out_elements());
   const Problem pr = validate(c.inputs(), options, OutputView{host_out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}});
   const Plan plan = make_plan(pr.shape, pr.scale);
-  cuda::PagedAttention pa(plan, c.context_lens.data());
+  cuda::DevicePlan pa(plan, c.context_lens.data());
 
   cuda::DeviceBuffer q(c.query.size() * 2), k(c.key_cache.size() * 2), v(c.value_cache.size() * 2),
       table(c.block_table.size() * 4), out(c.out_elements() * 4);
@@ -133,8 +147,18 @@ void run_case(const Args& args, const std::string& name, double stream_bw) {
       variants.push_back({"items/SM " + std::to_string(ips).substr(0, 3), {cuda::kMaxStages, ips, cuda::kMinChunkTokens}});
     variants.push_back({"items/SM 4, chunk>=256", {cuda::kMaxStages, 4.0, 256}});
   }
+  if (args.window_left >= 0) {
+    Variant wv;
+    wv.window_left = args.window_left;
+    cuda::DevicePlan win(plan, c.context_lens.data(), {}, wv);
+    win.run(t, out.as<float>(), s);
+    win.check_errors(s);
+    const double sec = timer.median_seconds(args.reps, s, [&] { win.run(t, out.as<float>(), s); });
+    std::printf("%-11s   window_left %lld: items %5zu | direct %8.4f ms = %.3fx the full context's time\n", name.c_str(),
+                args.window_left, win.work().items.size(), sec * 1e3, sec / direct);
+  }
   for (const auto& [label, opts] : variants) {
-    cuda::PagedAttention alt(plan, c.context_lens.data(), opts);
+    cuda::DevicePlan alt(plan, c.context_lens.data(), opts);
     alt.run(t, out.as<float>(), s);
     alt.check_errors(s);
     const double sec = timer.median_seconds(args.reps, s, [&] { alt.run(t, out.as<float>(), s); });
@@ -180,7 +204,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     cuda::check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     const double bw = bench::measure_read_bandwidth(static_cast<std::size_t>(args.stream_gib * (1u << 30)), 20);
-    std::printf("device %s, %d SMs, %.0f MB L2; streaming read %.2f TB/s (%.1f GiB buffer, median of 20)\n", prop.name,
+    std::printf("device %s, %d SMs, %.0f MB L2; streaming read %.2f TB/s (%.1f GiB buffer, 4 x 16 B loads in flight per thread, median of 20)\n", prop.name,
                 prop.multiProcessorCount, prop.l2CacheSize / 1e6, bw / 1e12, args.stream_gib);
     for (const std::string& name : args.cases) bench::run_case(args, name, bw);
     return 0;

@@ -101,46 +101,54 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 void DeviceBuffer::upload(const void* host, std::size_t bytes) {
   if (bytes > 0) check(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device)");
 }
+void DeviceBuffer::zero() {
+  // A synchronous copy of zeros, not cudaMemset (asynchronous, on the legacy stream, which a
+  // non-blocking run stream does not wait for).
+  if (bytes_ > 0) {
+    const std::vector<unsigned char> zeros(bytes_, 0);
+    upload(zeros.data(), bytes_);
+  }
+}
 
-PagedAttention::PagedAttention(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options)
-    : plan_(plan), work_(plan_work(plan, host_context_lens, current_device_limits(), options)) {
+DevicePlan::DevicePlan(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options,
+                       const Variant& variant)
+    : plan_(plan),
+      softcap_(variant.softcap),
+      work_(plan_work(plan, host_context_lens, current_device_limits(), options, variant.window_left)) {
   check(prepare_kernel(work_.geometry.head_dim, work_.geometry.row_frags, work_.smem_bytes), "cudaFuncSetAttribute");
   items_ = DeviceBuffer(work_.items.size() * sizeof(WorkItem));
   items_.upload(work_.items.data(), work_.items.size() * sizeof(WorkItem));
   merges_ = DeviceBuffer(work_.merges.size() * sizeof(MergeItem));
   merges_.upload(work_.merges.data(), work_.merges.size() * sizeof(MergeItem));
+  counters_ = DeviceBuffer(work_.merges.size() * sizeof(unsigned int));
+  counters_.zero();  // the kernel's merger resets each counter after its merge
   const std::size_t rows = static_cast<std::size_t>(work_.num_partials) * work_.q_tile;
   part_o_ = DeviceBuffer(rows * plan.shape.head_dim * sizeof(float));
   part_m_ = DeviceBuffer(rows * sizeof(float));
   part_l_ = DeviceBuffer(rows * sizeof(float));
   error_flag_ = DeviceBuffer(sizeof(int));
-  check(cudaMemset(error_flag_.as<int>(), 0, sizeof(int)), "cudaMemset(error flag)");
+  error_flag_.zero();
 }
 
-void PagedAttention::run(const DeviceTensors& t, float* out, cudaStream_t stream) const {
+void DevicePlan::run(const DeviceTensors& t, float* out, cudaStream_t stream, float* lse) const {
   if (!aligned16(t.query) || !aligned16(t.key_cache) || !aligned16(t.value_cache) || !aligned16(out))
     throw Error("cuda: query, key_cache, value_cache and out must be 16-byte aligned device pointers");
   if (!strides_ok(t.k_strides) || !strides_ok(t.v_strides))
     throw Error("cuda: key_cache / value_cache strides must be multiples of 8 elements (16-byte rows)");
-  KernelParams p;
+  KernelParams p = kernel_params(plan_, work_, softcap_);
   p.query = reinterpret_cast<const std::uint16_t*>(t.query);
   p.key_cache = reinterpret_cast<const std::uint16_t*>(t.key_cache);
   p.value_cache = reinterpret_cast<const std::uint16_t*>(t.value_cache);
   p.k_page = t.k_strides.page, p.k_row = t.k_strides.row, p.k_head = t.k_strides.head;
   p.v_page = t.v_strides.page, p.v_row = t.v_strides.row, p.v_head = t.v_strides.head;
   p.block_table = t.block_table;
-  p.max_blocks_per_req = plan_.shape.max_blocks_per_req;
-  p.num_blocks = plan_.shape.num_blocks;
-  p.block_size = static_cast<std::int32_t>(plan_.shape.block_size);
-  p.num_heads = static_cast<std::int32_t>(plan_.shape.num_heads);
-  p.scale_log2 = plan_.scale * 1.4426950408889634f;
-  p.q_tile = work_.q_tile;
-  p.stages = work_.stages;
+  p.alibi_slopes = t.alibi_slopes;
+  p.sinks = t.sinks;
   p.items = items_.as<WorkItem>();
-  p.num_items = static_cast<std::int32_t>(work_.items.size());
   p.merges = merges_.as<MergeItem>();
-  p.num_merges = static_cast<std::int32_t>(work_.merges.size());
+  p.merge_counters = counters_.as<unsigned int>();
   p.out = out;
+  p.lse = lse;
   p.part_o = part_o_.as<float>();
   p.part_m = part_m_.as<float>();
   p.part_l = part_l_.as<float>();
@@ -149,17 +157,24 @@ void PagedAttention::run(const DeviceTensors& t, float* out, cudaStream_t stream
         "kernel launch");
 }
 
-void PagedAttention::check_errors(cudaStream_t stream) const {
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (kernel)");
+int DevicePlan::read_error_flags(cudaStream_t stream) const {
   int flag = 0;
-  check(cudaMemcpy(&flag, error_flag_.as<int>(), sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy(error flag)");
+  check(cudaMemcpyAsync(&flag, error_flag_.as<int>(), sizeof(int), cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync(error flag)");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (kernel)");
   if (flag != 0) {
-    check(cudaMemset(error_flag_.as<int>(), 0, sizeof(int)), "cudaMemset(error flag)");
-    if (flag & kErrorPageOutOfRange)
-      throw Error("block_table: a page id among the pages a request uses is outside [0, " +
-                  std::to_string(plan_.shape.num_blocks) + ") (found on the device; the output is not valid)");
-    throw Error("cuda: the kernel raised error flag " + std::to_string(flag));
+    check(cudaMemsetAsync(error_flag_.as<int>(), 0, sizeof(int), stream), "cudaMemsetAsync(error flag)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (error flag)");
   }
+  return flag;
+}
+
+void DevicePlan::check_errors(cudaStream_t stream) const {
+  const int flag = read_error_flags(stream);
+  if (flag & kErrorPageOutOfRange)
+    throw Error("block_table: a page id among the pages a request uses is outside [0, " +
+                std::to_string(plan_.shape.num_blocks) + ") (found on the device; the output is not valid)");
+  if (flag != 0) throw Error("cuda: the kernel raised error flag " + std::to_string(flag));
 }
 
 }  // namespace mixpa::cuda
@@ -169,15 +184,12 @@ namespace mixpa {
 bool cuda_available() { return cuda::device_available(); }
 
 void run_cuda(const Problem& pr, const Plan& plan, const Options& options, const Results& res) {
-  float* out = res.out;
-  if (pr.variant.score_features() != kScorePlain || pr.variant.has_window() || pr.variant.has_sinks() || res.lse)
-    throw Error("cuda: soft-cap, ALiBi, windows, sinks and lse are not in the cuda kernel yet");
   using namespace cuda;
   if (!device_available()) throw Error("cuda: no CUDA device with a kernel image for this build is available");
   const Shape& sh = pr.shape;
   const std::size_t out_elements = static_cast<std::size_t>(sh.batch * sh.num_heads * sh.head_dim);
   if (out_elements == 0) return;
-  PagedAttention pa(plan, pr.context_lens);
+  DevicePlan pa(plan, pr.context_lens, {}, pr.variant);
   if (options.report) {
     std::ostringstream s;
     s << "cuda: " << pa.work().items.size() << " work items (" << pa.work().merges.size() << " split blocks), grid "
@@ -191,16 +203,25 @@ void run_cuda(const Problem& pr, const Plan& plan, const Options& options, const
   const DeviceBuffer v = upload_cache(sh, pr.value_cache, pr.v_strides, t.v_strides);
   DeviceBuffer table(static_cast<std::size_t>(sh.batch * sh.max_blocks_per_req) * sizeof(std::int32_t));
   table.upload(pr.block_table, table.bytes());
-  DeviceBuffer d_out(out_elements * sizeof(float));
+  const std::size_t head_bytes = static_cast<std::size_t>(sh.num_heads) * sizeof(float);
+  DeviceBuffer slopes(pr.variant.has_alibi() ? head_bytes : 0), sinks(pr.variant.has_sinks() ? head_bytes : 0);
+  if (pr.variant.has_alibi()) slopes.upload(pr.variant.alibi_slopes, head_bytes);
+  if (pr.variant.has_sinks()) sinks.upload(pr.variant.sinks, head_bytes);
+  const std::size_t rows = static_cast<std::size_t>(sh.batch * sh.num_heads);
+  DeviceBuffer d_out(out_elements * sizeof(float)), d_lse(res.lse ? rows * sizeof(float) : 0);
   t.query = q.as<bf16>();
   t.key_cache = k.as<bf16>();
   t.value_cache = v.as<bf16>();
   t.block_table = table.as<std::int32_t>();
+  t.alibi_slopes = slopes.as<float>();
+  t.sinks = sinks.as<float>();
   Stream stream;
-  pa.run(t, d_out.as<float>(), stream.get());
+  pa.run(t, d_out.as<float>(), stream.get(), res.lse ? d_lse.as<float>() : nullptr);
   pa.check_errors(stream.get());
-  check(cudaMemcpy(out, d_out.as<float>(), out_elements * sizeof(float), cudaMemcpyDeviceToHost),
+  check(cudaMemcpy(res.out, d_out.as<float>(), out_elements * sizeof(float), cudaMemcpyDeviceToHost),
         "cudaMemcpy(device to host)");
+  if (res.lse)
+    check(cudaMemcpy(res.lse, d_lse.as<float>(), rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy(lse)");
 }
 
 }  // namespace mixpa

@@ -1,6 +1,7 @@
 // Executor "cuda": paged attention on an NVIDIA GPU (sm_80+, tuned for sm_90).
-//  - PagedAttention is the device-resident API, FlashInfer's plan/run shape: plan once on the
-//    host from the shapes and host context lengths, then run() on device pointers and a
+//  - DevicePlan is the device-resident engine behind the public mixpa::cuda::PagedAttention
+//    (include/mixpa/cuda.h), FlashInfer's plan/run shape: plan once on the host from the
+//    shapes, the variant and host context lengths, then run() on device pointers and a
 //    stream: no host synchronisation, no allocation, capturable into a CUDA graph. Page ids
 //    are checked on the device; check_errors() reports a bad one as mixpa::Error.
 //  - run_cuda is the table's entry for host data: upload, run, check, download.
@@ -41,6 +42,7 @@ class DeviceBuffer {
   template <class T> T* as() const { return static_cast<T*>(ptr_); }
   std::size_t bytes() const { return bytes_; }
   void upload(const void* host, std::size_t bytes);  // synchronous
+  void zero();                                        // synchronous (before any launch reads it)
  private:
   void* ptr_ = nullptr;
   std::size_t bytes_ = 0;
@@ -55,27 +57,36 @@ struct DeviceTensors {
   CacheStrides k_strides;
   CacheStrides v_strides;
   const std::int32_t* block_table = nullptr;
+  const float* alibi_slopes = nullptr;  // [num_heads] or nullptr
+  const float* sinks = nullptr;         // [num_heads] or nullptr
 };
 
-class PagedAttention {
+class DevicePlan {
  public:
-  // Plans for the current device: work items, ring depth, grid; uploads the work list and
-  // allocates the partials. host_context_lens must be the values the device copy will hold.
-  PagedAttention(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options = {});
+  // Plans for the current device: work items (the window's token ranges), ring depth, grid;
+  // uploads the work list and allocates the partials and merge counters. host_context_lens
+  // must be the values the device copy will hold. Of `variant`, the soft-cap and the window
+  // are taken here; slopes and sinks are device pointers given to run().
+  DevicePlan(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options = {},
+             const Variant& variant = {});
 
-  // Enqueues the kernels on `stream`; writes out[batch, num_heads, head_dim] (device, fp32).
-  void run(const DeviceTensors& tensors, float* out, cudaStream_t stream) const;
+  // Enqueues the kernel on `stream`; writes out[batch, num_heads, head_dim] (device, fp32)
+  // and, when lse is not null, lse[batch, num_heads].
+  void run(const DeviceTensors& tensors, float* out, cudaStream_t stream, float* lse = nullptr) const;
 
-  // Synchronises `stream`; throws mixpa::Error for a kernel fault or a page id the kernel
-  // found outside [0, num_blocks) (then clears the flag).
+  // Synchronises `stream` and returns the error flags the kernels raised since the last read
+  // (kErrorPageOutOfRange), clearing them on `stream`.
+  int read_error_flags(cudaStream_t stream) const;
+  // read_error_flags, then mixpa::Error for any flag (a page id outside [0, num_blocks)).
   void check_errors(cudaStream_t stream) const;
 
   const WorkPlan& work() const { return work_; }
 
  private:
   Plan plan_;
+  float softcap_ = 0.0f;
   WorkPlan work_;
-  DeviceBuffer items_, merges_, part_o_, part_m_, part_l_, error_flag_;
+  DeviceBuffer items_, merges_, counters_, part_o_, part_m_, part_l_, error_flag_;
 };
 
 }  // namespace mixpa::cuda

@@ -9,7 +9,9 @@
 // q_tile 16: the 4 compute warps split each 64-token stage by tokens (16 each) and merge their
 // softmax states in a fixed order at the end of the item; q_tile 64: each warp owns 16 rows.
 // Rows of a stage past the item's token range are zero-filled by cp.async, never read, so NaN
-// or Inf in unused page rows cannot reach the output.
+// or Inf in unused page rows cannot reach the output. The variant of SPEC §6 enters at the
+// score epilogue (soft-cap, ALiBi), the token ranges (a window is a range the planner gives)
+// and the finalize (sinks, lse); a split block is merged by the last of its CTAs to finish.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -57,61 +59,71 @@ struct ItemLoop {
   }
 };
 
+__device__ inline void raise_bad_page(const KernelParams& p) { atomicOr(p.error_flag, kErrorPageOutOfRange); }
+
 // ---------------------------------------------------------------------------------------------
-// Producer: TPUSH one stage per 64-token tile of every item this CTA owns.
+// Producer: TPUSH one stage per 64-token tile of every item this CTA owns. Each lane runs its
+// own address stream (tile_layout.h: ProducerStream): per pass two cp.async (K, V piece) from
+// pointers in registers, the pointers bumped by a pass's rows, the page resolved only when
+// the stream enters one. Smem destinations: swizzle_period offsets per lane, + 8 rows each
+// period (constant offsets once unrolled). Full tiles copy without per-row checks; the last,
+// partial tile of an item zero-fills the rows past its range (nothing read there).
 template <class C>
 __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
   constexpr TileGeometry g = C::kGeom;
+  constexpr int kPeriod = swizzle_period(g);
+  constexpr int kPasses = g.passes();
+  static_assert(kPasses % kPeriod == 0);
+  const int lane_row = lane / g.chunks_per_row();
+  std::uint32_t xo[kPeriod];
+#pragma unroll
+  for (int u = 0; u < kPeriod; ++u)
+    xo[u] = static_cast<std::uint32_t>(swizzled_offset(g, u * g.rows_per_pass() + lane_row, lane % g.chunks_per_row()));
   PipeState s = pipe.producer_start_state();
   for (ItemLoop it(p); it.is_valid(); ++it) {
     const WorkItem w = p.items[it.i];
     const int tiles = item_tiles(w);
+    if (tiles == 0) continue;
+    ProducerStream<std::uint16_t> st;
+    if (!st.begin(p, w, g, lane)) raise_bad_page(p);
     for (int tile = 0; tile < tiles; ++tile) {
-      const int t0 = w.token_begin + tile * kTileTokens;
-      // Lane l resolves tokens t0 + l and t0 + 32 + l (page id checked, offsets 64-bit);
-      // -1 marks a row to zero-fill (past the item's range, or a bad page id).
-      std::int64_t k_off[2], v_off[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int t = t0 + 32 * h + lane;
-        k_off[h] = v_off[h] = -1;
-        if (t < w.token_end) {
-          const std::int64_t page = lookup_page(p.block_table, p.max_blocks_per_req, p.num_blocks, p.block_size, w.batch, t);
-          if (page < 0) {
-            atomicOr(p.error_flag, kErrorPageOutOfRange);
-          } else {
-            const std::int64_t row = t % p.block_size;
-            k_off[h] = row_offset(page, row, w.kv_head, p.k_page, p.k_row, p.k_head);
-            v_off[h] = row_offset(page, row, w.kv_head, p.v_page, p.v_row, p.v_head);
-          }
-        }
-      }
-      unsigned char* stage = tpush_begin(pipe, s);
-      const std::uint32_t k_tile = smem_address(stage);
+      const std::int64_t t0 = w.token_begin + static_cast<std::int64_t>(tile) * kTileTokens;
+      const std::uint32_t k_tile = smem_address(tpush_begin(pipe, s));
       const std::uint32_t v_tile = k_tile + g.tile_bytes();
-#pragma unroll 4
-      for (int pass = 0; pass < g.passes(); ++pass) {
-        const ProducerSlot slot = producer_slot(g, pass, lane);
-        // All lanes of a pass read the same half (rows_per_pass divides 32), so h is uniform.
-        const int h = slot.row >> 5;
-        const std::int64_t ko = __shfl_sync(0xffffffffu, h ? k_off[1] : k_off[0], slot.row & 31);
-        const std::int64_t vo = __shfl_sync(0xffffffffu, h ? v_off[1] : v_off[0], slot.row & 31);
-        const std::uint32_t dst = static_cast<std::uint32_t>(swizzled_offset(g, slot.row, slot.chunk));
-        cp_async_16(k_tile + dst, ko >= 0 ? p.key_cache + ko + 8 * slot.chunk : p.key_cache, ko >= 0 ? 16u : 0u);
-        cp_async_16(v_tile + dst, vo >= 0 ? p.value_cache + vo + 8 * slot.chunk : p.value_cache, vo >= 0 ? 16u : 0u);
+      if (t0 + kTileTokens <= w.token_end) {
+#pragma unroll
+        for (int pass = 0; pass < kPasses; ++pass) {
+          const std::uint32_t dst = xo[pass % kPeriod] + (pass / kPeriod) * 8 * g.row_bytes();
+          cp_async_16(k_tile + dst, st.k, st.bytes);
+          cp_async_16(v_tile + dst, st.v, st.bytes);
+          if (!st.advance(p)) raise_bad_page(p);
+        }
+      } else {
+        const int rows_left = static_cast<int>(w.token_end - t0) - lane_row;  // this lane's rows < rows_left
+#pragma unroll
+        for (int pass = 0; pass < kPasses; ++pass) {
+          const std::uint32_t dst = xo[pass % kPeriod] + (pass / kPeriod) * 8 * g.row_bytes();
+          const bool valid = pass * g.rows_per_pass() < rows_left;
+          cp_async_16(k_tile + dst, valid ? st.k : p.key_cache, valid ? st.bytes : 0u);
+          cp_async_16(v_tile + dst, valid ? st.v : p.value_cache, valid ? st.bytes : 0u);
+          if ((pass + 1) * g.rows_per_pass() < rows_left)  // never enters a page past the item
+            if (!st.advance(p)) raise_bad_page(p);
+        }
       }
       tpush_end(pipe, s);
     }
   }
+  cp_async_wait_all();  // leave no copy in flight behind (their barriers were armed already)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Compute warps (cube + vector fused), one item at a time:
-//   begin_item      Q fragments, empty state
-//   per stage       TPOP; qk (S = Q.K^T); softmax_update (SF: mask, running max, p, l; alpha
-//                   rescales O); pv (O += P.V); TFREE
+//   begin_item      Q fragments, ALiBi slopes, empty state
+//   per stage       TPOP; qk (S = Q.K^T); softmax_update (SF: score epilogue, mask, running
+//                   max, p, l; alpha rescales O); pv (O += P.V); TFREE
 //   merge_warps     q_tile 16: the token warps' states combined on their log2 form (UP across warps)
-//   store           out = O / l, or the partial (O, m, l) of a split block
+//   store           out = O / (l + sink), lse; or the partial (O, m, l) of a split block
+//   arrive_split    split blocks: the last CTA to finish one merges its partials (merge_block)
 // Elements e = 0,1 of an accumulator fragment are row g, e = 2,3 row g + 8 (lane = 4 g + t).
 template <class C>
 struct ComputeWarp {
@@ -128,6 +140,7 @@ struct ComputeWarp {
   const std::uint16_t* q0;
   const std::uint16_t* q1;
   std::uint32_t qf[C::kQInRegisters ? C::kKSteps : 1][4];
+  float slope2[2];           // ALiBi slopes of rows g, g + 8 in log2 units
   float o[C::kDimTiles][4];  // (16 rows, head_dim) fragment, unnormalised
   Log2State st[2];           // rows g and g + 8: running max (log2 units) and this lane's share of l
 
@@ -154,6 +167,8 @@ struct ComputeWarp {
 #pragma unroll
       for (int kk = 0; kk < C::kKSteps; ++kk) load_q(qf[kk], kk);
     }
+    slope2[0] = p.alibi_slopes && q0 ? p.alibi_slopes[w.head_begin + row0] * kLog2e : 0.0f;
+    slope2[1] = p.alibi_slopes && q1 ? p.alibi_slopes[w.head_begin + row1] * kLog2e : 0.0f;
 #pragma unroll
     for (int n = 0; n < C::kDimTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     st[0] = st[1] = Log2State{};
@@ -184,16 +199,22 @@ struct ComputeWarp {
     }
   }
 
-  // Vector step SF: mask columns past the item's range, running max, p = exp2(s - M) rounded
-  // to bf16 (left in sc), l from the rounded p; O and l rescaled by alpha = exp2(M_old - M).
-  __device__ void softmax_update(float (&sc)[C::kSTiles][4], int t0) {
+  // Vector step SF: the score epilogue (logit_log2), mask columns past the item's range,
+  // running max, p = exp2(x - M) rounded to bf16 (left in sc), l from the rounded p; O and l
+  // rescaled by alpha = exp2(M_old - M). The feature pair is a template: the plain case is
+  // the seed's dot * scale_log2.
+  template <bool kSoftcap, bool kAlibi>
+  __device__ void softmax_update_as(float (&sc)[C::kSTiles][4], std::int64_t t0) {
+    const int cols = static_cast<int>(w.token_end - t0 < kTileTokens ? w.token_end - t0 : kTileTokens);
+    const int t_minus_pos = kAlibi ? static_cast<int>(t0 - w.position) : 0;
     float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
     for (int j = 0; j < C::kSTiles; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int token = t0 + score_column(kGeom, tw, j, t, e);
-        sc[j][e] = token < w.token_end ? sc[j][e] * p.scale_log2 : kNegInf;
+        const int col = score_column(kGeom, tw, j, t, e);
+        const float x = logit_log2<kSoftcap, kAlibi>(p, sc[j][e], slope2[e >> 1], t_minus_pos + col);
+        sc[j][e] = col < cols ? x : kNegInf;
         mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
       }
     float alpha[2], m_use[2];
@@ -222,6 +243,17 @@ struct ComputeWarp {
       o[n][1] *= alpha[0];
       o[n][2] *= alpha[1];
       o[n][3] *= alpha[1];
+    }
+  }
+
+  // Uniform per launch: one branch per stage picks the instantiation.
+  __device__ void softmax_update(float (&sc)[C::kSTiles][4], std::int64_t t0) {
+    if (p.softcap_log2 > 0.0f) {
+      if (p.alibi_slopes) softmax_update_as<true, true>(sc, t0);
+      else softmax_update_as<true, false>(sc, t0);
+    } else {
+      if (p.alibi_slopes) softmax_update_as<false, true>(sc, t0);
+      else softmax_update_as<false, false>(sc, t0);
     }
   }
 
@@ -295,19 +327,22 @@ struct ComputeWarp {
     }
   }
 
-  // The epilogue: out = O / l (a block's only chunk; context 0 gives zeros), or the partial
-  // (O, m, l) of a split block for the merge.
+  // The epilogue: out = O / (l + e^(sink - m)) and lse (a block's only chunk; no visible token
+  // gives zeros and -inf), or the partial (O, m, l) of a split block for the merge.
   __device__ void store() const {
     const int rows_ok[2] = {row0 < w.rows, row1 < w.rows};
     if (w.partial < 0) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         if (!rows_ok[r]) continue;
-        const float inv = st[r].l > 0.0f ? 1.0f / st[r].l : 0.0f;
-        float* dst = p.out + (qbase + static_cast<std::int64_t>(r ? row1 : row0) * C::kHeadDim);
+        const std::int64_t head_row = qbase / C::kHeadDim + (r ? row1 : row0);
+        const float sink2 = p.sinks ? p.sinks[head_row % p.num_heads] * kLog2e : kNegInf;
+        const float inv = st[r].empty() ? 0.0f : 1.0f / st[r].denominator(sink2);
+        float* dst = p.out + head_row * C::kHeadDim;
 #pragma unroll
         for (int n = 0; n < C::kDimTiles; ++n)
           *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        if (p.lse && t == 0) p.lse[head_row] = st[r].lse();
       }
     } else {
       const std::int64_t slot = static_cast<std::int64_t>(w.partial) * p.q_tile;
@@ -328,6 +363,54 @@ struct ComputeWarp {
   }
 };
 
+// A split block's partials, merged in chunk order (max first, then the weighted sums:
+// merge_log2_states' rule), finalized with the sink, written to out and lse. Run by the 128
+// compute threads of the CTA that finished the block's last item; reads with ld.cg (the
+// partials were written by other SMs, past this SM's L1).
+template <class C>
+__device__ void merge_block(const KernelParams& p, const MergeItem& mi, int thread) {
+  constexpr int kHd = C::kHeadDim;
+  const std::int64_t elements = static_cast<std::int64_t>(mi.rows) * kHd;
+  for (std::int64_t idx = thread; idx < elements; idx += 32 * kComputeWarps) {
+    const int r = static_cast<int>(idx / kHd), c = static_cast<int>(idx % kHd);
+    Log2State all;
+    for (int k = 0; k < mi.num_partials; ++k)
+      all.m = fmaxf(all.m, __ldcg(p.part_m + static_cast<std::int64_t>(mi.first_partial + k) * p.q_tile + r));
+    float o = 0.0f;
+    for (int k = 0; k < mi.num_partials; ++k) {
+      const std::int64_t row = static_cast<std::int64_t>(mi.first_partial + k) * p.q_tile + r;
+      const float f = Log2State{__ldcg(p.part_m + row), 0.0f}.weight(all.m);
+      o += f * __ldcg(p.part_o + row * kHd + c);
+      all.l += f * __ldcg(p.part_l + row);
+    }
+    const std::int64_t head_row = static_cast<std::int64_t>(mi.batch) * p.num_heads + mi.head_begin + r;
+    const float sink2 = p.sinks ? p.sinks[mi.head_begin + r] * kLog2e : kNegInf;
+    p.out[head_row * kHd + c] = all.empty() ? 0.0f : o / all.denominator(sink2);
+    if (p.lse && c == 0) p.lse[head_row] = all.lse();
+  }
+}
+
+// After a split item's partial is stored: the CTA's arrival on its block's counter (threadfence
+// reduction: the stores are made visible before the count, the count is read before the
+// merge's loads). The last arrival merges and resets the counter for the next launch.
+template <class C>
+__device__ void arrive_split(const KernelParams& p, const WorkItem& w, unsigned char* smem) {
+  volatile unsigned int* flag = reinterpret_cast<volatile unsigned int*>(smem + SmemLayout::kSplitFlag);
+  __threadfence();
+  compute_warps_sync(32 * kComputeWarps);
+  const MergeItem mi = p.merges[w.merge];
+  if (threadIdx.x == 0) {
+    const unsigned int before = atomicAdd(p.merge_counters + w.merge, 1u);
+    *flag = before + 1 == static_cast<unsigned int>(mi.num_partials) ? 1u : 0u;
+  }
+  compute_warps_sync(32 * kComputeWarps);
+  if (*flag) {
+    __threadfence();
+    merge_block<C>(p, mi, threadIdx.x);
+    if (threadIdx.x == 0) p.merge_counters[w.merge] = 0;
+  }
+}
+
 template <class C>
 __device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, int lane, unsigned char* smem) {
   ComputeWarp<C> cw(p, warp, lane);
@@ -339,11 +422,12 @@ __device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, i
       const std::uint32_t k_tile = smem_address(tpop(pipe, s));
       float sc[C::kSTiles][4];
       cw.qk(k_tile, sc);
-      cw.softmax_update(sc, cw.w.token_begin + tile * kTileTokens);
+      cw.softmax_update(sc, cw.w.token_begin + static_cast<std::int64_t>(tile) * kTileTokens);
       cw.pv(sc, k_tile + C::kGeom.tile_bytes());
       tfree(pipe, s);
     }
     if (cw.merge_warps(smem)) cw.store();
+    if (cw.w.partial >= 0) arrive_split<C>(p, cw.w, smem);
   }
 }
 
@@ -361,29 +445,6 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const __gr
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp == kComputeWarps) produce<C>(p, pipe, lane);
   else compute<C>(p, pipe, warp, lane, smem);
-}
-
-// Split blocks: merge partial slots in chunk order (max first, then the exp2-weighted sums:
-// the log-sum-exp rule of SoftmaxState::merge in log2 units). An all-empty block gives zeros.
-__global__ void merge_partials_kernel(const __grid_constant__ KernelParams p, int head_dim) {
-  const MergeItem mi = p.merges[blockIdx.x];
-  const std::int64_t elements = static_cast<std::int64_t>(mi.rows) * head_dim;
-  for (std::int64_t idx = threadIdx.x; idx < elements; idx += blockDim.x) {
-    const std::int64_t r = idx / head_dim, c = idx % head_dim;
-    float m_all = kNegInf;
-    for (int k = 0; k < mi.num_partials; ++k)
-      m_all = fmaxf(m_all, p.part_m[static_cast<std::int64_t>(mi.first_partial + k) * p.q_tile + r]);
-    float o = 0.0f, l = 0.0f;
-    if (m_all != kNegInf) {
-      for (int k = 0; k < mi.num_partials; ++k) {
-        const std::int64_t row = static_cast<std::int64_t>(mi.first_partial + k) * p.q_tile + r;
-        const float f = exp2f(p.part_m[row] - m_all);
-        o += f * p.part_o[row * head_dim + c];
-        l += f * p.part_l[row];
-      }
-    }
-    p.out[(static_cast<std::int64_t>(mi.batch) * p.num_heads + mi.head_begin + r) * head_dim + c] = l > 0.0f ? o / l : 0.0f;
-  }
 }
 
 // The one place runtime (head_dim, row_frags) become template arguments.
@@ -425,18 +486,11 @@ cudaError_t kernel_image_check() {
 
 cudaError_t launch_paged_attention(const KernelParams& p, int head_dim, int row_frags, int grid, int smem_bytes,
                                    cudaStream_t stream) {
-  if (p.num_items > 0) {
-    const cudaError_t e = with_kernel(head_dim, row_frags, [&](auto kernel) {
-      kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
-      return cudaGetLastError();
-    });
-    if (e != cudaSuccess) return e;
-  }
-  if (p.num_merges > 0) {
-    merge_partials_kernel<<<p.num_merges, 128, 0, stream>>>(p, head_dim);
+  if (p.num_items == 0) return cudaSuccess;
+  return with_kernel(head_dim, row_frags, [&](auto kernel) {
+    kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
     return cudaGetLastError();
-  }
-  return cudaSuccess;
+  });
 }
 
 }  // namespace mixpa::cuda

@@ -82,7 +82,8 @@ struct SmemLayout {
   static constexpr int kEmptyBarriers = 8 * kMaxStages;        // u64 [kMaxStages]
   static constexpr int kStatsM = 16 * kMaxStages;              // f32 [kComputeWarps][64]
   static constexpr int kStatsL = kStatsM + 4 * kComputeWarps * 64;
-  static constexpr int kMergeBuffer = kStatsL + 4 * kComputeWarps * 64;
+  static constexpr int kSplitFlag = kStatsL + 4 * kComputeWarps * 64;  // u32: "this CTA merges"
+  static constexpr int kMergeBuffer = kSplitFlag + 16;
   int merge_bytes = 0;
   int stages = 0;
   int stage_bytes = 0;
@@ -102,8 +103,8 @@ MIXPA_HOST_DEVICE constexpr SmemLayout smem_layout(TileGeometry g, int stages) {
 // Tiles of a work item: ceil(tokens / kTileTokens); both the producer and the cube warps
 // iterate exactly this many, which keeps the pipe's push and pop counts equal.
 MIXPA_HOST_DEVICE constexpr int item_tiles(const WorkItem& w) {
-  const int n = w.token_end - w.token_begin;
-  return n > 0 ? (n + kTileTokens - 1) / kTileTokens : 0;
+  const std::int64_t n = w.token_end - w.token_begin;
+  return n > 0 ? static_cast<int>((n + kTileTokens - 1) / kTileTokens) : 0;
 }
 
 // The page holding token `t` of request `batch`, or -1 when the page id is outside
@@ -123,5 +124,90 @@ MIXPA_HOST_DEVICE constexpr std::int64_t row_offset(std::int64_t page, std::int6
                                                     std::int64_t head_stride) {
   return page * page_stride + row * row_stride + kv_head * head_stride;
 }
+
+// log2(block_size) when it is a power of two, else -1 (the stream then divides, once per item).
+constexpr int block_shift_of(std::int64_t block_size) {
+  int s = 0;
+  while ((std::int64_t{1} << s) < block_size) ++s;
+  return (std::int64_t{1} << s) == block_size ? s : -1;
+}
+
+// The producer lane's address stream. Lane `lane` copies 16-byte piece lane % chunks_per_row
+// of the rows lane / chunks_per_row + k * rows_per_pass (k = 0, 1, ...) of the item's tokens,
+// continuing from one stage to the next. It holds pointers to its piece of its current K and
+// V row (registers) and advances them by rows_per_pass rows per pass; the block table is read
+// only when the stream enters a page (no division per row: one per item, a shift for
+// power-of-two block sizes), and the next page's id is loaded one page ahead, so the load
+// has a page's worth of passes to land. A page id outside [0, num_blocks) turns the stream's
+// copies into zero-fills (bytes = 0, addresses inside page 0) until the next page, and
+// open_page reports it; pages past the item's last are never read from the table.
+template <class T>
+struct ProducerStream {
+  const T* k = nullptr;          // this lane's piece of its current K row
+  const T* v = nullptr;
+  std::int64_t k_step = 0, v_step = 0;  // rows_per_pass rows
+  std::int64_t k_lane = 0, v_lane = 0;  // kv_head * head stride + 8 * piece
+  const std::int32_t* table_row = nullptr;
+  std::int64_t pidx = 0;         // table column of the current page
+  std::int64_t last_pidx = -1;   // the item's last table column
+  std::int64_t next_pidx = -1;   // the column whose id next_id holds (prefetched)
+  std::int64_t next_id = -1;
+  int rin = 0;                   // row of the current token in its page
+  int rpp = 1;
+  std::uint32_t bytes = 0;       // 16, or 0: zero-fill (bad page, or past the item's last page)
+
+  // Starts the stream at the lane's first token of `w` (w non-empty); false: its page is bad.
+  MIXPA_HOST_DEVICE bool begin(const KernelParams& p, const WorkItem& w, TileGeometry g, int lane) {
+    rpp = g.rows_per_pass();
+    const int piece = lane % g.chunks_per_row();
+    const std::int64_t t = w.token_begin + lane / g.chunks_per_row();
+    k_step = rpp * p.k_row, v_step = rpp * p.v_row;
+    k_lane = w.kv_head * p.k_head + 8 * piece, v_lane = w.kv_head * p.v_head + 8 * piece;
+    table_row = p.block_table + static_cast<std::int64_t>(w.batch) * p.max_blocks_per_req;
+    if (p.block_shift >= 0) {
+      pidx = t >> p.block_shift;
+      last_pidx = (w.token_end - 1) >> p.block_shift;
+    } else {
+      pidx = t / p.block_size;
+      last_pidx = (w.token_end - 1) / p.block_size;
+    }
+    rin = static_cast<int>(t - pidx * p.block_size);
+    next_pidx = -1;
+    return open_page(p);
+  }
+
+  // One pass on: the lane's next row. false: the stream entered a bad page.
+  MIXPA_HOST_DEVICE bool advance(const KernelParams& p) {
+    k += k_step, v += v_step;
+    rin += rpp;
+    if (rin < p.block_size) return true;
+    do {  // once, unless block_size < rows_per_pass
+      rin -= p.block_size;
+      ++pidx;
+    } while (rin >= p.block_size);
+    return open_page(p);
+  }
+
+  MIXPA_HOST_DEVICE bool open_page(const KernelParams& p) {
+    if (pidx > last_pidx) {  // past the item: nothing to read (the rows are masked)
+      bytes = 0;
+      k = p.key_cache, v = p.value_cache;
+      return true;
+    }
+    const std::int64_t id = pidx == next_pidx ? next_id : table_row[pidx];
+    next_pidx = pidx + 1;
+    next_id = next_pidx <= last_pidx ? table_row[next_pidx] : -1;
+    const bool good = id >= 0 && id < p.num_blocks;
+    const std::int64_t page = good ? id : 0;
+    bytes = good ? 16u : 0u;
+    k = p.key_cache + (page * p.k_page + rin * p.k_row + k_lane);
+    v = p.value_cache + (page * p.v_page + rin * p.v_row + v_lane);
+    return good;
+  }
+};
+
+// Smem destination (byte offset in the K tile) of pass `pass` for a lane: the swizzle repeats
+// every 8 rows, so a lane needs swizzle_period() offsets and adds 8 rows per period.
+MIXPA_HOST_DEVICE constexpr int swizzle_period(TileGeometry g) { return 8 / g.rows_per_pass() > 0 ? 8 / g.rows_per_pass() : 1; }
 
 }  // namespace mixpa::cuda

@@ -40,6 +40,9 @@ __device__ inline void cp_async_16(std::uint32_t dst, const void* src, std::uint
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
+// Waits until every cp.async this thread issued has landed.
+__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
 // Two floats rounded to bf16 (round to nearest even), `lo` in the low half: the lower column.
 __device__ inline std::uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

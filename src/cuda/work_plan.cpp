@@ -39,14 +39,14 @@ std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_len
 }
 
 std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_lens, int sm_count,
-                                 std::int64_t min_chunk_tokens) {
+                                 std::int64_t min_chunk_tokens, std::int64_t window_left) {
   const std::int64_t blocks = plan.total_logical_blocks;
   std::int64_t best_target = blocks, best_cost = -1;
   std::size_t last_items = 0;
   for (int s = 1; s <= kMaxSplitsPerBlock; ++s) {
     const std::int64_t target = blocks * s;
     if (s > 1 && target > 16 * std::int64_t{sm_count}) break;  // far past filling the SMs
-    const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk_tokens);
+    const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk_tokens, window_left);
     if (s > 1 && sp.chunks.size() == last_items) continue;  // lengths cap the splits: same plan
     last_items = sp.chunks.size();
     const std::int64_t cost = estimate_makespan(plan, context_lens, sp, sm_count);
@@ -56,7 +56,7 @@ std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_l
 }
 
 WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
-                   const WorkPlanOptions& options) {
+                   const WorkPlanOptions& options, std::int64_t window_left) {
   const Shape& s = plan.shape;
   WorkPlan w;
   w.q_tile = plan.q_tile;
@@ -80,14 +80,15 @@ WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const Dev
   const std::int64_t blocks = plan.total_logical_blocks;
   const std::int64_t min_chunk = std::max<std::int64_t>(1, options.min_chunk_tokens);
   const std::int64_t target = options.items_per_sm < 0.0
-                                  ? choose_split_target(plan, context_lens, limits.sm_count, min_chunk)
+                                  ? choose_split_target(plan, context_lens, limits.sm_count, min_chunk, window_left)
                                   : split_target_items(blocks, limits.sm_count, options.items_per_sm);
-  const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk);
+  const SplitKvPlan sp = plan_split_kv(plan, context_lens, target, min_chunk, window_left);
   w.items.reserve(sp.chunks.size());
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
     const LogicalBlock lb = plan.logical_block(blk);
     const std::int64_t ctx = context_lens[lb.batch];
     const std::int64_t n = sp.num_chunks(blk);
+    const std::int32_t merge = n > 1 ? static_cast<std::int32_t>(w.merges.size()) : -1;
     if (n > 1) {
       w.merges.push_back({static_cast<std::int32_t>(lb.batch), static_cast<std::int32_t>(lb.head_begin), lb.rows,
                           static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n), {0, 0, 0}});
@@ -99,14 +100,36 @@ WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const Dev
       it.kv_head = static_cast<std::int32_t>(lb.kv_head);
       it.head_begin = static_cast<std::int32_t>(lb.head_begin);
       it.rows = lb.rows;
-      it.token_begin = static_cast<std::int32_t>(ch.tokens.begin);
-      it.token_end = static_cast<std::int32_t>(ch.tokens.end);
+      it.token_begin = ch.tokens.begin;
+      it.token_end = ch.tokens.end;
+      it.position = ctx - 1;
       it.partial = n > 1 ? static_cast<std::int32_t>(w.num_partials++) : -1;
+      it.merge = merge;
       w.items.push_back(it);
     }
   }
   w.grid = static_cast<int>(std::min<std::int64_t>(static_cast<std::int64_t>(w.items.size()), limits.sm_count));
   return w;
+}
+
+KernelParams kernel_params(const Plan& plan, const WorkPlan& work, float softcap) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  KernelParams p;
+  p.max_blocks_per_req = plan.shape.max_blocks_per_req;
+  p.num_blocks = plan.shape.num_blocks;
+  p.block_size = static_cast<std::int32_t>(plan.shape.block_size);
+  p.block_shift = block_shift_of(plan.shape.block_size);
+  p.num_heads = static_cast<std::int32_t>(plan.shape.num_heads);
+  p.scale_log2 = plan.scale * kLog2e;
+  if (softcap > 0.0f) {
+    p.softcap_pre = plan.scale / softcap;
+    p.softcap_log2 = softcap * kLog2e;
+  }
+  p.q_tile = work.q_tile;
+  p.stages = work.stages;
+  p.num_items = static_cast<std::int32_t>(work.items.size());
+  p.num_merges = static_cast<std::int32_t>(work.merges.size());
+  return p;
 }
 
 }  // namespace mixpa::cuda

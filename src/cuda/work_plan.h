@@ -62,12 +62,18 @@ std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_len
 // The split target (items handed to plan_split_kv) with the smallest estimated makespan over
 // 1..kMaxSplitsPerBlock splits per block; ties keep fewer items. Pure in shapes, lengths, SMs.
 std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_lens, int sm_count,
-                                 std::int64_t min_chunk_tokens);
+                                 std::int64_t min_chunk_tokens, std::int64_t window_left = -1);
 
 // The whole launch plan. context_lens are host values (they fix the chunks); each must lie in
 // [0, max_blocks_per_req * block_size] (throws mixpa::Error naming the request otherwise).
-// Throws for a head_dim or q_tile the kernels do not have.
+// window_left >= 0: each request's items cover only its last window_left + 1 tokens (the
+// pages before them are never read). Throws for a head_dim or q_tile the kernels do not have.
 WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
-                   const WorkPlanOptions& options = {});
+                   const WorkPlanOptions& options = {}, std::int64_t window_left = -1);
+
+// The launch parameters a plan fixes (shape, scale and soft-cap in log2 units, block shift,
+// ring depth, item and merge counts); the caller sets the pointers. Shared by the executor and
+// the CPU emulation test, so both run the kernel on the same numbers.
+KernelParams kernel_params(const Plan& plan, const WorkPlan& work, float softcap);
 
 }  // namespace mixpa::cuda

@@ -1,15 +1,22 @@
 // Executor "cuda" on a GPU: agreement with exact attention on the coverage shapes, the
 // origin's cases and odd shapes, NaN in masked rows, a bad page id found on the device,
 // bitwise run-to-run determinism, the device-resident API and CUDA-graph replay.
-// Every test skips when this build has no cuda executor or the machine has no usable GPU.
+// Every test skips when this build has no cuda executor or the machine has no usable GPU,
+// and fails instead when MIXPA_REQUIRE_GPU=1 (scripts/device_check.sh sets it, so a GPU
+// machine can never report a green run made of skips). Each accuracy test prints its max
+// error against exact float64.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <limits>
+#include <string>
 
 #include "common/check.h"
+#include "mixpa/cuda.h"
 
 #ifdef MIXPA_HAVE_CUDA
 #include "cuda/cuda_executor.h"
@@ -28,14 +35,40 @@ bool have_gpu() { return cuda::device_available(); }
 bool have_gpu() { return false; }
 #endif
 
-// Every GPU test derives from this: it skips in SetUp without a usable device.
+bool gpu_required() {
+  const char* v = std::getenv("MIXPA_REQUIRE_GPU");
+  return v && std::string(v) == "1";
+}
+
+// Every GPU test derives from this: without a usable device it skips in SetUp, or fails when
+// MIXPA_REQUIRE_GPU=1.
 template <class Base = ::testing::Test>
 class GpuTest : public Base {
  protected:
   void SetUp() override {
-    if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or this build has no cuda executor)";
+    if (have_gpu()) return;
+    if (gpu_required()) FAIL() << "MIXPA_REQUIRE_GPU=1 but there is no CUDA device (or this build has no cuda executor)";
+    GTEST_SKIP() << "no CUDA device (or this build has no cuda executor)";
   }
 };
+
+void print_error(const std::string& what, double err) {
+  std::printf("cuda accuracy %-28s max abs error vs exact f64 %.3e\n", what.c_str(), err);
+  std::fflush(stdout);
+}
+
+// MIXPA_REQUIRE_GPU=1 turns the skips into failures: on a machine without a GPU this binary,
+// run on a GPU test with the variable set, must exit non-zero, and without it, zero.
+TEST(RequireGpu, TurnsSkipsIntoFailures) {
+  if (have_gpu()) {
+    std::printf("a GPU is present: the skip-to-failure path is not reachable here\n");
+    return;
+  }
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();  // this binary
+  const std::string filter = " --gtest_filter=CudaExecutor.IsTheAutoDefaultWhenAGpuIsPresent >/dev/null 2>&1";
+  EXPECT_NE(std::system(("MIXPA_REQUIRE_GPU=1 " + self + filter).c_str()), 0);
+  EXPECT_EQ(std::system(("env -u MIXPA_REQUIRE_GPU " + self + filter).c_str()), 0);
+}
 using CudaExecutor = GpuTest<>;
 using CudaDeviceApi = GpuTest<>;
 
@@ -65,6 +98,7 @@ class CudaCoverage : public GpuTest<::testing::TestWithParam<CaseSpec>> {};
 TEST_P(CudaCoverage, AgreesWithExact) {
   const Case c = generate_case(GetParam(), 11);
   const double err = testing::expect_close_to_exact(c, testing::run_case(c, "cuda"), exact(c));
+  print_error(GetParam().name, err);
   EXPECT_LT(err, 2e-3);
 }
 
@@ -77,11 +111,63 @@ class CudaOriginSlow : public GpuTest<::testing::TestWithParam<std::string>> {};
 TEST_P(CudaOriginSlow, AgreesWithExact) {
   const Case c = generate_case(find_case(GetParam()), 1);
   const double err = testing::expect_close_to_exact(c, testing::run_case(c, "cuda"), exact(c));
+  print_error(GetParam(), err);
   EXPECT_LT(err, 5e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudaOriginSlow, ::testing::Values("SmallCase1", "Decode32k", "Case2", "Case1"),
                          [](const auto& info) { return info.param; });
+
+TEST(CudaPublicApi, IsUnavailableAndThrowsWithoutADevice) {
+  if (have_gpu()) return;
+  EXPECT_FALSE(mixpa::cuda::available());
+  const Case c = generate_case(small_spec("no_gpu", 1, 16, 1, 128, 16, {40}), 1);
+  EXPECT_THROW(mixpa::cuda::PagedAttention(c.inputs(), c.context_lens.data()), Error);
+}
+
+// SPEC §6's variants through mixpa::run on the GPU, out and lse against exact float64.
+TEST_F(CudaExecutor, VariantsAgreeWithExact) {
+  struct V {
+    const char* name;
+    double softcap;
+    std::int64_t window;
+    bool alibi, sinks;
+  };
+  for (const CaseSpec& spec : {small_spec("var_split", 2, 32, 4, 128, 32, {5000, 300}, 0.3),
+                               small_spec("var_q64", 2, 64, 1, 64, 16, {700, 3}),
+                               small_spec("var_hd256", 3, 16, 2, 256, 64, {1500, 0, 64})}) {
+    const Case c = generate_case(spec, 7);
+    std::vector<float> slopes(spec.num_heads), sinks(spec.num_heads);
+    for (std::int64_t h = 0; h < spec.num_heads; ++h) {
+      slopes[h] = std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(spec.num_heads));
+      sinks[h] = 0.5f + 0.3f * static_cast<float>(h % 4);
+    }
+    for (const V& v : {V{"softcap", 0.7, -1, false, false}, V{"alibi", 0, -1, true, false}, V{"window5", 0, 5, false, false},
+                       V{"window1000", 0, 1000, false, false}, V{"sinks", 0, -1, false, true},
+                       V{"all", 2.0, 400, true, true}}) {
+      Options o;
+      o.executor = "cuda";
+      o.scale = c.scale;
+      o.softcap = v.softcap;
+      o.window_left = v.window;
+      Inputs in = c.inputs();
+      if (v.alibi) in.alibi_slopes = TensorView::contiguous(slopes.data(), DType::kF32, {spec.num_heads});
+      if (v.sinks) in.sinks = TensorView::contiguous(sinks.data(), DType::kF32, {spec.num_heads});
+      std::vector<float> out(c.out_elements()), lse(spec.batch * spec.num_heads);
+      const OutputView view{out.data(), {spec.batch, spec.num_heads, spec.head_dim}, lse.data()};
+      run(in, o, view);
+      const Problem pr = validate(in, o, view);
+      std::vector<double> ref(out.size()), ref_lse(lse.size());
+      exact_attention_f64(pr, ref.data(), {}, ref_lse.data());
+      const AccuracyReport r = compare_to_exact(out.data(), ref.data(), static_cast<std::int64_t>(out.size()));
+      const AccuracyReport rl = compare_lse_to_exact(lse.data(), ref_lse.data(), static_cast<std::int64_t>(lse.size()));
+      EXPECT_TRUE(r.pass()) << spec.name << " " << v.name << ": max abs error " << r.max_abs_error;
+      EXPECT_TRUE(rl.pass()) << spec.name << " " << v.name << ": lse max abs error " << rl.max_abs_error;
+      print_error(spec.name + " " + v.name, r.max_abs_error);
+      print_error(spec.name + " " + v.name + " lse", rl.max_abs_error);
+    }
+  }
+}
 
 TEST_F(CudaExecutor, IsTheAutoDefaultWhenAGpuIsPresent) {
   EXPECT_EQ(executor_names().front(), "cuda");
@@ -185,7 +271,7 @@ TEST_F(CudaDeviceApi, DeviceSidePageIdCheckRaisesAnError) {
   c.block_table[1] = static_cast<std::int32_t>(c.num_blocks) + 7;   // used by request 0
   c.block_table[c.max_blocks_per_req] = -1;                          // used by request 1
   DeviceCase d(c, static_cast<float>(c.scale));
-  cuda::PagedAttention pa(d.plan, c.context_lens.data());
+  cuda::DevicePlan pa(d.plan, c.context_lens.data());
   pa.run(d.tensors, d.out.as<float>(), nullptr);
   EXPECT_THROW(pa.check_errors(nullptr), Error);
   // The flag is cleared: a good table runs clean afterwards.
@@ -196,10 +282,49 @@ TEST_F(CudaDeviceApi, DeviceSidePageIdCheckRaisesAnError) {
   testing::expect_close_to_exact(good, d.download(), exact(good));
 }
 
+// The public API (include/mixpa/cuda.h): device tensors as TensorViews, a stream as void*,
+// lse out, CUDA-graph replay, error flags read on demand.
+TEST_F(CudaDeviceApi, PublicApiRunsAndReplaysInAGraph) {
+  const Case c = generate_case(small_spec("public_api", 3, 32, 4, 128, 32, {3000, 0, 700}), 6);
+  DeviceCase d(c, static_cast<float>(c.scale));
+  cuda::DeviceBuffer lse(c.spec.batch * c.spec.num_heads * 4);
+  const std::int64_t B = c.spec.batch, H = c.spec.num_heads, D = c.spec.head_dim, KH = c.spec.num_kv_heads;
+  Inputs in;
+  in.query = TensorView::contiguous(d.q.as<void>(), DType::kBF16, {B, H, D});
+  in.key_cache = TensorView::contiguous(d.k.as<void>(), DType::kBF16, {c.num_blocks, c.spec.block_size, KH, D});
+  in.value_cache = TensorView::contiguous(d.v.as<void>(), DType::kBF16, {c.num_blocks, c.spec.block_size, KH, D});
+  in.block_table = TensorView::contiguous(d.table.as<void>(), DType::kI32, {B, c.max_blocks_per_req});
+  in.context_lens = TensorView::contiguous(d.table.as<void>(), DType::kI32, {B});  // shape only: never read
+  Options o;
+  o.scale = c.scale;
+  const mixpa::cuda::PagedAttention pa(in, c.context_lens.data(), o);
+  cudaStream_t stream;
+  cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  pa.run(in, d.out.as<float>(), lse.as<float>(), stream);
+  EXPECT_EQ(pa.read_error_flags(stream), 0);
+  const auto direct = d.download();
+  testing::expect_close_to_exact(c, direct, exact(c));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  cuda::check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  pa.run(in, d.out.as<float>(), lse.as<float>(), stream);
+  cuda::check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  cuda::check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  for (int i = 0; i < 3; ++i) cuda::check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+  pa.check_errors(stream);
+  EXPECT_EQ(direct, d.download());
+  std::vector<float> host_lse(B * H);
+  cuda::check(cudaMemcpy(host_lse.data(), lse.as<float>(), host_lse.size() * 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  EXPECT_EQ(host_lse[H], -std::numeric_limits<float>::infinity());  // request 1: context 0
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 TEST_F(CudaDeviceApi, GraphReplayMatchesDirectRun) {
   const Case c = generate_case(small_spec("graph", 3, 32, 4, 128, 32, {3000, 1, 700}), 4);
   DeviceCase d(c, static_cast<float>(c.scale));
-  cuda::PagedAttention pa(d.plan, c.context_lens.data());
+  cuda::DevicePlan pa(d.plan, c.context_lens.data());
   cudaStream_t stream;
   cuda::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
   pa.run(d.tensors, d.out.as<float>(), stream);

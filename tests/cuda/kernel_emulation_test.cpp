@@ -3,7 +3,8 @@
 // them. It runs the work plan the executor would launch (persistent stride loop, split-KV
 // partials, merge) and must agree with exact attention: a check, on machines without a GPU,
 // of every index the kernel computes (swizzle, producer slots, fragment addresses, score
-// columns, P packing, the token-warp merge). It does not check the PTX itself.
+// columns, P packing, the token-warp merge, the producer's address streams, the variants'
+// score epilogue and finalize, the in-kernel split merge). It does not check the PTX itself.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -12,6 +13,7 @@
 #include <limits>
 
 #include "common/check.h"
+#include "cuda/log2_state.h"
 #include "cuda/work_plan.h"
 
 namespace mixpa::cuda {
@@ -77,76 +79,98 @@ void quad_reduce(std::array<float, 32>& v, Op op) {
   }
 }
 
+// The variant of SPEC §6 a test runs (empty = the plain operation).
+struct VariantSpec {
+  double softcap = 0;
+  std::int64_t window_left = -1;
+  std::vector<float> slopes, sinks;  // [num_heads] or empty
+};
+
 struct Emulator {
   const Case& c;
   Plan plan;
   WorkPlan wp;
-  std::vector<float> out, part_o, part_m, part_l;
+  KernelParams p;
+  std::vector<float> out, lse, part_o, part_m, part_l;
+  std::vector<unsigned int> counters;
   int error_flag = 0;
 
-  Emulator(const Case& cs, const DeviceLimits& dev)
+  Emulator(const Case& cs, const DeviceLimits& dev, const VariantSpec& v = {})
       : c(cs),
         plan(make_plan(Shape{cs.spec.batch, cs.spec.num_heads, cs.spec.num_kv_heads, cs.spec.head_dim, cs.num_blocks,
                              cs.spec.block_size, cs.max_blocks_per_req},
                        static_cast<float>(cs.scale))),
-        wp(plan_work(plan, cs.context_lens.data(), dev)) {
+        wp(plan_work(plan, cs.context_lens.data(), dev, {}, v.window_left)),
+        p(kernel_params(plan, wp, static_cast<float>(v.softcap))) {
     out.assign(cs.out_elements(), std::numeric_limits<float>::quiet_NaN());  // every element must be written
+    lse.assign(cs.spec.batch * cs.spec.num_heads, std::numeric_limits<float>::quiet_NaN());
     part_o.assign(wp.num_partials * wp.q_tile * cs.spec.head_dim, std::numeric_limits<float>::quiet_NaN());
     part_m.assign(wp.num_partials * wp.q_tile, std::numeric_limits<float>::quiet_NaN());
     part_l = part_m;
+    counters.assign(wp.merges.size(), 0);
+    const std::int64_t row = c.spec.num_kv_heads * c.spec.head_dim;
+    p.query = bits(c.query);
+    p.key_cache = bits(c.key_cache);
+    p.value_cache = bits(c.value_cache);
+    p.k_page = p.v_page = c.spec.block_size * row;
+    p.k_row = p.v_row = row;
+    p.k_head = p.v_head = c.spec.head_dim;
+    p.block_table = c.block_table.data();
+    p.alibi_slopes = v.slopes.empty() ? nullptr : v.slopes.data();
+    p.sinks = v.sinks.empty() ? nullptr : v.sinks.data();
   }
 
   template <class Vector>
   const std::uint16_t* bits(const Vector& v) const { return reinterpret_cast<const std::uint16_t*>(v.data()); }
 
-  // The producer warp's TPUSH of one tile (paged_attention.cu: produce).
-  void produce(const WorkItem& w, int tile, std::vector<std::uint8_t>& stage) {
+  // The producer warp's TPUSH of one tile (paged_attention.cu: produce), lane by lane on the
+  // kernel's ProducerStream and smem destinations.
+  void produce(const WorkItem& w, int tile, std::vector<ProducerStream<std::uint16_t>>& streams,
+               std::vector<std::uint8_t>& stage) {
     const TileGeometry g = wp.geometry;
-    const std::int64_t row = c.spec.num_kv_heads * c.spec.head_dim;
-    const std::int64_t page_stride = c.spec.block_size * row, head_stride = c.spec.head_dim;
+    const int period = swizzle_period(g);
     std::fill(stage.begin(), stage.end(), 0xff);  // bf16 0xffff is NaN: unwritten bytes would show
-    const int t0 = w.token_begin + tile * kTileTokens;
-    std::int64_t k_off[32][2];
-    for (int lane = 0; lane < 32; ++lane)
-      for (int h = 0; h < 2; ++h) {
-        const int t = t0 + 32 * h + lane;
-        k_off[lane][h] = -1;
-        if (t < w.token_end) {
-          const std::int64_t page = lookup_page(c.block_table.data(), c.max_blocks_per_req, c.num_blocks,
-                                                static_cast<int>(c.spec.block_size), w.batch, t);
-          if (page < 0) error_flag |= kErrorPageOutOfRange;
-          else k_off[lane][h] = row_offset(page, t % c.spec.block_size, w.kv_head, page_stride, row, head_stride);
-        }
-      }
-    for (int pass = 0; pass < g.passes(); ++pass)
-      for (int lane = 0; lane < 32; ++lane) {
-        const ProducerSlot slot = producer_slot(g, pass, lane);
-        const int src = slot.row & 31;
-        const int src_h = producer_slot(g, pass, src).row >> 5;  // the source lane's own selection
-        const std::int64_t ko = k_off[src][src_h];
-        const int dst = swizzled_offset(g, slot.row, slot.chunk);
+    const std::int64_t t0 = w.token_begin + std::int64_t{tile} * kTileTokens;
+    const bool full = t0 + kTileTokens <= w.token_end;
+    for (int lane = 0; lane < 32; ++lane) {
+      ProducerStream<std::uint16_t>& st = streams[lane];
+      const int lane_row = lane / g.chunks_per_row();
+      const int rows_left = static_cast<int>(w.token_end - t0) - lane_row;
+      for (int pass = 0; pass < g.passes(); ++pass) {
+        const int u = pass % period;
+        const int dst = swizzled_offset(g, u * g.rows_per_pass() + lane_row, lane % g.chunks_per_row()) +
+                        (pass / period) * 8 * g.row_bytes();
+        const bool valid = full || pass * g.rows_per_pass() < rows_left;
         for (int tensor = 0; tensor < 2; ++tensor) {
           std::uint8_t* d = stage.data() + tensor * g.tile_bytes() + dst;
-          if (ko < 0) std::memset(d, 0, 16);
-          else std::memcpy(d, bits(tensor ? c.value_cache : c.key_cache) + ko + 8 * slot.chunk, 16);
+          const std::uint16_t* src = tensor ? st.v : st.k;
+          if (!valid || st.bytes == 0) std::memset(d, 0, 16);
+          else std::memcpy(d, src, 16);
         }
+        if (full || (pass + 1) * g.rows_per_pass() < rows_left)
+          if (!st.advance(p)) error_flag |= kErrorPageOutOfRange;
       }
+    }
   }
 
   struct WarpState {
     std::vector<std::array<Acc4, 32>> o;  // [dim tile][lane]
-    std::array<std::array<float, 32>, 2> m, l;
+    std::array<std::array<Log2State, 32>, 2> st;
+    std::array<std::array<float, 32>, 2> slope2;
   };
 
-  // One compute warp's TPOP ... TFREE of one tile (paged_attention.cu: compute, tile loop).
+  // One compute warp's TPOP ... TFREE of one tile (paged_attention.cu: ComputeWarp).
+  template <bool kSoftcap, bool kAlibi>
   void consume(const WorkItem& w, int tile, int warp, const std::vector<std::uint8_t>& stage,
-               const std::vector<std::array<Reg4, 32>>& qf, WarpState& st) {
+               const std::vector<std::array<Reg4, 32>>& qf, WarpState& ws) {
     const TileGeometry g = wp.geometry;
     const int tw = warp_token_slice(g, warp);
     const int s_tiles = g.tokens_per_warp() / 8, k_steps = g.head_dim / 16, dim_tiles = g.head_dim / 8;
     const std::uint8_t* k_tile = stage.data();
     const std::uint8_t* v_tile = stage.data() + g.tile_bytes();
-    const int t0 = w.token_begin + tile * kTileTokens;
+    const std::int64_t t0 = w.token_begin + std::int64_t{tile} * kTileTokens;
+    const int cols = static_cast<int>(std::min<std::int64_t>(w.token_end - t0, kTileTokens));
+    const int t_minus_pos = kAlibi ? static_cast<int>(t0 - w.position) : 0;
     std::vector<std::array<Acc4, 32>> sc(s_tiles);
     for (auto& s : sc)
       for (auto& a : s) a = {0, 0, 0, 0};
@@ -169,19 +193,21 @@ struct Emulator {
     for (int lane = 0; lane < 32; ++lane)
       for (int j = 0; j < s_tiles; ++j)
         for (int e = 0; e < 4; ++e) {
-          const int token = t0 + score_column(g, tw, j, lane & 3, e);
+          const int col = score_column(g, tw, j, lane & 3, e);
           float& v = sc[j][lane][e];
-          v = token < w.token_end ? v * (plan.scale * 1.4426950408889634f) : kNegInf;
+          const float x = logit_log2<kSoftcap, kAlibi>(p, v, ws.slope2[e >> 1][lane], t_minus_pos + col);
+          v = col < cols ? x : kNegInf;
           mx[e >> 1][lane] = std::fmax(mx[e >> 1][lane], v);
         }
     std::array<std::array<float, 32>, 2> alpha, m_use;
     for (int r = 0; r < 2; ++r) {
       quad_reduce(mx[r], [](float a, float b) { return std::fmax(a, b); });
       for (int lane = 0; lane < 32; ++lane) {
-        const float m_new = std::fmax(st.m[r][lane], mx[r][lane]);
+        Log2State& st = ws.st[r][lane];
+        const float m_new = std::fmax(st.m, mx[r][lane]);
         m_use[r][lane] = m_new == kNegInf ? 0.0f : m_new;
-        alpha[r][lane] = std::exp2(st.m[r][lane] - m_use[r][lane]);
-        st.m[r][lane] = m_new;
+        alpha[r][lane] = std::exp2(st.m - m_use[r][lane]);
+        st.m = m_new;
       }
     }
     for (int lane = 0; lane < 32; ++lane) {
@@ -192,9 +218,9 @@ struct Emulator {
           v = round_to_bf16(std::exp2(v - m_use[e >> 1][lane]));
           row_sum[e >> 1] += v;
         }
-      for (int r = 0; r < 2; ++r) st.l[r][lane] = st.l[r][lane] * alpha[r][lane] + row_sum[r];
+      for (int r = 0; r < 2; ++r) ws.st[r][lane].l = ws.st[r][lane].l * alpha[r][lane] + row_sum[r];
       for (int n = 0; n < dim_tiles; ++n)
-        for (int e = 0; e < 4; ++e) st.o[n][lane][e] *= alpha[e >> 1][lane];
+        for (int e = 0; e < 4; ++e) ws.o[n][lane][e] *= alpha[e >> 1][lane];
     }
     for (int q = 0; q < g.tokens_per_warp() / 16; ++q) {
       std::array<Reg4, 32> pa;
@@ -211,11 +237,24 @@ struct Emulator {
         ldmatrix_x4(v_tile, addr, b, true);
         std::array<std::uint32_t, 32> b0, b1, b2, b3;
         for (int lane = 0; lane < 32; ++lane) b0[lane] = b[lane][0], b1[lane] = b[lane][1], b2[lane] = b[lane][2], b3[lane] = b[lane][3];
-        mma(st.o[2 * d], pa, b0, b1);
-        mma(st.o[2 * d + 1], pa, b2, b3);
+        mma(ws.o[2 * d], pa, b0, b1);
+        mma(ws.o[2 * d + 1], pa, b2, b3);
       }
     }
   }
+
+  void consume_any(const WorkItem& w, int tile, int warp, const std::vector<std::uint8_t>& stage,
+                   const std::vector<std::array<Reg4, 32>>& qf, WarpState& ws) {
+    if (p.softcap_log2 > 0.0f) {
+      if (p.alibi_slopes) consume<true, true>(w, tile, warp, stage, qf, ws);
+      else consume<true, false>(w, tile, warp, stage, qf, ws);
+    } else {
+      if (p.alibi_slopes) consume<false, true>(w, tile, warp, stage, qf, ws);
+      else consume<false, false>(w, tile, warp, stage, qf, ws);
+    }
+  }
+
+  float sink2(std::int64_t head) const { return p.sinks ? p.sinks[head] * kLog2e : kNegInf; }
 
   void run_item(const WorkItem& w) {
     const TileGeometry g = wp.geometry;
@@ -227,7 +266,7 @@ struct Emulator {
     for (int warp = 0; warp < kComputeWarps; ++warp) {
       st[warp].o.assign(dim_tiles, {});
       for (auto& a : st[warp].o) a.fill({0, 0, 0, 0});
-      for (int r = 0; r < 2; ++r) st[warp].m[r].fill(kNegInf), st[warp].l[r].fill(0.0f);
+      for (int r = 0; r < 2; ++r) st[warp].st[r].fill(Log2State{});
       const int rf = warp_row_frag(g, warp);
       for (int lane = 0; lane < 32; ++lane) {
         const int gg = lane >> 2, t = lane & 3, row0 = 16 * rf + gg, row1 = row0 + 8;
@@ -240,37 +279,45 @@ struct Emulator {
           const int col = 16 * kk + 2 * t;
           qf[warp][kk][lane] = {q32(row0, col), q32(row1, col), q32(row0, col + 8), q32(row1, col + 8)};
         }
+        for (int r = 0; r < 2; ++r) {
+          const int row = r ? row1 : row0;
+          st[warp].slope2[r][lane] = p.alibi_slopes && row < w.rows ? p.alibi_slopes[w.head_begin + row] * kLog2e : 0.0f;
+        }
       }
     }
+    std::vector<ProducerStream<std::uint16_t>> streams(32);
+    if (item_tiles(w) > 0)
+      for (int lane = 0; lane < 32; ++lane)
+        if (!streams[lane].begin(p, w, g, lane)) error_flag |= kErrorPageOutOfRange;
     for (int tile = 0; tile < item_tiles(w); ++tile) {
-      produce(w, tile, stage);
-      for (int warp = 0; warp < kComputeWarps; ++warp) consume(w, tile, warp, stage, qf[warp], st[warp]);
+      produce(w, tile, streams, stage);
+      for (int warp = 0; warp < kComputeWarps; ++warp) consume_any(w, tile, warp, stage, qf[warp], st[warp]);
     }
     for (auto& s : st)
-      for (int r = 0; r < 2; ++r) quad_reduce(s.l[r], [](float a, float b) { return a + b; });
+      for (int r = 0; r < 2; ++r) {
+        std::array<float, 32> l;
+        for (int lane = 0; lane < 32; ++lane) l[lane] = s.st[r][lane].l;
+        quad_reduce(l, [](float a, float b) { return a + b; });
+        for (int lane = 0; lane < 32; ++lane) s.st[r][lane].l = l[lane];
+      }
     std::vector<bool> writer(kComputeWarps, true);
     if (g.token_warps() > 1) {
-      // stats, then f / m_all / l_all per warp, then the fixed-order accumulation.
-      float stats_m[kComputeWarps][64], stats_l[kComputeWarps][64];
+      // stats, then f and the combined state (merge_log2_states) per warp, then the fixed-order accumulation.
+      float stats_m[kComputeWarps * 64], stats_l[kComputeWarps * 64];
       for (int warp = 0; warp < kComputeWarps; ++warp)
         for (int lane = 0; lane < 32; lane += 4)
           for (int r = 0; r < 2; ++r) {
-            stats_m[warp][(lane >> 2) + 8 * r] = st[warp].m[r][lane];
-            stats_l[warp][(lane >> 2) + 8 * r] = st[warp].l[r][lane];
+            stats_m[warp * 64 + (lane >> 2) + 8 * r] = st[warp].st[r][lane].m;
+            stats_l[warp * 64 + (lane >> 2) + 8 * r] = st[warp].st[r][lane].l;
           }
       std::vector<std::array<std::array<float, 32>, 2>> f(kComputeWarps);
       for (int warp = 0; warp < kComputeWarps; ++warp)
         for (int lane = 0; lane < 32; ++lane)
           for (int r = 0; r < 2; ++r) {
             const int row = (lane >> 2) + 8 * r;
-            float m_all = kNegInf;
-            for (int k = 0; k < g.token_warps(); ++k) m_all = std::fmax(m_all, stats_m[k][row]);
-            float l_all = 0.0f;
-            if (m_all != kNegInf)
-              for (int k = 0; k < g.token_warps(); ++k) l_all += std::exp2(stats_m[k][row] - m_all) * stats_l[k][row];
-            f[warp][r][lane] = m_all == kNegInf ? 0.0f : std::exp2(st[warp].m[r][lane] - m_all);
-            st[warp].m[r][lane] = m_all;
-            st[warp].l[r][lane] = l_all;
+            const Log2State all = merge_log2_states<kComputeWarps>(stats_m + row, stats_l + row, 64);
+            f[warp][r][lane] = st[warp].st[r][lane].weight(all.m);
+            st[warp].st[r][lane] = all;
           }
       std::vector<float> buf(16 * hd, std::numeric_limits<float>::quiet_NaN());
       for (int step = 0; step < g.token_warps(); ++step) {
@@ -294,46 +341,57 @@ struct Emulator {
         for (int r = 0; r < 2; ++r) {
           const int row = 16 * rf + gg + 8 * r;
           if (row >= w.rows) continue;
-          const float L = st[warp].l[r][lane];
+          const Log2State& s = st[warp].st[r][lane];
+          const std::int64_t head_row = qbase / hd + row;
+          const float inv = s.empty() ? 0.0f : 1.0f / s.denominator(sink2(head_row % c.spec.num_heads));
           for (int n = 0; n < dim_tiles; ++n)
             for (int e = 0; e < 2; ++e) {
               const float o = st[warp].o[n][lane][2 * r + e];
               const int col = 8 * n + 2 * t + e;
-              if (w.partial < 0) out[qbase + std::int64_t{row} * hd + col] = L > 0.0f ? o * (1.0f / L) : 0.0f;
+              if (w.partial < 0) out[head_row * hd + col] = o * inv;
               else part_o[(std::int64_t{w.partial} * wp.q_tile + row) * hd + col] = o;
             }
-          if (w.partial >= 0 && t == 0) {
-            part_m[std::int64_t{w.partial} * wp.q_tile + row] = st[warp].m[r][lane];
-            part_l[std::int64_t{w.partial} * wp.q_tile + row] = L;
+          if (t == 0) {
+            if (w.partial < 0) {
+              lse[head_row] = s.lse();
+            } else {
+              part_m[std::int64_t{w.partial} * wp.q_tile + row] = s.m;
+              part_l[std::int64_t{w.partial} * wp.q_tile + row] = s.l;
+            }
           }
         }
       }
     }
+    // arrive_split: the last item of a split block to finish merges it (merge_block).
+    if (w.partial >= 0 && ++counters[w.merge] == static_cast<unsigned>(wp.merges[w.merge].num_partials)) {
+      merge_block(wp.merges[w.merge]);
+      counters[w.merge] = 0;
+    }
   }
 
-  void merge() {
+  void merge_block(const MergeItem& mi) {
     const int hd = wp.geometry.head_dim;
-    for (const MergeItem& mi : wp.merges)
-      for (std::int64_t idx = 0; idx < std::int64_t{mi.rows} * hd; ++idx) {
-        const std::int64_t r = idx / hd, col = idx % hd;
-        float m_all = kNegInf;
-        for (int k = 0; k < mi.num_partials; ++k) m_all = std::fmax(m_all, part_m[(mi.first_partial + k) * std::int64_t{wp.q_tile} + r]);
-        float o = 0.0f, l = 0.0f;
-        if (m_all != kNegInf)
-          for (int k = 0; k < mi.num_partials; ++k) {
-            const std::int64_t row = (mi.first_partial + k) * std::int64_t{wp.q_tile} + r;
-            const float f = std::exp2(part_m[row] - m_all);
-            o += f * part_o[row * hd + col];
-            l += f * part_l[row];
-          }
-        out[(std::int64_t{mi.batch} * c.spec.num_heads + mi.head_begin + r) * hd + col] = l > 0.0f ? o / l : 0.0f;
+    for (std::int64_t idx = 0; idx < std::int64_t{mi.rows} * hd; ++idx) {
+      const std::int64_t r = idx / hd, col = idx % hd;
+      Log2State all;
+      for (int k = 0; k < mi.num_partials; ++k) all.m = std::fmax(all.m, part_m[(mi.first_partial + k) * std::int64_t{wp.q_tile} + r]);
+      float o = 0.0f;
+      for (int k = 0; k < mi.num_partials; ++k) {
+        const std::int64_t row = (mi.first_partial + k) * std::int64_t{wp.q_tile} + r;
+        const float f = Log2State{part_m[row], 0.0f}.weight(all.m);
+        o += f * part_o[row * hd + col];
+        all.l += f * part_l[row];
       }
+      const std::int64_t head_row = std::int64_t{mi.batch} * c.spec.num_heads + mi.head_begin + r;
+      out[head_row * hd + col] = all.empty() ? 0.0f : o / all.denominator(sink2(mi.head_begin + r));
+      if (col == 0) lse[head_row] = all.lse();
+    }
   }
 
   std::vector<float> run() {
     for (int cta = 0; cta < wp.grid; ++cta)
       for (int i = cta; i < static_cast<int>(wp.items.size()); i += wp.grid) run_item(wp.items[i]);
-    merge();
+    for (unsigned n : counters) EXPECT_EQ(n, 0u) << "a merge counter was left non-zero";
     return out;
   }
 };
@@ -385,6 +443,109 @@ TEST(CudaKernelEmulationProps, NaNInMaskedRowsDoesNotLeakAndBadPagesRaiseTheFlag
   Emulator bad(c, kTinyGpu);
   bad.run();
   EXPECT_EQ(bad.error_flag, kErrorPageOutOfRange);
+}
+
+// Exact float64 attention with the variant, through validate() (the rules every executor gets).
+struct ExactResult {
+  std::vector<double> out, lse;
+};
+ExactResult exact_with(const Case& c, const VariantSpec& v) {
+  Options o;
+  o.scale = c.scale;
+  o.softcap = v.softcap;
+  o.window_left = v.window_left;
+  Inputs in = c.inputs();
+  if (!v.slopes.empty()) in.alibi_slopes = TensorView::contiguous(v.slopes.data(), DType::kF32, {c.spec.num_heads});
+  if (!v.sinks.empty()) in.sinks = TensorView::contiguous(v.sinks.data(), DType::kF32, {c.spec.num_heads});
+  std::vector<float> dummy(c.out_elements());
+  const Problem pr = validate(in, o, OutputView{dummy.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}});
+  ExactResult r;
+  r.out.resize(c.out_elements());
+  r.lse.resize(c.spec.batch * c.spec.num_heads);
+  exact_attention_f64(pr, r.out.data(), {}, r.lse.data());
+  return r;
+}
+
+std::vector<float> alibi_slopes(std::int64_t heads) {  // BLOOM's geometric slopes
+  std::vector<float> s(heads);
+  for (std::int64_t h = 0; h < heads; ++h) s[h] = std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(heads));
+  return s;
+}
+std::vector<float> sink_values(std::int64_t heads, float base) {
+  std::vector<float> s(heads);
+  for (std::int64_t h = 0; h < heads; ++h) s[h] = base + 0.37f * static_cast<float>(h % 5) - 0.5f;
+  return s;
+}
+
+// Each variant alone and combined, on shapes that split (tiny GPU) and that do not, against
+// exact float64 for out and lse: soft-cap, ALiBi, windows (0, inside a page, across pages,
+// larger than the context), sinks (ordinary and far above every score).
+TEST(CudaKernelEmulationVariants, AgreeWithExact) {
+  const std::vector<CaseSpec> specs = {
+      small_spec("split_mixed", 4, 20, 4, 64, 16, {0, 1, 1500, 2100}),
+      small_spec("gqa_32_4", 3, 32, 4, 128, 32, {70, 1, 257}, 0.3),
+      small_spec("q64", 2, 64, 1, 128, 64, {130, 5}),
+      small_spec("hd256_split", 2, 8, 1, 256, 32, {1300, 33}),
+  };
+  for (const CaseSpec& spec : specs) {
+    const Case c = generate_case(spec, 21);
+    const std::int64_t H = spec.num_heads;
+    const std::vector<std::pair<std::string, VariantSpec>> variants = {
+        {"softcap", {0.6, -1, {}, {}}},
+        {"alibi", {0, -1, alibi_slopes(H), {}}},
+        {"window0", {0, 0, {}, {}}},
+        {"window5", {0, 5, {}, {}}},
+        {"window40", {0, 40, {}, {}}},
+        {"window700", {0, 700, {}, {}}},
+        {"window_huge", {0, 100000, {}, {}}},
+        {"sinks", {0, -1, {}, sink_values(H, 0.0f)}},
+        {"sinks_above", {0, -1, {}, sink_values(H, 30.0f)}},
+        {"all", {1.5, 300, alibi_slopes(H), sink_values(H, 1.0f)}},
+    };
+    for (const auto& [name, v] : variants) {
+      const ExactResult ref = exact_with(c, v);
+      for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
+        Emulator emu(c, dev, v);
+        const auto out = emu.run();
+        EXPECT_EQ(emu.error_flag, 0);
+        const AccuracyReport r = compare_to_exact(out.data(), ref.out.data(), static_cast<std::int64_t>(out.size()));
+        const AccuracyReport rl = compare_lse_to_exact(emu.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size()));
+        EXPECT_TRUE(r.pass()) << spec.name << " " << name << " sm " << dev.sm_count << ": max abs error " << r.max_abs_error
+                              << ", " << r.failures << " failures";
+        EXPECT_TRUE(rl.pass()) << spec.name << " " << name << " sm " << dev.sm_count << ": lse max abs error "
+                               << rl.max_abs_error << ", " << rl.failures << " failures";
+        EXPECT_LT(r.max_abs_error, 2e-3) << spec.name << " " << name;
+        std::printf("emulation %-12s %-12s sm %3d items %4zu merges %3zu: out max abs error %.2e, lse %.2e\n",
+                    spec.name.c_str(), name.c_str(), dev.sm_count, emu.wp.items.size(), emu.wp.merges.size(),
+                    r.max_abs_error, rl.max_abs_error);
+      }
+    }
+  }
+}
+
+// A window reads only the pages it needs: the items cover the last window_left + 1 tokens.
+TEST(CudaKernelEmulationVariants, WindowItemsSkipThePagesBeforeIt) {
+  const Case c = generate_case(small_spec("long", 1, 16, 1, 128, 32, {5000}), 2);
+  Emulator emu(c, DeviceLimits{}, VariantSpec{0, 99, {}, {}});
+  std::int64_t tokens = 0;
+  for (const WorkItem& w : emu.wp.items) {
+    EXPECT_GE(w.token_begin, 5000 - 100);
+    EXPECT_EQ(w.position, 4999);
+    tokens += w.token_end - w.token_begin;
+  }
+  EXPECT_EQ(tokens, 100);
+}
+
+// The plain case's lse against exact, context 0 included (-inf).
+TEST(CudaKernelEmulationVariants, PlainLseAgreesWithExact) {
+  const Case c = generate_case(small_spec("lens_edge_bs16", 6, 16, 1, 128, 16, {0, 1, 15, 16, 17, 1100}), 4);
+  const ExactResult ref = exact_with(c, {});
+  for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
+    Emulator emu(c, dev);
+    emu.run();
+    EXPECT_TRUE(compare_lse_to_exact(emu.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size())).pass());
+    EXPECT_EQ(emu.lse[0], kNegInf);
+  }
 }
 
 }  // namespace

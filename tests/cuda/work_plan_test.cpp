@@ -226,14 +226,14 @@ TEST(CudaTiling, GatherPlacesTheRightPageRows) {
   for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::int32_t>((i * 37 + 11) % num_blocks);
   const std::int64_t page_stride = bs * kvh * hd + 8, row_stride = kvh * hd, head_stride = hd;  // padded pages
   const TileGeometry g{static_cast<int>(hd), 1};
-  const WorkItem w{1, 2, 0, 16, 48, 48 + 100, -1, 0};  // request 1, kv head 2, tokens [48, 148)
+  const WorkItem w{1, 2, 0, 16, 48, 48 + 100, 147, -1, -1};  // request 1, kv head 2, tokens [48, 148)
   ASSERT_EQ(item_tiles(w), 2);
   for (int tile = 0; tile < item_tiles(w); ++tile) {
-    const int t0 = w.token_begin + tile * kTileTokens;
+    const std::int64_t t0 = w.token_begin + tile * kTileTokens;
     for (int pass = 0; pass < g.passes(); ++pass)
       for (int lane = 0; lane < 32; ++lane) {
         const ProducerSlot s = producer_slot(g, pass, lane);
-        const int t = t0 + s.row;
+        const std::int64_t t = t0 + s.row;
         if (t >= w.token_end) continue;  // zero-filled
         const std::int64_t page = lookup_page(table.data(), max_blocks, num_blocks, bs, w.batch, t);
         ASSERT_GE(page, 0);
@@ -247,6 +247,54 @@ TEST(CudaTiling, GatherPlacesTheRightPageRows) {
   EXPECT_EQ(lookup_page(bad.data(), max_blocks, num_blocks, bs, 1, 3 * bs + 5), -1);
   bad[1 * max_blocks + 3] = -4;
   EXPECT_EQ(lookup_page(bad.data(), max_blocks, num_blocks, bs, 1, 3 * bs), -1);
+}
+
+// The producer's per-lane address stream (ProducerStream) against the page lookup, row by
+// row, across tiles and pages: power-of-two and other block sizes (division fallback),
+// block sizes below rows_per_pass, items starting inside a page (windows), bad page ids.
+TEST(CudaTiling, ProducerStreamFollowsThePages) {
+  for (int hd : {64, 128, 256})
+    for (int bs : {1, 3, 16, 24, 64, 128}) {
+      const TileGeometry g{hd, 1};
+      const std::int64_t max_blocks = 400, num_blocks = 97, kvh = 2;
+      std::vector<std::int32_t> table(2 * max_blocks);
+      for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<std::int32_t>((i * 37 + 11) % num_blocks);
+      table[max_blocks + 7] = -3;  // a bad page of request 1
+      std::vector<std::uint16_t> cache(1);
+      KernelParams p;
+      p.key_cache = cache.data();
+      p.value_cache = cache.data() + 1;
+      p.k_row = kvh * hd + 8, p.k_page = bs * p.k_row + 16, p.k_head = hd;  // padded rows and pages
+      p.v_row = kvh * hd, p.v_page = bs * p.v_row, p.v_head = hd;
+      p.block_table = table.data();
+      p.max_blocks_per_req = max_blocks;
+      p.num_blocks = num_blocks;
+      p.block_size = bs;
+      p.block_shift = block_shift_of(bs);
+      EXPECT_EQ(p.block_shift >= 0, (bs & (bs - 1)) == 0);
+      for (std::int64_t begin : {std::int64_t{0}, std::int64_t{5}, std::int64_t{bs}, std::int64_t{3 * bs + 1}}) {
+        const std::int64_t end = std::min<std::int64_t>(begin + 150, max_blocks * bs);
+        const WorkItem w{1, 1, 0, 16, begin, end, end - 1, -1, -1};
+        for (int lane = 0; lane < 32; ++lane) {
+          ProducerStream<std::uint16_t> st;
+          bool bad_seen = !st.begin(p, w, g, lane), bad_touched = false;
+          const std::int64_t piece = lane % g.chunks_per_row();
+          for (std::int64_t t = begin + lane / g.chunks_per_row(); t < end; t += g.rows_per_pass()) {
+            const std::int64_t id = table[max_blocks + t / bs];
+            if (id < 0) {
+              EXPECT_EQ(st.bytes, 0u) << "bs " << bs << " t " << t;
+              bad_touched = true;
+            } else {
+              ASSERT_EQ(st.bytes, 16u) << "bs " << bs << " t " << t;
+              ASSERT_EQ(st.k - p.key_cache, id * p.k_page + (t % bs) * p.k_row + p.k_head + 8 * piece) << "hd " << hd << " bs " << bs << " t " << t;
+              ASSERT_EQ(st.v - p.value_cache, id * p.v_page + (t % bs) * p.v_row + p.v_head + 8 * piece);
+            }
+            if (t + g.rows_per_pass() < end && !st.advance(p)) bad_seen = true;
+          }
+          EXPECT_EQ(bad_seen, bad_touched) << "a lane reports exactly the bad pages it enters: bs " << bs << " begin " << begin;
+        }
+      }
+    }
 }
 
 TEST(CudaTiling, OffsetsAre64Bit) {

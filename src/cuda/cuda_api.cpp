@@ -1,0 +1,103 @@
+// The public device-resident API (include/mixpa/cuda.h) over cuda::DevicePlan. Built in every
+// configuration: without the cuda executor it reports unavailable and throws.
+#include "mixpa/cuda.h"
+
+#include <string>
+
+#include "core/plan.h"
+#include "core/validate.h"
+#include "mixpa/error.h"
+
+#ifdef MIXPA_HAVE_CUDA
+#include "cuda/cuda_executor.h"
+#endif
+
+namespace mixpa::cuda {
+
+#ifdef MIXPA_HAVE_CUDA
+namespace {
+
+// An optional f32 [num_heads] device vector: shape checked, values not (they are on the device).
+const float* device_head_vector(const TensorView& t, const char* name, std::int64_t num_heads) {
+  if (!t.present()) return nullptr;
+  if (t.dtype != DType::kF32 || t.rank != 1 || t.shape[0] != num_heads || !t.is_contiguous())
+    throw Error(std::string(name) + ": must be a contiguous float32 [num_heads] tensor ([" + std::to_string(num_heads) +
+                "]), got " + t.shape_string());
+  return t.as<float>();
+}
+
+}  // namespace
+
+struct PagedAttention::Impl {
+  Shape shape;
+  DevicePlan plan;
+  Impl(const Shape& s, const Plan& p, const std::int32_t* lens, const Variant& v) : shape(s), plan(p, lens, {}, v) {}
+};
+
+bool available() { return device_available(); }
+
+PagedAttention::PagedAttention(const Inputs& in, const std::int32_t* host_context_lens, const Options& options) {
+  if (!device_available()) throw Error("cuda: no CUDA device with a kernel image for this build is available");
+  const Shape shape = validate_shapes(in);
+  Inputs host_side = in;  // the variant's vectors are device memory: their values are not read here
+  host_side.alibi_slopes = {};
+  host_side.sinks = {};
+  const Variant variant = resolve_variant(host_side, options, shape);
+  device_head_vector(in.alibi_slopes, "alibi_slopes", shape.num_heads);
+  device_head_vector(in.sinks, "sinks", shape.num_heads);
+  if (!host_context_lens) throw Error("context_lens: the host copy is required to plan");
+  impl_ = std::make_unique<Impl>(shape, make_plan(shape, variant.scale), host_context_lens, variant);
+}
+
+PagedAttention::~PagedAttention() = default;
+PagedAttention::PagedAttention(PagedAttention&&) noexcept = default;
+PagedAttention& PagedAttention::operator=(PagedAttention&&) noexcept = default;
+
+void PagedAttention::run(const Inputs& in, float* out, float* lse, void* stream) const {
+  const Shape s = validate_shapes(in);
+  const Shape& p = impl_->shape;
+  if (s.batch != p.batch || s.num_heads != p.num_heads || s.num_kv_heads != p.num_kv_heads || s.head_dim != p.head_dim ||
+      s.num_blocks != p.num_blocks || s.block_size != p.block_size || s.max_blocks_per_req != p.max_blocks_per_req)
+    throw Error("cuda: run's inputs do not have the shapes the plan was made for");
+  DeviceTensors t;
+  t.query = in.query.as<bf16>();
+  t.key_cache = in.key_cache.as<bf16>();
+  t.value_cache = in.value_cache.as<bf16>();
+  t.k_strides = {in.key_cache.strides[0], in.key_cache.strides[1], in.key_cache.strides[2]};
+  t.v_strides = {in.value_cache.strides[0], in.value_cache.strides[1], in.value_cache.strides[2]};
+  if (in.key_cache.strides[3] != 1 || in.value_cache.strides[3] != 1)
+    throw Error("key_cache / value_cache: head_dim must have stride 1");
+  t.block_table = in.block_table.as<std::int32_t>();
+  t.alibi_slopes = device_head_vector(in.alibi_slopes, "alibi_slopes", s.num_heads);
+  t.sinks = device_head_vector(in.sinks, "sinks", s.num_heads);
+  impl_->plan.run(t, out, static_cast<cudaStream_t>(stream), lse);
+}
+
+int PagedAttention::read_error_flags(void* stream) const {
+  return impl_->plan.read_error_flags(static_cast<cudaStream_t>(stream));
+}
+void PagedAttention::check_errors(void* stream) const { impl_->plan.check_errors(static_cast<cudaStream_t>(stream)); }
+std::int64_t PagedAttention::work_items() const { return static_cast<std::int64_t>(impl_->plan.work().items.size()); }
+int PagedAttention::grid() const { return impl_->plan.work().grid; }
+int PagedAttention::stages() const { return impl_->plan.work().stages; }
+
+#else  // no cuda executor in this build
+
+struct PagedAttention::Impl {};
+bool available() { return false; }
+PagedAttention::PagedAttention(const Inputs&, const std::int32_t*, const Options&) {
+  throw Error("cuda: this build of mixpa has no cuda executor (configure with a CUDA compiler)");
+}
+PagedAttention::~PagedAttention() = default;
+PagedAttention::PagedAttention(PagedAttention&&) noexcept = default;
+PagedAttention& PagedAttention::operator=(PagedAttention&&) noexcept = default;
+void PagedAttention::run(const Inputs&, float*, float*, void*) const {}
+int PagedAttention::read_error_flags(void*) const { return 0; }
+void PagedAttention::check_errors(void*) const {}
+std::int64_t PagedAttention::work_items() const { return 0; }
+int PagedAttention::grid() const { return 0; }
+int PagedAttention::stages() const { return 0; }
+
+#endif
+
+}  // namespace mixpa::cuda
