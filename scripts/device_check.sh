@@ -101,8 +101,8 @@ step "pipe self-test (isolates the mbarrier protocol)" test.log 40 "$TEST" --gte
 step "test_cuda (fast, MIXPA_REQUIRE_GPU=1)" test.log 90 "$TEST" --gtest_filter='-*Slow*' --gtest_brief=1
 
 # ---- 4: bench -------------------------------------------------------------------------------
-step "bench (--verify, L2 flushed, + peers)" bench.log 100 env PYTHONUNBUFFERED=1 "$BENCH" --cases Case1,Case2,SmallCase1,Decode32k \
-  --reps 20 --verify --window-left 4095 --peer-script "$PEER_SCRIPT" --peer-dir /tmp/mixpa_peer
+step "bench (--verify, L2 flushed, sweep, + peers)" bench.log 130 env PYTHONUNBUFFERED=1 "$BENCH" --cases Case1,Case2,SmallCase1,Decode32k \
+  --reps 20 --verify --window-left 4095 --sweep --peer-script "$PEER_SCRIPT" --peer-dir /tmp/mixpa_peer
 
 # ---- 5: origin cases ------------------------------------------------------------------------
 step "test_cuda (Slow: origin cases)" test.log 60 "$TEST" --gtest_filter='*Slow*'

@@ -8,7 +8,9 @@ Two counts per kernel instantiation:
              mbarrier (TRYWAIT) or calls the watchdog (CALL) are taken, BRA.DIV (divergent
              warp) is not, inner backward branches fall through (copy loops are multiplied
              by their trip count, see below). The page-crossing path (skipped) is reported
-             separately with its length: it runs once per lane per page entered.
+             separately with its length: it runs once per lane per page entered. Where the
+             producer chooses (warp-uniformly, VOTE.ALL) between a per-pass checked copy path
+             and the in-page fast path, the fast path is traced.
   static     every instruction of the tile loop (outside the spin loops), copy loops times
              their trip count: an upper bound that counts rarely taken paths once per stage.
 For the pre-stream producer (per-row page lookups each tile) use the static count: its table
@@ -135,6 +137,13 @@ def hot_path(ins, head, back, inner=None, trips=1):
                 region = [t for a, t in ins if addr < a < target]
                 if any(k in t for t in region for k in SKIP) and not any("LDGSTS" in t for t in region):
                     longest = max(longest, len(region))
+                    i = index[target]
+                    continue
+                # A warp-uniform choice (VOTE.ALL just before) between the per-pass checked copy
+                # path (copies and table reads) and the in-page fast path: take the fast one.
+                recent = [t for _, t in ins[max(0, i - 6):i]]
+                if any("VOTE.ALL" in t for t in recent) and any("LDGSTS" in t for t in region) and \
+                        any("LDG." in t for t in region):
                     i = index[target]
                     continue
         i += 1

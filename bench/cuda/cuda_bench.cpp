@@ -146,6 +146,7 @@ void run_case(const Args& args, const std::string& name, double stream_bw) {
     for (double ips : {0.0, 1.0, 2.0, 4.0, 8.0})
       variants.push_back({"items/SM " + std::to_string(ips).substr(0, 3), {cuda::kMaxStages, ips, cuda::kMinChunkTokens}});
     variants.push_back({"items/SM 4, chunk>=256", {cuda::kMaxStages, 4.0, 256}});
+    variants.push_back({"balance pages", {cuda::kMaxStages, -1.0, cuda::kMinChunkTokens, true}});
   }
   if (args.window_left >= 0) {
     Variant wv;

@@ -18,7 +18,7 @@ cudaError_t prepare_kernel(int head_dim, int row_frags, int smem_bytes);
 // cudaSuccess when this device has a kernel image (the build's architectures fit it).
 cudaError_t kernel_image_check();
 
-// Enqueues the attention kernel and, when blocks were split, the merge kernel on `stream`.
+// Enqueues the attention kernel on `stream` (split blocks are merged inside it).
 // No host synchronisation and no allocation: capturable into a CUDA graph.
 cudaError_t launch_paged_attention(const KernelParams& params, int head_dim, int row_frags, int grid, int smem_bytes,
                                    cudaStream_t stream);

@@ -63,55 +63,75 @@ __device__ inline void raise_bad_page(const KernelParams& p) { atomicOr(p.error_
 
 // ---------------------------------------------------------------------------------------------
 // Producer: TPUSH one stage per 64-token tile of every item this CTA owns. Each lane runs its
-// own address stream (tile_layout.h: ProducerStream): per pass two cp.async (K, V piece) from
-// pointers in registers, the pointers bumped by a pass's rows, the page resolved only when
-// the stream enters one. Smem destinations: swizzle_period offsets per lane, + 8 rows each
-// period (constant offsets once unrolled). Full tiles copy without per-row checks; the last,
-// partial tile of an item zero-fills the rows past its range (nothing read there).
+// own address stream (tile_layout.h: ProducerStream). A full tile whose rows stay inside each
+// lane's current page (every tile when pages are >= 64 tokens and aligned) is the fast path:
+// per pass two cp.async from pointers in registers bumped by a pass's rows, smem destinations
+// at constant offsets from swizzle_period per-lane bases; the page is resolved (block table)
+// only at the tile's end, when the stream leaves it. Other full tiles check the page per pass;
+// an item's last, partial tile also zero-fills the rows past its range (nothing read there).
 template <class C>
 __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
   constexpr TileGeometry g = C::kGeom;
   constexpr int kPeriod = swizzle_period(g);
   constexpr int kPasses = g.passes();
+  constexpr int kRows = g.rows_per_pass();
   static_assert(kPasses % kPeriod == 0);
   const int lane_row = lane / g.chunks_per_row();
   std::uint32_t xo[kPeriod];
 #pragma unroll
-  for (int u = 0; u < kPeriod; ++u)
-    xo[u] = static_cast<std::uint32_t>(swizzled_offset(g, u * g.rows_per_pass() + lane_row, lane % g.chunks_per_row()));
+  for (int u = 0; u < kPeriod; ++u) {
+    xo[u] = static_cast<std::uint32_t>(swizzled_offset(g, u * kRows + lane_row, lane % g.chunks_per_row()));
+    asm volatile("" : "+r"(xo[u]));  // keep the offsets in registers (no re-derivation per pass)
+  }
   PipeState s = pipe.producer_start_state();
   for (ItemLoop it(p); it.is_valid(); ++it) {
     const WorkItem w = p.items[it.i];
     const int tiles = item_tiles(w);
     if (tiles == 0) continue;
     ProducerStream<std::uint16_t> st;
-    if (!st.begin(p, w, g, lane)) raise_bad_page(p);
+    st.begin(p, w, g, lane);
     for (int tile = 0; tile < tiles; ++tile) {
       const std::int64_t t0 = w.token_begin + static_cast<std::int64_t>(tile) * kTileTokens;
       const std::uint32_t k_tile = smem_address(tpush_begin(pipe, s));
-      const std::uint32_t v_tile = k_tile + g.tile_bytes();
-      if (t0 + kTileTokens <= w.token_end) {
+      std::uint32_t dst[kPeriod];
+#pragma unroll
+      for (int u = 0; u < kPeriod; ++u) dst[u] = k_tile + xo[u];
+      constexpr std::uint32_t kV = g.tile_bytes(), kPeriodBytes = 8 * g.row_bytes();
+      const bool full = t0 + kTileTokens <= w.token_end;
+      if (full && __all_sync(0xffffffffu, st.stays_in_page(p, kPasses))) {
+        const bool zero = st.bytes == 0;
+        const std::uint16_t* kp = st.k;
+        const std::uint16_t* vp = st.v;
 #pragma unroll
         for (int pass = 0; pass < kPasses; ++pass) {
-          const std::uint32_t dst = xo[pass % kPeriod] + (pass / kPeriod) * 8 * g.row_bytes();
-          cp_async_16(k_tile + dst, st.k, st.bytes);
-          cp_async_16(v_tile + dst, st.v, st.bytes);
-          if (!st.advance(p)) raise_bad_page(p);
+          const std::uint32_t d = dst[pass % kPeriod] + (pass / kPeriod) * kPeriodBytes;
+          cp_async_16_or_zero(d, kp, zero);
+          cp_async_16_or_zero(d + kV, vp, zero);
+          kp += st.k_step, vp += st.v_step;
+        }
+        st.skip(p, kPasses);
+      } else if (full) {
+#pragma unroll
+        for (int pass = 0; pass < kPasses; ++pass) {
+          const std::uint32_t d = dst[pass % kPeriod] + (pass / kPeriod) * kPeriodBytes;
+          cp_async_16_or_zero(d, st.k, st.bytes == 0);
+          cp_async_16_or_zero(d + kV, st.v, st.bytes == 0);
+          st.advance(p);
         }
       } else {
         const int rows_left = static_cast<int>(w.token_end - t0) - lane_row;  // this lane's rows < rows_left
 #pragma unroll
         for (int pass = 0; pass < kPasses; ++pass) {
-          const std::uint32_t dst = xo[pass % kPeriod] + (pass / kPeriod) * 8 * g.row_bytes();
-          const bool valid = pass * g.rows_per_pass() < rows_left;
-          cp_async_16(k_tile + dst, valid ? st.k : p.key_cache, valid ? st.bytes : 0u);
-          cp_async_16(v_tile + dst, valid ? st.v : p.value_cache, valid ? st.bytes : 0u);
-          if ((pass + 1) * g.rows_per_pass() < rows_left)  // never enters a page past the item
-            if (!st.advance(p)) raise_bad_page(p);
+          const std::uint32_t d = dst[pass % kPeriod] + (pass / kPeriod) * kPeriodBytes;
+          const bool valid = pass * kRows < rows_left;
+          cp_async_16_or_zero(d, valid ? st.k : p.key_cache, !valid || st.bytes == 0);
+          cp_async_16_or_zero(d + kV, valid ? st.v : p.value_cache, !valid || st.bytes == 0);
+          if ((pass + 1) * kRows < rows_left) st.advance(p);  // never enters a page past the item
         }
       }
       tpush_end(pipe, s);
     }
+    if (st.bad) raise_bad_page(p);
   }
   cp_async_wait_all();  // leave no copy in flight behind (their barriers were armed already)
 }

@@ -155,6 +155,7 @@ struct ProducerStream {
   int rin = 0;                   // row of the current token in its page
   int rpp = 1;
   std::uint32_t bytes = 0;       // 16, or 0: zero-fill (bad page, or past the item's last page)
+  bool bad = false;              // a bad page was entered (sticky: the producer raises the flag once)
 
   // Starts the stream at the lane's first token of `w` (w non-empty); false: its page is bad.
   MIXPA_HOST_DEVICE bool begin(const KernelParams& p, const WorkItem& w, TileGeometry g, int lane) {
@@ -173,13 +174,18 @@ struct ProducerStream {
     }
     rin = static_cast<int>(t - pidx * p.block_size);
     next_pidx = -1;
+    bad = false;
     return open_page(p);
   }
 
   // One pass on: the lane's next row. false: the stream entered a bad page.
-  MIXPA_HOST_DEVICE bool advance(const KernelParams& p) {
-    k += k_step, v += v_step;
-    rin += rpp;
+  MIXPA_HOST_DEVICE bool advance(const KernelParams& p) { return skip(p, 1); }
+
+  // n passes on, n * rows_per_pass rows, all but the last inside the current page (the fast
+  // path's condition, stays_in_page). false: the stream entered a bad page.
+  MIXPA_HOST_DEVICE bool skip(const KernelParams& p, int n) {
+    k += n * k_step, v += n * v_step;
+    rin += n * rpp;
     if (rin < p.block_size) return true;
     do {  // once, unless block_size < rows_per_pass
       rin -= p.block_size;
@@ -187,6 +193,10 @@ struct ProducerStream {
     } while (rin >= p.block_size);
     return open_page(p);
   }
+
+  // Whether the rows of the next n passes all lie in the current page (then a tile's copies
+  // need no page checks: pointers + pass * step).
+  MIXPA_HOST_DEVICE bool stays_in_page(const KernelParams& p, int n) const { return rin + (n - 1) * rpp < p.block_size; }
 
   MIXPA_HOST_DEVICE bool open_page(const KernelParams& p) {
     if (pidx > last_pidx) {  // past the item: nothing to read (the rows are masked)
@@ -200,6 +210,7 @@ struct ProducerStream {
     const bool good = id >= 0 && id < p.num_blocks;
     const std::int64_t page = good ? id : 0;
     bytes = good ? 16u : 0u;
+    bad = bad || !good;
     k = p.key_cache + (page * p.k_page + rin * p.k_row + k_lane);
     v = p.value_cache + (page * p.v_page + rin * p.v_row + v_lane);
     return good;

@@ -40,6 +40,14 @@ __device__ inline void cp_async_16(std::uint32_t dst, const void* src, std::uint
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
+// 16 bytes global -> shared, or zeros when `zero` (ignore-src: nothing is read; `src` must
+// still be a valid address). The predicate form: no src-size arithmetic per copy.
+__device__ inline void cp_async_16_or_zero(std::uint32_t dst, const void* src, bool zero) {
+  asm volatile("{\n .reg .pred z;\n setp.ne.b32 z, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, z;\n}" ::"r"(dst),
+               "l"(src), "r"(static_cast<int>(zero))
+               : "memory");
+}
+
 // Waits until every cp.async this thread issued has landed.
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 

@@ -55,6 +55,76 @@ std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_l
   return best_target;
 }
 
+namespace {
+
+// WorkPlanOptions::balance_pages: one equal run of pages per CTA (an empty block counts one).
+void plan_balanced(const Plan& plan, const std::int32_t* context_lens, int sm_count, std::int64_t window_left,
+                   WorkPlan& w) {
+  const std::int64_t blocks = plan.total_logical_blocks, bs = plan.shape.block_size;
+  Variant window;
+  window.window_left = window_left;
+  std::vector<TokenRange> seen(blocks);
+  std::vector<std::int64_t> first_page(blocks, 0), units(blocks, 1), unit0(blocks + 1, 0);
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    seen[blk] = visible_tokens(window, context_lens[plan.logical_block(blk).batch]);
+    if (!seen[blk].empty()) {
+      first_page[blk] = seen[blk].begin / bs;
+      units[blk] = (seen[blk].end + bs - 1) / bs - first_page[blk];
+    }
+    unit0[blk + 1] = unit0[blk] + units[blk];
+  }
+  const std::int64_t total = unit0[blocks];
+  const std::int64_t grid = std::max<std::int64_t>(1, std::min<std::int64_t>(sm_count, total));
+  std::vector<std::vector<WorkItem>> per_cta(grid);
+  for (std::int64_t blk = 0; blk < blocks; ++blk) {
+    const LogicalBlock lb = plan.logical_block(blk);
+    // The CTAs whose runs [k total / grid, (k + 1) total / grid) meet this block's units.
+    std::vector<std::pair<std::int64_t, std::int64_t>> cuts;  // (cta, unit end) in order
+    for (std::int64_t u = unit0[blk]; u < unit0[blk + 1];) {
+      // The CTA k with k total / grid <= u < (k + 1) total / grid.
+      std::int64_t cta = std::min<std::int64_t>(grid - 1, u * grid / total);
+      while (cta + 1 < grid && (cta + 1) * total / grid <= u) ++cta;
+      while (cta > 0 && cta * total / grid > u) --cta;
+      const std::int64_t end = std::min(unit0[blk + 1], (cta + 1) * total / grid);
+      cuts.push_back({cta, end});
+      u = end;
+    }
+    const std::int64_t n = static_cast<std::int64_t>(cuts.size());
+    const std::int32_t merge = n > 1 ? static_cast<std::int32_t>(w.merges.size()) : -1;
+    if (n > 1)
+      w.merges.push_back({static_cast<std::int32_t>(lb.batch), static_cast<std::int32_t>(lb.head_begin), lb.rows,
+                          static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n), {0, 0, 0}});
+    std::int64_t a = 0;
+    for (const auto& [cta, end_unit] : cuts) {
+      const std::int64_t b = end_unit - unit0[blk];
+      WorkItem it{};
+      it.batch = static_cast<std::int32_t>(lb.batch);
+      it.kv_head = static_cast<std::int32_t>(lb.kv_head);
+      it.head_begin = static_cast<std::int32_t>(lb.head_begin);
+      it.rows = lb.rows;
+      if (!seen[blk].empty()) {
+        it.token_begin = std::max(seen[blk].begin, (first_page[blk] + a) * bs);
+        it.token_end = std::min(seen[blk].end, (first_page[blk] + b) * bs);
+      }
+      it.position = context_lens[lb.batch] - 1;
+      it.partial = n > 1 ? static_cast<std::int32_t>(w.num_partials++) : -1;
+      it.merge = merge;
+      per_cta[cta].push_back(it);
+      a = b;
+    }
+  }
+  std::size_t depth = 0;
+  for (const auto& l : per_cta) depth = std::max(depth, l.size());
+  WorkItem noop{};  // rows 0, no tokens: reads nothing, writes nothing
+  noop.partial = noop.merge = -1;
+  w.items.assign(depth * grid, noop);
+  for (std::int64_t k = 0; k < grid; ++k)
+    for (std::size_t j = 0; j < per_cta[k].size(); ++j) w.items[j * grid + k] = per_cta[k][j];
+  w.grid = static_cast<int>(grid);
+}
+
+}  // namespace
+
 WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
                    const WorkPlanOptions& options, std::int64_t window_left) {
   const Shape& s = plan.shape;
@@ -78,6 +148,10 @@ WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const Dev
                   " tokens, must be in [0, " + std::to_string(max_tokens) + "]");
 
   const std::int64_t blocks = plan.total_logical_blocks;
+  if (options.balance_pages) {
+    plan_balanced(plan, context_lens, limits.sm_count, window_left, w);
+    return w;
+  }
   const std::int64_t min_chunk = std::max<std::int64_t>(1, options.min_chunk_tokens);
   const std::int64_t target = options.items_per_sm < 0.0
                                   ? choose_split_target(plan, context_lens, limits.sm_count, min_chunk, window_left)

@@ -24,7 +24,8 @@ struct DeviceLimits {
 
 // Cost model of the split choice, in token-equivalents of one CTA's time: an item costs its
 // tokens plus kItemOverheadTokens (Q load, epilogue: about 1 us at ~25 GB/s per SM), and any
-// split adds the merge kernel (launch + run, about 5 us). Estimates, to be measured (--sweep).
+// split adds the merge (now inside the kernel: the last CTA of a block; budgeted as before,
+// about 5 us). Estimates, to be measured (--sweep).
 inline constexpr std::int64_t kItemOverheadTokens = 32;
 inline constexpr std::int64_t kMergeOverheadTokens = 256;
 inline constexpr int kMaxSplitsPerBlock = 64;
@@ -34,6 +35,12 @@ struct WorkPlanOptions {
   int max_stages = kMaxStages;                     // cap on the ring depth (>= kMinStages)
   double items_per_sm = -1.0;                      // < 0: cost model; 0: never split; > 0: ~this many items per SM
   std::int64_t min_chunk_tokens = kMinChunkTokens;
+  // Page-granular balancing (stream-K style): the blocks' pages, concatenated, are cut into
+  // one equal run per CTA, so every CTA reads the same number of pages (Case1: 124.1 pages
+  // each instead of 2 blocks on 124 CTAs and 1 on 8); blocks cut in two or three are merged in
+  // the kernel. CTA k's items sit at k, k + grid, ... (the stride loop), padded with no-op
+  // items (rows 0, no tokens). Off by default until a device measures it (bench --sweep).
+  bool balance_pages = false;
 };
 
 struct WorkPlan {

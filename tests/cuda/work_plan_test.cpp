@@ -4,7 +4,9 @@
 // the compute warps' fragment addresses hit the right bytes. Runs in every build.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <set>
 
 #include "common/check.h"
@@ -88,6 +90,56 @@ TEST(CudaWorkPlan, OriginCasesAndOddShapesAreConsistent) {
       const WorkPlan w = plan_work(plan, lens.data(), dev);
       expect_consistent(plan, lens, w, dev);
     }
+  }
+}
+
+// balance_pages: every CTA gets an equal run of pages (within one), the items of each block
+// tile its tokens in chunk order, split blocks have a merge item, padding items are no-ops.
+TEST(CudaWorkPlan, PageBalancingGivesEveryCtaTheSamePages) {
+  for (const char* name : {"Case1", "Case2", "SmallCase1"}) {
+    const CaseSpec spec = find_case(name);
+    const auto lens = lens_of(spec);
+    const Plan plan = plan_of(spec, 1000, (spec.max_model_len + spec.block_size - 1) / spec.block_size);
+    WorkPlanOptions opt;
+    opt.balance_pages = true;
+    const WorkPlan w = plan_work(plan, lens.data(), kH100, opt);
+    ASSERT_EQ(w.grid, 132) << name;
+    ASSERT_EQ(w.items.size() % 132, 0u);
+    std::vector<std::int64_t> pages(w.grid, 0);
+    std::map<std::pair<int, int>, std::vector<WorkItem>> by_block;
+    for (std::size_t i = 0; i < w.items.size(); ++i) {
+      const WorkItem& it = w.items[i];
+      if (it.rows == 0) {
+        EXPECT_EQ(it.token_end, it.token_begin);
+        continue;
+      }
+      pages[i % w.grid] += (it.token_end - it.token_begin + spec.block_size - 1) / spec.block_size;
+      by_block[{it.batch, it.head_begin}].push_back(it);
+    }
+    const auto [lo, hi] = std::minmax_element(pages.begin(), pages.end());
+    EXPECT_LE(*hi - *lo, 2) << name;
+    EXPECT_EQ(static_cast<std::int64_t>(by_block.size()), plan.total_logical_blocks);
+    std::int64_t partials = 0;
+    for (auto& [key, items] : by_block) {
+      std::sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) { return a.token_begin < b.token_begin; });
+      std::int64_t next = 0;
+      for (const WorkItem& it : items) {
+        EXPECT_EQ(it.token_begin, next);
+        next = it.token_end;
+        if (items.size() > 1) {
+          ASSERT_GE(it.merge, 0);
+          EXPECT_EQ(w.merges[it.merge].num_partials, static_cast<int>(items.size()));
+          EXPECT_EQ(it.partial, w.merges[it.merge].first_partial + (&it - items.data()));
+          ++partials;
+        } else {
+          EXPECT_EQ(it.partial, -1);
+        }
+      }
+      EXPECT_EQ(next, lens[key.first]);
+    }
+    EXPECT_EQ(partials, w.num_partials);
+    std::printf("%-10s balanced: %zu item slots, %zu merges, pages per CTA %lld..%lld\n", name, w.items.size(),
+                w.merges.size(), static_cast<long long>(*lo), static_cast<long long>(*hi));
   }
 }
 
