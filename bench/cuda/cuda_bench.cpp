@@ -200,7 +200,8 @@ int main(int argc, char** argv) {
     const bench::Args args = bench::parse(argc, argv);
     if (!cuda::device_available()) {
       std::printf("mixpa_cuda_bench: no CUDA device with this build's kernel image; nothing to time\n");
-      return 0;
+      const char* required = std::getenv("MIXPA_REQUIRE_GPU");  // the device check: no GPU is a failure
+      return required && std::string(required) == "1" ? 1 : 0;
     }
     cudaDeviceProp prop;
     cuda::check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
