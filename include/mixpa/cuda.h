@@ -7,7 +7,8 @@
 //
 // `inputs` holds DEVICE pointers with the shapes, dtypes and strides of mixpa::run's Inputs
 // (SPEC §1, §6: alibi_slopes and sinks optional, f32 [num_heads]); only their shapes are read
-// on the host. The plan depends on the shapes, the options (scale, softcap, window_left) and
+// on the host; options.kv_layout (NHD or HND) says how the caches are laid out. The plan
+// depends on the shapes, the options (scale, softcap, window_left) and
 // the context lengths, so a run must see the context lengths the plan was made with; the
 // block table and the tensors' contents may change between runs. Page ids are checked on
 // the device (a bad one raises an error flag and loads zeros, never reads out of bounds).

@@ -28,17 +28,25 @@ const float* device_head_vector(const TensorView& t, const char* name, std::int6
 
 }  // namespace
 
+// (page, row in page, kv head) element strides of a cache view in either layout (SPEC §6).
+CacheStrides cache_strides(const TensorView& t, KvLayout layout) {
+  return layout == KvLayout::kHND ? CacheStrides{t.strides[0], t.strides[2], t.strides[1]}
+                                  : CacheStrides{t.strides[0], t.strides[1], t.strides[2]};
+}
+
 struct PagedAttention::Impl {
   Shape shape;
+  KvLayout layout;
   DevicePlan plan;
-  Impl(const Shape& s, const Plan& p, const std::int32_t* lens, const Variant& v) : shape(s), plan(p, lens, {}, v) {}
+  Impl(const Shape& s, KvLayout l, const Plan& p, const std::int32_t* lens, const Variant& v)
+      : shape(s), layout(l), plan(p, lens, {}, v) {}
 };
 
 bool available() { return device_available(); }
 
 PagedAttention::PagedAttention(const Inputs& in, const std::int32_t* host_context_lens, const Options& options) {
   if (!device_available()) throw Error("cuda: no CUDA device with a kernel image for this build is available");
-  const Shape shape = validate_shapes(in);
+  const Shape shape = validate_shapes(in, options.kv_layout);
   Inputs host_side = in;  // the variant's vectors are device memory: their values are not read here
   host_side.alibi_slopes = {};
   host_side.sinks = {};
@@ -46,7 +54,7 @@ PagedAttention::PagedAttention(const Inputs& in, const std::int32_t* host_contex
   device_head_vector(in.alibi_slopes, "alibi_slopes", shape.num_heads);
   device_head_vector(in.sinks, "sinks", shape.num_heads);
   if (!host_context_lens) throw Error("context_lens: the host copy is required to plan");
-  impl_ = std::make_unique<Impl>(shape, make_plan(shape, variant.scale), host_context_lens, variant);
+  impl_ = std::make_unique<Impl>(shape, options.kv_layout, make_plan(shape, variant.scale), host_context_lens, variant);
 }
 
 PagedAttention::~PagedAttention() = default;
@@ -54,7 +62,7 @@ PagedAttention::PagedAttention(PagedAttention&&) noexcept = default;
 PagedAttention& PagedAttention::operator=(PagedAttention&&) noexcept = default;
 
 void PagedAttention::run(const Inputs& in, float* out, float* lse, void* stream) const {
-  const Shape s = validate_shapes(in);
+  const Shape s = validate_shapes(in, impl_->layout);
   const Shape& p = impl_->shape;
   if (s.batch != p.batch || s.num_heads != p.num_heads || s.num_kv_heads != p.num_kv_heads || s.head_dim != p.head_dim ||
       s.num_blocks != p.num_blocks || s.block_size != p.block_size || s.max_blocks_per_req != p.max_blocks_per_req)
@@ -63,8 +71,8 @@ void PagedAttention::run(const Inputs& in, float* out, float* lse, void* stream)
   t.query = in.query.as<bf16>();
   t.key_cache = in.key_cache.as<bf16>();
   t.value_cache = in.value_cache.as<bf16>();
-  t.k_strides = {in.key_cache.strides[0], in.key_cache.strides[1], in.key_cache.strides[2]};
-  t.v_strides = {in.value_cache.strides[0], in.value_cache.strides[1], in.value_cache.strides[2]};
+  t.k_strides = cache_strides(in.key_cache, impl_->layout);
+  t.v_strides = cache_strides(in.value_cache, impl_->layout);
   if (in.key_cache.strides[3] != 1 || in.value_cache.strides[3] != 1)
     throw Error("key_cache / value_cache: head_dim must have stride 1");
   t.block_table = in.block_table.as<std::int32_t>();
