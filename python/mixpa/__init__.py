@@ -22,8 +22,8 @@ import numpy as np
 
 from . import _mixpa
 
-__all__ = ["Case", "case_names", "executors", "load_case", "make_case", "merge_states", "paged_attention",
-           "save_case", "zeros_kv_cache"]
+__all__ = ["Case", "DecodePlan", "case_names", "executors", "load_case", "make_case", "merge_states",
+           "paged_attention", "save_case", "zeros_kv_cache"]
 __version__ = "0.1.0"
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -138,6 +138,61 @@ def merge_states(o_a, lse_a, o_b, lse_b):
         import torch
         return torch.from_numpy(o), torch.from_numpy(lse)
     return o, lse
+
+
+class DecodePlan:
+    """paged_attention for the layers of one decode step: validate and plan once, run per layer.
+
+        plan = mixpa.DecodePlan(query, key_cache, value_cache, block_table, context_lens)
+        for layer in range(n_layers):
+            plan.run(q[layer], k_cache[layer], v_cache[layer], out=out[layer])
+
+    The constructor validates everything (as paged_attention does) and copies block_table and
+    context_lens, so later changes to them do not reach the plan: make a new plan per decode
+    step. ``run`` needs tensors of the same dtypes, shapes and strides as the ones the plan was
+    made with (ValueError otherwise) and gives bitwise what paged_attention gives; it plans and
+    allocates nothing (with ``out`` given), so its fixed cost is a few microseconds.
+    """
+
+    __slots__ = ("_plan", "_torch")
+
+    def __init__(self, query, key_cache, value_cache, block_table, context_lens, *,
+                 scale: Optional[float] = None, executor: str = "auto", hw_blocks: int = 24, pipe_depth: int = 2,
+                 num_threads: int = 0):
+        tensors, mask = _prepare((query, key_cache, value_cache, block_table, context_lens))
+        self._plan = _mixpa.DecodePlan(*tensors, mask, None if scale is None else float(scale), executor,
+                                       hw_blocks, pipe_depth, num_threads)
+        self._torch = _is_torch(query)
+
+    def run(self, query, key_cache, value_cache, *, out=None):
+        """One layer; returns ``out`` (written in place) or a new float32 array / tensor."""
+        mask = 0
+        if type(query) is np.ndarray and query.dtype == _BF16:
+            query, mask = query.view(np.uint16), 1
+        if type(key_cache) is np.ndarray and key_cache.dtype == _BF16:
+            key_cache, mask = key_cache.view(np.uint16), mask | 2
+        if type(value_cache) is np.ndarray and value_cache.dtype == _BF16:
+            value_cache, mask = value_cache.view(np.uint16), mask | 4
+        result = self._plan.run(query, key_cache, value_cache, mask, out)
+        if out is None and self._torch:
+            import torch
+            return torch.from_numpy(result)
+        return result
+
+    @property
+    def executor(self) -> str:
+        """The executor the plan runs on ("auto" resolved)."""
+        return self._plan.executor
+
+    @property
+    def kernels(self) -> str:
+        """The cpu executor's kernel flavour (e.g. "avx2"); "" for other executors."""
+        return self._plan.kernels
+
+    @property
+    def kernels_reason(self) -> str:
+        """Why that flavour: measured rates, the only one this CPU runs, or MIXPA_CPU_ISA."""
+        return self._plan.kernels_reason
 
 
 @dataclass

@@ -14,6 +14,7 @@
 #include "case_arrays.h"
 #include "core/cases.h"
 #include "core/validate.h"
+#include "mixpa/decode_plan.h"
 #include "mixpa/error.h"
 #include "mixpa/paged_attention.h"
 #include "tensor_import.h"
@@ -136,6 +137,64 @@ nb::tuple merge_states_py(nb::ndarray<const float, nb::c_contig, nb::device::cpu
                         nb::ndarray<nb::numpy, float>(l->data(), shape_l.size(), shape_l.data(), own_l).cast());
 }
 
+// mixpa.DecodePlan's core: validated and planned once (block_table and context_lens copied),
+// then run() per layer imports three tensors and the output, checks their shapes and computes
+// with the GIL released. No per-call bookkeeping of what was seen (the tests use
+// paged_attention for that), so a call costs the imports and the run.
+class PyDecodePlan {
+ public:
+  PyDecodePlan(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
+               nb::handle context_lens, unsigned bf16_mask, std::optional<double> scale, const std::string& executor,
+               int hw_blocks, int pipe_depth, int num_threads) {
+    std::vector<ReadArray> keep;
+    const nb::handle objs[] = {query, key_cache, value_cache, block_table, context_lens};
+    TensorView views[5];
+    for (int i = 0; i < 5; ++i) views[i] = import_tensor(kNames[i], objs[i], (bf16_mask >> i) & 1u, keep);
+    Options options;
+    options.scale = scale;
+    options.executor = executor;
+    options.hw_blocks = hw_blocks;
+    options.pipe_depth = pipe_depth;
+    options.num_threads = num_threads;
+    const Inputs in{views[0], views[1], views[2], views[3], views[4]};
+    nb::gil_scoped_release release;  // the first plan may calibrate the cpu kernels (a few ms)
+    plan_ = std::make_unique<DecodePlan>(in, options);
+    out_shape_ = {views[0].shape[0], views[0].shape[1], views[0].shape[2]};
+  }
+
+  nb::object run(nb::handle query, nb::handle key_cache, nb::handle value_cache, unsigned bf16_mask, nb::handle out) {
+    std::vector<ReadArray> keep;
+    keep.reserve(3);
+    const LayerInputs layer{import_tensor("query", query, bf16_mask & 1u, keep),
+                            import_tensor("key_cache", key_cache, (bf16_mask >> 1) & 1u, keep),
+                            import_tensor("value_cache", value_cache, (bf16_mask >> 2) & 1u, keep)};
+    OutputView view;
+    nb::object result;
+    WriteArray out_array;
+    if (out.is_none()) {
+      view.shape = out_shape_;
+      result = new_output(view.shape, view.data);
+    } else {
+      out_array = import_output(out, view.data, view.shape);
+      result = nb::borrow(out);
+    }
+    {
+      nb::gil_scoped_release release;
+      gil_held_during_run = PyGILState_Check() != 0;
+      plan_->run(layer, view);
+    }
+    return result;
+  }
+
+  std::string executor() const { return std::string(plan_->executor()); }
+  std::string kernels() const { return plan_->kernels(); }
+  std::string kernels_reason() const { return plan_->kernels_reason(); }
+
+ private:
+  std::unique_ptr<DecodePlan> plan_;
+  std::array<std::int64_t, 3> out_shape_{};
+};
+
 nb::list seen_list() {
   nb::list r;
   for (const SeenTensor& s : last_seen())
@@ -195,6 +254,17 @@ NB_MODULE(_mixpa, m) {
         "out"_a.none(), "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a, "softcap"_a, "window_left"_a,
         "alibi_slopes"_a.none(), "sinks"_a.none(), "return_lse"_a, "kv_layout"_a);
   m.def("merge_states", &merge_states_py, "o_a"_a, "lse_a"_a, "o_b"_a, "lse_b"_a);
+  nb::class_<PyDecodePlan>(m, "DecodePlan")
+      .def(nb::init<nb::handle, nb::handle, nb::handle, nb::handle, nb::handle, unsigned, std::optional<double>,
+                    const std::string&, int, int, int>(),
+           "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(), "block_table"_a.none(),
+           "context_lens"_a.none(), "bf16_mask"_a, "scale"_a.none(), "executor"_a, "hw_blocks"_a, "pipe_depth"_a,
+           "num_threads"_a)
+      .def("run", &PyDecodePlan::run, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(), "bf16_mask"_a,
+           "out"_a.none())
+      .def_prop_ro("executor", &PyDecodePlan::executor)
+      .def_prop_ro("kernels", &PyDecodePlan::kernels)
+      .def_prop_ro("kernels_reason", &PyDecodePlan::kernels_reason);
   m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
   m.def("case_names", &case_names);
   m.def("kv_buffer", &kv_buffer, "n"_a, "n zero bf16 bit patterns (uint16) on 2 MiB pages where Linux allows.");

@@ -2,27 +2,22 @@
 #include "cpu/cpu_executor.h"
 
 #include <algorithm>
+#include <array>
+#include <ctime>
+#include <cstring>
+#include <limits>
 #include <numeric>
 #include <vector>
 
 #include "core/parallel.h"
 #include "core/softmax_state.h"
-#include "core/split_kv.h"
+#include "cpu/dispatch.h"
 #include "cpu/thread_pool.h"
 #include "mixpa/error.h"
 
 namespace mixpa {
 namespace cpu {
 namespace {
-
-// Partial results of one chunk: rows x head_dim floats plus m and l per row.
-struct Partials {
-  std::int64_t row_floats = 0;  // q_tile * head_dim
-  std::vector<float> o, m, l;
-  ChunkOut at(std::int64_t chunk, int q_tile) {
-    return {o.data() + chunk * row_floats, m.data() + chunk * q_tile, l.data() + chunk * q_tile};
-  }
-};
 
 ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
   const LogicalBlock lb = plan.logical_block(c.logical_block);
@@ -31,14 +26,21 @@ ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
   return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, page_begin, c.tokens.empty() ? page_begin : page_end};
 }
 
+ChunkOut chunk_out(ExecPlan& ep, std::int64_t chunk) {
+  return {ep.o.data() + chunk * ep.row_floats, ep.m.data() + chunk * ep.q_tile, ep.l.data() + chunk * ep.q_tile};
+}
+
 // The order the pool hands chunks out: chunks that read the same pages (the other kv heads
 // and head tiles of one request, same page range) run next to each other, so the pages one
 // brings into the shared cache (and the hardware prefetcher's neighbouring lines: a kv head's
 // rows are strided within a page) are still there for the others. Results never depend on it:
-// every chunk writes its own partial, merged in chunk order.
+// every chunk writes its own partial, merged in chunk order. Empty chunks (context 0) are left
+// out: their partial (m = -inf, l = 0) is written once by prepare().
 std::vector<std::int64_t> execution_order(const Plan& plan, const SplitKvPlan& sp) {
-  std::vector<std::int64_t> order(sp.chunks.size());
-  std::iota(order.begin(), order.end(), std::int64_t{0});
+  std::vector<std::int64_t> order;
+  order.reserve(sp.chunks.size());
+  for (std::int64_t c = 0; c < static_cast<std::int64_t>(sp.chunks.size()); ++c)
+    if (!sp.chunks[c].tokens.empty()) order.push_back(c);
   std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
     const KvChunk &x = sp.chunks[a], &y = sp.chunks[b];
     const std::int64_t bx = x.logical_block / plan.q_loop, by = y.logical_block / plan.q_loop;
@@ -72,70 +74,145 @@ std::vector<std::int64_t> work_units(const Plan& plan, const SplitKvPlan& sp, co
 
 // Merges the chunks of one logical block in chunk order and writes out = o / (l + e^(sink - m))
 // and lse: the sinks join once, after the merge.
-void merge_block(const Problem& pr, const Plan& plan, const SplitKvPlan& sp, std::int64_t block, Partials& parts,
-                 const Results& res) {
+void merge_block(const Problem& pr, const Plan& plan, ExecPlan& ep, std::int64_t block, const Results& res) {
   const LogicalBlock lb = plan.logical_block(block);
   const std::int64_t dim = pr.shape.head_dim;
-  std::vector<float> o(dim);
+  constexpr std::int64_t kStackDim = 512;
+  std::array<float, kStackDim> stack;
+  std::vector<float> heap;  // only for head_dim > kStackDim (never allocated for SPEC shapes)
+  float* o = stack.data();
+  if (dim > kStackDim) {
+    heap.resize(dim);
+    o = heap.data();
+  }
+  const SplitKvPlan& sp = ep.sp;
+  const std::int64_t row0 = lb.batch * pr.shape.num_heads + lb.head_begin;
+  float* block_out = res.out + row0 * dim;
+  if (pr.context_lens[lb.batch] == 0) {  // every chunk empty: zeros and lse -inf (what finalize gives)
+    std::memset(block_out, 0, sizeof(float) * static_cast<std::size_t>(lb.rows * dim));
+    if (res.lse) std::fill(res.lse + row0, res.lse + row0 + lb.rows, -std::numeric_limits<float>::infinity());
+    return;
+  }
   for (int r = 0; r < lb.rows; ++r) {
     SoftmaxState st;
-    std::fill(o.begin(), o.end(), 0.0f);
+    std::fill(o, o + dim, 0.0f);
     for (std::int64_t c = sp.first[block]; c < sp.first[block + 1]; ++c) {
-      const ChunkOut part = parts.at(c, plan.q_tile);
-      st.merge(o.data(), part.o + r * dim, part.m[r], part.l[r], dim);
+      const ChunkOut part = chunk_out(ep, c);
+      st.merge(o, part.o + r * dim, part.m[r], part.l[r], dim);
     }
-    const std::int64_t head = lb.head_begin + r, row = lb.batch * pr.shape.num_heads + head;
-    st.finalize(o.data(), res.out + row * dim, dim, pr.variant.sink(head));
-    if (res.lse) res.lse[row] = st.lse();
+    st.finalize(o, block_out + r * dim, dim, pr.variant.sink(lb.head_begin + r));
+    if (res.lse) res.lse[row0 + r] = st.lse();
   }
+}
+
+bool same_shape(const Shape& a, const Shape& b) {
+  return a.batch == b.batch && a.num_heads == b.num_heads && a.num_kv_heads == b.num_kv_heads &&
+         a.head_dim == b.head_dim && a.num_blocks == b.num_blocks && a.block_size == b.block_size &&
+         a.max_blocks_per_req == b.max_blocks_per_req;
 }
 
 }  // namespace
 
-void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, const Results& out, Isa isa) {
+int threads_for(const Options& options) {
+  // hardware_concurrency() reads /sys on every call (glibc): ~5 us, a quarter of the budget.
+  static const int cores = hardware_threads();
+  return options.num_threads > 0 ? options.num_threads : cores;
+}
+
+void check_supported(const Problem& pr, Isa isa) {
   if (!isa_supported(isa)) throw Error("cpu: this CPU cannot run the " + std::string(isa_name(isa)) + " kernels");
   if (pr.variant.score_features() != kScorePlain || pr.variant.has_window())
     throw Error("cpu: soft-cap, ALiBi and windows are not in the cpu kernels yet (executor reference or sim has them)");
-  const ChunkKernel kernel = chunk_kernel(isa);
-  const SplitKvPlan sp = plan_split_kv(plan, pr.context_lens, kSplitTargetItems, kSplitMinChunkTokens,
-                                       pr.variant.window_left);
-  const std::int64_t n = static_cast<std::int64_t>(sp.chunks.size());
-  const int threads = options.num_threads > 0 ? options.num_threads : hardware_threads();
-  Partials parts;
-  parts.row_floats = std::int64_t{plan.q_tile} * pr.shape.head_dim;
-  parts.o.resize(n * parts.row_floats);
-  parts.m.resize(n * plan.q_tile);
-  parts.l.resize(n * plan.q_tile);
-  const std::vector<std::int64_t> order = execution_order(plan, sp);
-  const GroupKernel group = group_kernel(isa);
-  const bool grouping = group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
-  const std::vector<std::int64_t> unit_begin = work_units(plan, sp, order, grouping, threads);
-  const std::int64_t units = static_cast<std::int64_t>(unit_begin.size()) - 1;
-  ThreadPool::instance().parallel_for(units, threads, [&](std::int64_t u) {
-    const std::int64_t i0 = unit_begin[u], count = unit_begin[u + 1] - i0;
+}
+
+void prepare(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa) {
+  check_supported(pr, isa);
+  ep.kernel = nullptr;  // invalid until complete (matches() is false meanwhile)
+  ep.isa = isa;
+  ep.group = group_kernel(isa);
+  ep.threads = std::max(1, threads);
+  ep.sp = plan_split_kv(plan, pr.context_lens, kSplitTargetItems, kSplitMinChunkTokens, pr.variant.window_left);
+  const auto n = static_cast<std::int64_t>(ep.sp.chunks.size());
+  ep.q_tile = plan.q_tile;
+  ep.row_floats = std::int64_t{plan.q_tile} * pr.shape.head_dim;
+  ep.o.assign(n * ep.row_floats, 0.0f);
+  ep.m.assign(n * plan.q_tile, -std::numeric_limits<float>::infinity());
+  ep.l.assign(n * plan.q_tile, 0.0f);
+  ep.order = execution_order(plan, ep.sp);
+  const bool grouping = ep.group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
+  ep.unit_begin = work_units(plan, ep.sp, ep.order, grouping, ep.threads);
+  ep.shape = pr.shape;
+  ep.context_lens.assign(pr.context_lens, pr.context_lens + pr.shape.batch);
+  ep.kernel = chunk_kernel(isa);
+}
+
+bool matches(const ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa) {
+  return ep.kernel != nullptr && ep.isa == isa && ep.threads == std::max(1, threads) && ep.q_tile == plan.q_tile &&
+         same_shape(ep.shape, pr.shape) && static_cast<std::int64_t>(ep.context_lens.size()) == pr.shape.batch &&
+         (pr.shape.batch == 0 ||
+          std::memcmp(ep.context_lens.data(), pr.context_lens, pr.shape.batch * sizeof(std::int32_t)) == 0);
+}
+
+void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& out) {
+  const std::int64_t units = static_cast<std::int64_t>(ep.unit_begin.size()) - 1;
+  ThreadPool& pool = ThreadPool::instance();
+  auto run_unit = [&](std::int64_t u) {
+    const std::int64_t i0 = ep.unit_begin[u], count = ep.unit_begin[u + 1] - i0;
     if (count == 1) {
-      const std::int64_t c = order[i0];
-      kernel(job_for(pr, plan, sp.chunks[c]), parts.at(c, plan.q_tile));
+      const std::int64_t c = ep.order[i0];
+      ep.kernel(job_for(pr, plan, ep.sp.chunks[c]), chunk_out(ep, c));
       return;
     }
-    std::vector<ChunkJob> jobs;
-    std::vector<ChunkOut> outs;
-    for (std::int64_t i = i0; i < i0 + count; ++i) {
-      jobs.push_back(job_for(pr, plan, sp.chunks[order[i]]));
-      outs.push_back(parts.at(order[i], plan.q_tile));
+    constexpr std::int64_t kStackJobs = 64;
+    std::array<ChunkJob, kStackJobs> job_stack;
+    std::array<ChunkOut, kStackJobs> out_stack;
+    std::vector<ChunkJob> job_heap;  // only for groups of more than kStackJobs kv heads
+    std::vector<ChunkOut> out_heap;
+    ChunkJob* jobs = job_stack.data();
+    ChunkOut* outs = out_stack.data();
+    if (count > kStackJobs) {
+      job_heap.resize(count);
+      out_heap.resize(count);
+      jobs = job_heap.data();
+      outs = out_heap.data();
     }
-    group(jobs, outs);
-  });
+    for (std::int64_t i = 0; i < count; ++i) {
+      const std::int64_t c = ep.order[i0 + i];
+      jobs[i] = job_for(pr, plan, ep.sp.chunks[c]);
+      outs[i] = chunk_out(ep, c);
+    }
+    ep.group(std::span<const ChunkJob>(jobs, count), std::span<const ChunkOut>(outs, count));
+  };
+  if (ep.kernel_ns == nullptr) {
+    pool.parallel_for(units, ep.threads, run_unit);
+  } else {
+    pool.parallel_for(units, ep.threads, [&](std::int64_t u) {
+      timespec t0, t1;  // the thread's CPU time: a neighbour's preemption is not counted
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+      run_unit(u);
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+      ep.kernel_ns->fetch_add((t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec));
+    });
+  }
   // Merging is (rows x head_dim) per chunk: cheap next to the chunks, but still spread out.
-  ThreadPool::instance().parallel_for(plan.total_logical_blocks, threads, [&](std::int64_t b) {
-    merge_block(pr, plan, sp, b, parts, out);
-  });
+  pool.parallel_for(plan.total_logical_blocks, ep.threads, [&](std::int64_t b) { merge_block(pr, plan, ep, b, out); });
+}
+
+void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, const Results& out, Isa isa) {
+  // One plan per calling thread, reused while the figures stay the same (the layers of a
+  // decode step): a repeated call plans and allocates nothing.
+  thread_local ExecPlan cached;
+  const int threads = threads_for(options);
+  check_supported(pr, isa);  // the variant may differ from the cached plan's (same shapes)
+  if (!matches(cached, pr, plan, threads, isa)) prepare(cached, pr, plan, threads, isa);
+  execute(cached, pr, plan, out);
 }
 
 }  // namespace cpu
 
 void run_cpu(const Problem& problem, const Plan& plan, const Options& options, const Results& out) {
-  cpu::run_with_isa(problem, plan, options, out, cpu::default_isa());
+  const int rows = static_cast<int>(std::min<std::int64_t>(plan.q_tile, problem.shape.group()));
+  cpu::run_with_isa(problem, plan, options, out, cpu::auto_isa_for_rows(rows));
 }
 
 }  // namespace mixpa

@@ -1,5 +1,10 @@
-// Run-time choice of the kernel flavour: cpuid decides what this CPU can run; MIXPA_CPU_ISA
-// may pick a lesser one (benchmarks, debugging). Order: amx, avx512bf16, avx512, avx2, scalar.
+// Run-time choice of the kernel flavour: cpuid (and the OS, for AMX) decides what this CPU can
+// run; among those, `auto` takes the one that measured fastest here (calibrate(), once per
+// process per tile class); MIXPA_CPU_ISA forces one (benchmarks, debugging).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
@@ -8,7 +13,11 @@
 #endif
 #include <string>
 
+#include "core/cases.h"
+#include "core/validate.h"
 #include "cpu/chunk_kernel.h"
+#include "cpu/cpu_executor.h"
+#include "cpu/dispatch.h"
 #include "mixpa/error.h"
 
 namespace mixpa::cpu {
@@ -73,16 +82,142 @@ bool isa_supported(Isa isa) {
   return false;  // not built for this flavour, or not an x86-64 CPU
 }
 
-Isa default_isa() {
+Isa default_isa() { return auto_choice(TileClass::kWide).isa; }
+
+const char* tile_class_name(TileClass c) { return c == TileClass::kNarrow ? "4-row" : "16-row"; }
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512, Isa::kAvx2, Isa::kScalar})
+    if (isa_supported(isa)) isas.push_back(isa);
+  return isas;
+}
+
+namespace {
+
+std::string rate_string(double gflops) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, gflops >= 10 ? "%.0f" : "%.2g", gflops);
+  return buf;
+}
+
+}  // namespace
+
+FlavourChoice choose_flavour(std::span<const FlavourRate> rates, TileClass tile) {
+  FlavourChoice choice;
+  choice.rates.assign(rates.begin(), rates.end());
+  const FlavourRate* best = nullptr;
+  for (const FlavourRate& r : rates)
+    if (std::isfinite(r.gflops) && r.gflops > 0 && (best == nullptr || r.gflops > best->gflops)) best = &r;
+  if (best == nullptr) {
+    choice.isa = Isa::kScalar;
+    choice.reason = "scalar: no flavour measured a rate";
+    return choice;
+  }
+  choice.isa = best->isa;
+  choice.reason = std::string(isa_name(best->isa)) + ": " + rate_string(best->gflops) + " GFLOP/s on " +
+                  tile_class_name(tile) + " tiles";
+  std::string others;
+  for (const FlavourRate& r : rates) {
+    if (&r == best || !(std::isfinite(r.gflops) && r.gflops > 0)) continue;
+    others += (others.empty() ? " > " : ", ") + std::string(isa_name(r.isa)) + " " + rate_string(r.gflops);
+  }
+  choice.reason += others + " (measured)";
+  return choice;
+}
+
+namespace {
+
+// The calibration problems: one thread, hot in cache (~0.25-1 MiB of KV), ~4 MFLOP each, so a
+// round of every flavour takes well under a millisecond on a SIMD flavour. Wide: 16-row tiles
+// of 128-token pages (Case1's shape); narrow: 4-row GQA tiles of 64-token pages over 4 kv heads
+// (Decode32k's shape, enough requests that a group kernel runs as it does there).
+CaseSpec calibration_spec(TileClass tile) {
+  CaseSpec s;
+  s.name = std::string("calibration_") + tile_class_name(tile);
+  if (tile == TileClass::kWide) {
+    s.batch = 2, s.num_heads = 16, s.num_kv_heads = 1, s.head_dim = 128, s.block_size = 128;
+    s.context_lens = {256};
+  } else {
+    s.batch = 4, s.num_heads = 16, s.num_kv_heads = 4, s.head_dim = 128, s.block_size = 64;
+    s.context_lens = {128};
+  }
+  s.max_model_len = 1024;
+  s.scale = 0.088;
+  return s;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+std::vector<FlavourRate> calibrate(std::span<const Isa> isas, TileClass tile, int rounds) {
+  const Case c = generate_case(calibration_spec(tile), 17);
+  Options options;
+  options.scale = c.scale;
+  options.num_threads = 1;
+  std::vector<float> out(static_cast<std::size_t>(c.out_elements()));
+  const Problem pr =
+      validate(c.inputs(), options, OutputView{out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}});
+  const Plan plan = make_plan(pr.shape, pr.scale);
+  double flops = 0;
+  for (std::int64_t b = 0; b < c.spec.batch; ++b) flops += 4.0 * c.context_lens[b] * c.spec.num_heads * c.spec.head_dim;
+  std::vector<ExecPlan> plans(isas.size());
+  for (std::size_t i = 0; i < isas.size(); ++i) {
+    prepare(plans[i], pr, plan, 1, isas[i]);
+    execute(plans[i], pr, plan, out.data());  // warm-up: scratch, caches
+  }
+  std::vector<double> best(isas.size(), 1e30);
+  // Interleaved rounds, best round per flavour: a neighbour's burst hits one round, not one flavour.
+  for (int round = 0; round < std::max(1, rounds); ++round)
+    for (std::size_t i = 0; i < isas.size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      execute(plans[i], pr, plan, out.data());
+      best[i] = std::min(best[i], seconds_since(t0));
+    }
+  std::vector<FlavourRate> rates;
+  for (std::size_t i = 0; i < isas.size(); ++i) rates.push_back({isas[i], flops / best[i] / 1e9});
+  return rates;
+}
+
+namespace {
+
+FlavourChoice forced_or_measured(TileClass tile) {
   if (const char* env = std::getenv("MIXPA_CPU_ISA"); env != nullptr && *env != '\0') {
     const Isa isa = parse_isa(env);
     if (!isa_supported(isa)) throw Error("MIXPA_CPU_ISA: this CPU cannot run '" + std::string(env) + "'");
-    return isa;
+    return {isa, std::string(isa_name(isa)) + ": forced by MIXPA_CPU_ISA", {}};
   }
-  for (Isa isa : {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512, Isa::kAvx2})
-    if (isa_supported(isa)) return isa;
-  return Isa::kScalar;
+  std::vector<Isa> simd = supported_isas();
+  std::erase(simd, Isa::kScalar);  // the portable fallback: run only where nothing else runs
+  if (simd.empty()) return {Isa::kScalar, "scalar: this CPU runs no SIMD flavour of this build", {}};
+  if (simd.size() == 1)
+    return {simd[0], std::string(isa_name(simd[0])) + ": the only SIMD flavour this CPU runs", {}};
+  const std::vector<FlavourRate> rates = calibrate(simd, tile);
+  return choose_flavour(rates, tile);
 }
+
+}  // namespace
+
+// MIXPA_CPU_ISA is read at each call (a getenv: tests and benchmarks set it between calls); the
+// measurement is made once per process per tile class (a function-local static: thread-safe).
+const FlavourChoice& auto_choice(TileClass tile) {
+  thread_local FlavourChoice forced;
+  if (const char* env = std::getenv("MIXPA_CPU_ISA"); env != nullptr && *env != '\0') {
+    if (forced.reason.empty() || std::string_view(env) != isa_name(forced.isa)) forced = forced_or_measured(tile);
+    return forced;
+  }
+  if (tile == TileClass::kNarrow) {
+    static const FlavourChoice narrow = forced_or_measured(TileClass::kNarrow);
+    return narrow;
+  }
+  static const FlavourChoice wide = forced_or_measured(TileClass::kWide);
+  return wide;
+}
+
+Isa auto_isa_for_rows(int rows) { return auto_choice(tile_class_of_rows(rows)).isa; }
 
 ChunkKernel chunk_kernel([[maybe_unused]] Isa isa) {
 #if defined(MIXPA_CPU_HAS_AMX)
