@@ -10,7 +10,9 @@
 #include <fstream>
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 namespace mixpa::bench {
@@ -66,6 +68,40 @@ double timed_parallel(std::int64_t n, int threads, Fn&& fn) {
 }  // namespace
 
 double measure_kv_read_bandwidth(const Case& c, int threads, int reps) {
+  const Case* one[] = {&c};
+  return measure_kv_read_bandwidth(one, threads, reps);
+}
+
+std::int64_t last_level_cache_bytes() {
+  std::int64_t best = 0;
+  int best_level = 0;
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size"), type_file(dir + "type");
+    if (!level_file || !size_file) break;
+    int level = 0;
+    std::string size, type;
+    level_file >> level;
+    size_file >> size;
+    type_file >> type;
+    if (type == "Instruction" || size.empty()) continue;
+    std::int64_t bytes = std::strtoll(size.c_str(), nullptr, 10);
+    const char unit = size.back();
+    if (unit == 'K') bytes <<= 10;
+    else if (unit == 'M') bytes <<= 20;
+    else if (unit == 'G') bytes <<= 30;
+    if (level > best_level || (level == best_level && bytes > best)) best = bytes, best_level = level;
+  }
+  if (best > 0) return best;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (l3 > 0) return l3;
+#endif
+  return 0;
+}
+
+double measure_kv_read_bandwidth(std::span<const Case* const> copies, int threads, int reps) {
+  const Case& c = *copies[0];
   const std::int64_t bs = c.spec.block_size, row = c.spec.num_kv_heads * c.spec.head_dim;
   const bool wide = __builtin_cpu_supports("avx512f");
   // Work items are pages, not requests, so a batch-1 case (Decode32k) reads on every thread too.
@@ -81,9 +117,10 @@ double measure_kv_read_bandwidth(const Case& c, int threads, int reps) {
   std::atomic<std::uint64_t> sink{0};
   std::vector<double> gbps;
   for (int rep = 0; rep < reps; ++rep) {
+    const Case& copy = *copies[static_cast<std::size_t>(rep) % copies.size()];
     const double s = timed_parallel(static_cast<std::int64_t>(reads.size()), threads, [&](std::int64_t i) {
       std::uint64_t acc = 0;
-      for (const auto* cache : {c.key_cache.data(), c.value_cache.data()}) {
+      for (const auto* cache : {copy.key_cache.data(), copy.value_cache.data()}) {
         const char* p = reinterpret_cast<const char*>(cache + reads[i].page * bs * row);
         acc ^= wide ? read_avx512(p, reads[i].bytes) : read_plain(p, reads[i].bytes);
       }

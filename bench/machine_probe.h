@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -11,8 +12,14 @@
 namespace mixpa::bench {
 
 // Best GB/s of `reps` multithreaded streaming reads of every K and V row the case's kernel reads,
-// page by page in block-table order (same layout, same randomness of page order).
+// page by page in block-table order (same layout, same randomness of page order). Pass r reads
+// copies[r % copies.size()] (copies of one case's KV cache, rotated as the timed runs rotate
+// them), so its reads are as cold as the kernels' are.
+double measure_kv_read_bandwidth(std::span<const Case* const> copies, int threads, int reps);
 double measure_kv_read_bandwidth(const Case& c, int threads, int reps);
+
+// Bytes of the largest cache level of this machine (sysfs, else sysconf), 0 when unknown.
+std::int64_t last_level_cache_bytes();
 
 // Bytes of [p, p + bytes) that Linux backs with transparent huge pages (the AnonHugePages of the
 // mappings holding it, clipped to the range), from /proc/self/smaps; -1 where it cannot tell.

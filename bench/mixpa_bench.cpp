@@ -2,22 +2,37 @@
 // the machine measured in the same run (roofline = max(bytes / bandwidth, flops / peak)) and
 // against PyTorch's CPU scaled_dot_product_attention on the same data (bench/peer_torch.py).
 //
+// Every case is timed cold, as a decode step sees it (each layer reads other KV): the runs
+// rotate over enough copies of the KV cache that together they exceed twice the last-level
+// cache (each case says how many, or that memory did not allow it), and the bandwidth probe
+// reads the same copies the same way. `auto` and every flavour this CPU runs are timed in the
+// same run, interleaved, through a DecodePlan each (as a decode step calls it); the fixed cost
+// of a call (context lengths all 0; and the case's wall time minus its kernel time) is printed
+// for mixpa::run and DecodePlan::run.
+//
 //   mixpa_bench [--cases Case1,Case2,SmallCase1,Decode32k] [--reps 7] [--threads 0]
-//               [--executor cpu] [--no-peer] [--python python3]
+//               [--executor cpu] [--isas auto,avx2,...] [--no-peer] [--python python3]
+//               [--max-copy-mib 8192]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/cases.h"
 #include "core/parallel.h"
+#include "core/validate.h"
 #include "cpu/chunk_kernel.h"
+#include "cpu/cpu_executor.h"
+#include "cpu/dispatch.h"
 #include "machine_probe.h"
+#include "mixpa/decode_plan.h"
 #include "mixpa/paged_attention.h"
 #include "peer_dump.h"
 
@@ -32,6 +47,8 @@ struct Args {
   bool peer = true;
   std::string python = "python3";
   std::string script = MIXPA_BENCH_DIR "/peer_torch.py";
+  std::vector<std::string> isas;  // empty: auto and every flavour this CPU runs
+  double max_copy_mib = 8192;     // the KV copies for cold runs stay within this
 };
 
 Args parse(int argc, char** argv) {
@@ -50,6 +67,10 @@ Args parse(int argc, char** argv) {
     else if (k == "--threads") a.threads = std::stoi(value());
     else if (k == "--executor") a.executor = value();
     else if (k == "--no-peer") a.peer = false;
+    else if (k == "--isas") {
+      std::stringstream s(value());
+      for (std::string c; std::getline(s, c, ',');) a.isas.push_back(c);
+    } else if (k == "--max-copy-mib") a.max_copy_mib = std::stod(value());
     else if (k == "--python") a.python = value();
     else throw Error("mixpa_bench: unknown option '" + k + "' (see the header of bench/mixpa_bench.cpp)");
   }
@@ -61,22 +82,121 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Median wall time (seconds) of run() over `reps` runs after one warm-up.
-double time_mixpa(const Case& c, const Args& a, std::vector<float>& out) {
-  Options o;
-  o.scale = c.scale;
-  o.executor = a.executor;
-  o.num_threads = a.threads;
-  out.assign(c.out_elements(), 0.0f);
-  const OutputView view{out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}};
-  run(c.inputs(), o, view);
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Sets MIXPA_CPU_ISA while a plan is made (the plan keeps its flavour), "auto" = unset.
+DecodePlan make_plan_for(const Case& c, const Options& o, const std::string& isa) {
+  const char* old = std::getenv("MIXPA_CPU_ISA");
+  const std::string saved = old ? old : "";
+  if (isa == "auto") unsetenv("MIXPA_CPU_ISA");
+  else setenv("MIXPA_CPU_ISA", isa.c_str(), 1);
+  DecodePlan plan(c.inputs(), o);
+  if (old) setenv("MIXPA_CPU_ISA", saved.c_str(), 1);
+  else unsetenv("MIXPA_CPU_ISA");
+  return plan;
+}
+
+LayerInputs layer_of(const Case& c) {
+  const Inputs in = c.inputs();
+  return {in.query, in.key_cache, in.value_cache};
+}
+
+// Copies of the case's KV cache for cold runs: enough that together they exceed twice the
+// last-level cache, within max_bytes. Copy 0 is the case itself.
+std::vector<std::unique_ptr<Case>> kv_copies(const Case& c, std::int64_t llc, double max_bytes, std::string& note) {
+  const double one = 2.0 * static_cast<double>(c.key_cache.size() * sizeof(bf16));
+  const double want = 2.0 * static_cast<double>(llc);
+  std::int64_t n = llc > 0 ? static_cast<std::int64_t>(want / one) + 1 : 1;
+  const std::int64_t fit = std::max<std::int64_t>(1, static_cast<std::int64_t>(max_bytes / one));
+  const bool cold = llc > 0 && n <= fit;
+  n = std::min(n, fit);
+  std::vector<std::unique_ptr<Case>> copies;
+  for (std::int64_t i = 1; i < n; ++i) {
+    auto copy = std::make_unique<Case>();
+    copy->spec = c.spec;
+    copy->query = c.query;
+    copy->key_cache = c.key_cache;
+    copy->value_cache = c.value_cache;
+    copy->block_table = c.block_table;
+    copy->context_lens = c.context_lens;
+    copy->num_blocks = c.num_blocks;
+    copy->max_blocks_per_req = c.max_blocks_per_req;
+    copy->scale = c.scale;
+    copy->has_scale = c.has_scale;
+    copies.push_back(std::move(copy));
+  }
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s: %lld cop%s x %.0f MiB = %.0f MiB %s 2 x last-level cache (%.0f MiB)",
+                cold ? "cold" : "NOT cold", static_cast<long long>(n), n == 1 ? "y" : "ies", one / (1 << 20),
+                n * one / (1 << 20), n * one > want ? ">" : "<=", static_cast<double>(llc) / (1 << 20));
+  note = buf;
+  if (llc <= 0) note = "NOT known to be cold: the last-level cache size is unknown (1 copy)";
+  return copies;
+}
+
+struct Variant {
+  std::string name;  // "auto" or a flavour
+  std::string isa;   // the flavour it runs
+  std::optional<DecodePlan> plan;
+  std::vector<double> seconds;
+};
+
+// Median of `reps` calls of fn (after one warm-up).
+template <class Fn>
+double median_call_seconds(int reps, Fn&& fn) {
+  fn();
   std::vector<double> t;
-  for (int r = 0; r < a.reps; ++r) {
-    const auto s = std::chrono::steady_clock::now();
-    run(c.inputs(), o, view);
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s).count());
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    fn();
+    t.push_back(seconds_since(t0));
   }
   return median(t);
+}
+
+// The fixed cost of a call on this case's shapes: every context length 0, through mixpa::run
+// and through a DecodePlan; and for the case itself, wall time minus the time inside kernels
+// divided by the threads (which is what the pool, the merge, validation and planning cost).
+void print_fixed_cost(const Case& c, const Options& o, int threads) {
+  // Zero-length requests read no page; the call still validates, plans and writes zeros.
+  const std::vector<std::int32_t> zero_lens(c.context_lens.size(), 0);
+  std::vector<float> out(c.out_elements());
+  const OutputView view{out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}};
+  Inputs zin = c.inputs();
+  zin.context_lens = TensorView::contiguous(zero_lens.data(), DType::kI32, {c.spec.batch});
+  const double run0 = median_call_seconds(2001, [&] { run(zin, o, view); });
+  DecodePlan plan0(zin, o);
+  const LayerInputs layer = layer_of(c);
+  const double plan0_s = median_call_seconds(2001, [&] { plan0.run(layer, view); });
+  // Kernel time of the case: the same ExecPlan as DecodePlan's, with the kernel clock on; on
+  // one thread (what the caller's thread spends outside kernels: merge, bookkeeping) and on all
+  // (adds the pool's hand-out, waiting for the last item and load imbalance).
+  const Problem pr = validate(c.inputs(), o, view);
+  const Plan plan = make_plan(pr.shape, pr.scale);
+  const int rows = static_cast<int>(std::min<std::int64_t>(plan.q_tile, pr.shape.group()));
+  double fixed_at[2] = {0, 0};
+  const int counts[2] = {1, threads};
+  for (int k = 0; k < 2; ++k) {
+    cpu::ExecPlan ep;
+    cpu::prepare(ep, pr, plan, counts[k], cpu::auto_isa_for_rows(rows));
+    std::atomic<std::int64_t> kernel_ns{0};
+    ep.kernel_ns = &kernel_ns;
+    std::vector<double> fixed;
+    for (int r = 0; r < 5; ++r) {
+      kernel_ns = 0;
+      const auto t0 = Clock::now();
+      cpu::execute(ep, pr, plan, out.data());
+      const double wall = seconds_since(t0);
+      fixed.push_back(wall - static_cast<double>(kernel_ns.load()) * 1e-9 / counts[k]);
+    }
+    fixed_at[k] = median(fixed);
+  }
+  std::printf("%-10s  fixed cost per call: context lengths all 0: mixpa::run %.1f us, DecodePlan::run %.1f us"
+              " (medians of 2001); this case, wall - kernel time / threads: %.1f us on 1 thread, %.1f us on %d"
+              " (medians of 5; the latter includes load imbalance)\n",
+              c.spec.name.c_str(), run0 * 1e6, plan0_s * 1e6, fixed_at[0] * 1e6, fixed_at[1] * 1e6, threads);
 }
 
 // Runs the torch peer on the dumped case; returns its median seconds, or a negative value.
@@ -102,13 +222,20 @@ double time_peer(const Case& c, const std::vector<float>& out, const Args& a, in
 int bench_main(int argc, char** argv) {
   const Args a = parse(argc, argv);
   const int threads = a.threads > 0 ? a.threads : hardware_threads();
+  const bool cpu_exec = a.executor == "cpu" || a.executor == "auto";
+  std::vector<std::string> names = a.isas;
+  if (names.empty()) {
+    names.push_back("auto");
+    if (cpu_exec)
+      for (cpu::Isa isa : cpu::supported_isas()) names.emplace_back(cpu::isa_name(isa));
+  }
   std::cout << "mixpa_bench: executor " << a.executor << ", " << threads << " threads, median of " << a.reps
-            << " runs\n";
-  // The roofline's compute term uses the fastest bf16 instruction the cpu executor runs here,
-  // at the best rate this run has seen: the peak is measured at the start and again before and
-  // after each case (a neighbour on this shared machine can hold a single measurement down by a
-  // quarter, which would make the roofline lenient).
-  const bool amx = (a.executor == "cpu" || a.executor == "auto") && cpu::default_isa() == cpu::Isa::kAmx;
+            << " runs per variant, variants interleaved\n";
+  // The roofline's compute term uses the fastest dot-product instruction this CPU has (AMX
+  // included where the amx flavour runs), at the best rate this run has seen: the peak is
+  // measured at the start and again before and after each case (a neighbour on a shared
+  // machine can hold a single measurement down by a quarter, which would make it lenient).
+  const bool amx = cpu_exec && cpu::isa_supported(cpu::Isa::kAmx);
   auto measure_peak = [&] {
     Peak best = measure_dot_peak(threads);
     if (amx) {
@@ -118,10 +245,17 @@ int bench_main(int argc, char** argv) {
     return best;
   };
   Peak peak = measure_peak();
+  const std::int64_t llc = last_level_cache_bytes();
   std::cout << "machine: peak " << peak.gflops << " GFLOP/s (" << peak.instruction << ", "
             << (peak.instruction.find("AMX") != std::string::npos ? "4 tiles" : "16 chains") << " x " << threads
-            << " threads)\n";
-  if (a.executor == "cpu" || a.executor == "auto") std::cout << "cpu executor kernels: " << cpu::isa_name(cpu::default_isa()) << '\n';
+            << " threads); last-level cache " << llc / (1 << 20) << " MiB\n";
+  if (cpu_exec) {
+    std::string flavours;
+    for (cpu::Isa isa : cpu::supported_isas()) flavours += (flavours.empty() ? "" : ", ") + std::string(cpu::isa_name(isa));
+    std::cout << "cpu flavours this CPU runs: " << flavours << "\n";
+    for (cpu::TileClass tile : {cpu::TileClass::kWide, cpu::TileClass::kNarrow})
+      std::cout << "auto for " << cpu::tile_class_name(tile) << " tiles: " << cpu::auto_choice(tile).reason << '\n';
+  }
   std::cout << "roofline compute term uses " << peak.instruction << " at the best peak seen so far in this run\n\n";
   for (const std::string& name : a.cases) {
     const Case c = generate_case(find_case(name), 1);
@@ -129,33 +263,86 @@ int bench_main(int argc, char** argv) {
     for (auto l : c.context_lens) tokens += l;
     const double bytes = static_cast<double>(c.kv_bytes_read());
     const double flops = 4.0 * static_cast<double>(tokens) * c.spec.num_heads * c.spec.head_dim;
-    std::vector<float> out;
     const double kv_total = 2.0 * static_cast<double>(c.key_cache.size() * sizeof(bf16));
     const double kv_huge = huge_page_bytes(c.key_cache.data(), c.key_cache.size() * sizeof(bf16)) +
                            huge_page_bytes(c.value_cache.data(), c.value_cache.size() * sizeof(bf16));
+    std::string cold_note;
+    const std::vector<std::unique_ptr<Case>> extra = kv_copies(c, llc, a.max_copy_mib * (1 << 20), cold_note);
+    std::vector<const Case*> copies{&c};
+    for (const auto& e : extra) copies.push_back(e.get());
     if (kv_huge >= 0)
-      std::printf("%-10s  KV cache on 2 MiB pages: %.0f%% of %.0f MiB (include/mixpa/memory.h)\n", name.c_str(),
-                  100.0 * kv_huge / kv_total, kv_total / (1 << 20));
-    const double bw_before = measure_kv_read_bandwidth(c, threads, 5);
+      std::printf("%-10s  KV cache on 2 MiB pages: %.0f%% of %.0f MiB (include/mixpa/memory.h); %s\n", name.c_str(),
+                  100.0 * kv_huge / kv_total, kv_total / (1 << 20), cold_note.c_str());
+    Options o;
+    o.scale = c.scale;
+    o.executor = a.executor;
+    o.num_threads = a.threads;
+    std::vector<Variant> variants;
+    for (const std::string& v : names) {
+      Variant var;
+      var.name = v;
+      var.plan.emplace(make_plan_for(c, o, v));
+      var.isa = var.plan->kernels().empty() ? std::string(var.plan->executor()) : var.plan->kernels();
+      variants.push_back(std::move(var));
+    }
+    std::vector<float> out(c.out_elements()), auto_out;
+    const OutputView view{out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}};
+    const double bw_before = measure_kv_read_bandwidth(copies, threads, std::max<int>(5, static_cast<int>(copies.size())));
     const Peak peak_before = measure_peak();
-    const double t = time_mixpa(c, a, out);
+    // Warm-up (one call each), then interleaved rounds; each call reads the next copy.
+    std::size_t next_copy = 0;
+    auto one_call = [&](Variant& v) {
+      const Case& kv = *copies[next_copy++ % copies.size()];
+      const auto t0 = Clock::now();
+      v.plan->run(layer_of(kv), view);
+      return seconds_since(t0);
+    };
+    for (Variant& v : variants) {
+      const double first = one_call(v);
+      // A slow flavour (scalar) gets fewer rounds so the run stays short.
+      v.seconds.reserve(a.reps);
+      if (first > 1.0) v.seconds.push_back(first);
+    }
+    for (int r = 0; r < a.reps; ++r)
+      for (Variant& v : variants) {
+        if (static_cast<int>(v.seconds.size()) >= a.reps || (!v.seconds.empty() && v.seconds[0] > 1.0 && r >= 2)) continue;
+        v.seconds.push_back(one_call(v));
+        if (v.name == "auto" && r == 0) auto_out = out;
+      }
     const Peak peak_after = measure_peak();
-    const double bw_after = measure_kv_read_bandwidth(c, threads, 5);
+    const double bw_after = measure_kv_read_bandwidth(copies, threads, std::max<int>(5, static_cast<int>(copies.size())));
     const double bw = std::max(bw_before, bw_after);  // the better of the two: the stricter roofline
     for (const Peak& p : {peak_before, peak_after})
       if (p.gflops > peak.gflops) peak = p;
     const double roof = std::max(bytes / (bw * 1e9), flops / (peak.gflops * 1e9));
-    std::printf("%-10s  %8.2f ms  KV %6.1f GB/s  %7.1f GFLOP/s | read bw %5.1f/%5.1f GB/s  peak %4.0f/%4.0f GFLOP/s"
-                "  roofline %7.2f ms (%s)  time/roofline %.2fx\n",
-                name.c_str(), t * 1e3, bytes / t / 1e9, flops / t / 1e9, bw_before, bw_after, peak_before.gflops,
-                peak_after.gflops, roof * 1e3,
-                bytes / (bw * 1e9) >= flops / (peak.gflops * 1e9) ? "memory" : "compute", t / roof);
+    std::printf("%-10s  read bw %5.1f/%5.1f GB/s (same copies)  peak %4.0f/%4.0f GFLOP/s  roofline %7.2f ms (%s)\n",
+                name.c_str(), bw_before, bw_after, peak_before.gflops, peak_after.gflops, roof * 1e3,
+                bytes / (bw * 1e9) >= flops / (peak.gflops * 1e9) ? "memory" : "compute");
+    double best = 1e30, auto_t = -1;
+    std::string best_name;
+    for (const Variant& v : variants) {
+      const double t = median(v.seconds);
+      const std::string label = v.name == "auto" ? "auto (" + v.isa + ")" : v.name;
+      std::printf("%-10s  %-18s %9.2f ms  KV %6.1f GB/s  %7.1f GFLOP/s  time/roofline %5.2fx  (median of %zu)\n",
+                  name.c_str(), label.c_str(), t * 1e3, bytes / t / 1e9, flops / t / 1e9, t / roof, v.seconds.size());
+      if (v.name == "auto") auto_t = t;
+      else if (t < best) best = t, best_name = v.name;
+    }
+    if (auto_t > 0 && best < 1e30)
+      std::printf("%-10s  auto / best flavour = %.3f (best: %s, auto ran %s)\n", name.c_str(), auto_t / best,
+                  best_name.c_str(), variants[0].isa.c_str());
+    if (cpu_exec) print_fixed_cost(c, o, threads);
     std::fflush(stdout);
-    if (!a.peer) continue;
-    const double peer = time_peer(c, out, a, threads);
+    if (!a.peer) {
+      std::printf("\n");
+      continue;
+    }
+    if (auto_out.empty()) auto_out = out;
+    const double peer = time_peer(c, auto_out, a, threads);
+    const double mine = auto_t > 0 ? auto_t : best;
     if (peer > 0)
-      std::printf("%-10s  torch SDPA %8.2f ms   mixpa/torch %.3f  (torch/mixpa %.1fx)\n\n", name.c_str(), peer * 1e3,
-                  t / peer, peer / t);
+      std::printf("%-10s  torch SDPA %8.2f ms   mixpa/torch %.3f  (torch/mixpa %.1fx; torch on the case's own buffers)\n\n",
+                  name.c_str(), peer * 1e3, mine / peer, peer / mine);
     else
       std::printf("%-10s  torch peer skipped (no torch for %s, or it failed)\n\n", name.c_str(), a.python.c_str());
     std::fflush(stdout);
