@@ -2,8 +2,9 @@
 """What calling mixpa from Python costs: per-call overhead and memory (no copy of the KV cache).
 
   overhead: median time of mixpa.paged_attention on a case vs the same call with every context
-            length 0 (argument import + validation + dispatch), and (--cli) vs the C++ CLI's own
-            median for the same case and executor, all from the same run.
+            length 0 (argument import + validation + dispatch), the same two through a
+            mixpa.DecodePlan (made once, run per layer: argument import + shape checks + run), and
+            (--cli) vs the C++ CLI's own median for the same case and executor, all from the same run.
   rss:      peak RSS (ru_maxrss) after import, after make_case (the KV cache), and after
             paged_attention on it, against the KV cache's size.
 
@@ -51,6 +52,16 @@ def overhead(args):
     print(f"{args.case} executor={args.executor}: paged_attention median {full * 1e3:.3f} ms over {args.repeats} calls")
     print(f"  same call with every context length 0 (binding + validation + dispatch): median {empty * 1e6:.1f} us")
     print(f"  overhead share of the full call: {empty / full:.2e}")
+    plan = mixpa.DecodePlan(*c.inputs(), scale=c.scale, executor=args.executor)
+    plan_empty = mixpa.DecodePlan(c.query, c.key_cache, c.value_cache, c.block_table, empty_lens, scale=c.scale,
+                                  executor=args.executor)
+    q, k, v = c.query, c.key_cache, c.value_cache
+    plan.run(q, k, v, out=out)
+    plan_full = median_seconds(lambda: plan.run(q, k, v, out=out), args.repeats)
+    plan_zero = median_seconds(lambda: plan_empty.run(q, k, v, out=out), max(args.repeats, 2000))
+    print(f"  DecodePlan.run ({plan.executor}{', ' + plan.kernels + ' kernels' if plan.kernels else ''}): "
+          f"median {plan_full * 1e3:.3f} ms; with every context length 0: median {plan_zero * 1e6:.1f} us "
+          f"(the fixed cost of a layer's call from Python)")
     if args.cli:
         cli = cli_median_seconds(args)
         print(f"  C++ CLI `mixpa run --case {args.case} --no-verify --executor {args.executor} --repeat {args.repeats}`: "
