@@ -23,3 +23,31 @@ TEST(MachineProbe, EveryDotProbeComputesAllSixteenChains) {
 
 }  // namespace
 }  // namespace mixpa::bench
+
+namespace mixpa::bench {
+namespace {
+
+// The cold-run sizing needs the last-level cache: sysfs on Linux (this project's machines).
+TEST(MachineProbe, LastLevelCacheIsKnownOnLinux) {
+  const std::int64_t llc = last_level_cache_bytes();
+  EXPECT_GE(llc, 0);
+#if defined(__linux__)
+  EXPECT_GE(llc, std::int64_t{1} << 20) << "no cache size in /sys/devices/system/cpu/cpu0/cache";
+#endif
+}
+
+// The bandwidth probe over rotated copies reads every copy's pages (a positive, finite rate).
+TEST(MachineProbe, BandwidthOverCopiesIsPositive) {
+  CaseSpec spec;
+  spec.name = "probe";
+  spec.batch = 2;
+  spec.context_lens = {300};
+  spec.max_model_len = 512;
+  const Case a = generate_case(spec, 1), b = generate_case(spec, 2);
+  const Case* copies[] = {&a, &b};
+  const double gbps = measure_kv_read_bandwidth(copies, 2, 3);
+  EXPECT_TRUE(gbps > 0 && gbps < 1e6) << gbps;
+}
+
+}  // namespace
+}  // namespace mixpa::bench
