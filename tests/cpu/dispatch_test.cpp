@@ -280,6 +280,37 @@ TEST(DecodePlan, LayerOfAnotherShapeIsRejectedAndOutUntouched) {
   EXPECT_THROW(DecodePlan(invalid.inputs(), o), Error);
 }
 
+// Sinks (the plan's, or a layer's own) and lse through a plan: bitwise mixpa::run.
+TEST(DecodePlan, SinksAndLseMatchRun) {
+  const Case c = generate_case(small_spec("plan_sinks", 3, 16, 4, 64, 32, {300, 0, 41}), 6);
+  std::vector<float> plan_sinks(16), layer_sinks(16);
+  for (int h = 0; h < 16; ++h) plan_sinks[h] = 0.25f * h - 1.0f, layer_sinks[h] = 2.0f - 0.5f * h;
+  Inputs in = c.inputs();
+  in.sinks = TensorView::contiguous(plan_sinks.data(), DType::kF32, {16});
+  Options o;
+  o.scale = c.scale;
+  DecodePlan plan(in, o);
+  for (const std::vector<float>* sinks : {&plan_sinks, &layer_sinks}) {
+    Inputs want_in = c.inputs();
+    want_in.sinks = TensorView::contiguous(sinks->data(), DType::kF32, {16});
+    std::vector<float> want, got, want_lse(3 * 16), got_lse(3 * 16);
+    OutputView wv = testing::output_view(want, c), gv = testing::output_view(got, c);
+    wv.lse = want_lse.data();
+    gv.lse = got_lse.data();
+    run(want_in, o, wv);
+    LayerInputs layer = layer_of(c);
+    if (sinks == &layer_sinks) layer.sinks = want_in.sinks;
+    plan.run(layer, gv);
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(got_lse, want_lse);
+    EXPECT_EQ(got_lse[16], -std::numeric_limits<float>::infinity());  // request 1 has context 0
+  }
+  std::vector<float> bad(8, 0.0f), out;
+  LayerInputs layer = layer_of(c);
+  layer.sinks = TensorView::contiguous(bad.data(), DType::kF32, {8});
+  EXPECT_THROW(plan.run(layer, testing::output_view(out, c)), Error);
+}
+
 // Every context length 0: zeros, through run() and through a plan.
 TEST(DecodePlan, ContextLengthsAllZeroGiveZeros) {
   const Case c = generate_case(small_spec("plan_zero", 4, 16, 1, 128, 128, {0}), 2);
