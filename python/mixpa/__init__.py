@@ -158,10 +158,10 @@ class DecodePlan:
 
     def __init__(self, query, key_cache, value_cache, block_table, context_lens, *,
                  scale: Optional[float] = None, executor: str = "auto", hw_blocks: int = 24, pipe_depth: int = 2,
-                 num_threads: int = 0):
+                 num_threads: int = 0, kv_layout: str = "NHD"):
         tensors, mask = _prepare((query, key_cache, value_cache, block_table, context_lens))
         self._plan = _mixpa.DecodePlan(*tensors, mask, None if scale is None else float(scale), executor,
-                                       hw_blocks, pipe_depth, num_threads)
+                                       hw_blocks, pipe_depth, num_threads, str(kv_layout))
         self._torch = _is_torch(query)
 
     def run(self, query, key_cache, value_cache, *, out=None):

@@ -145,7 +145,7 @@ class PyDecodePlan {
  public:
   PyDecodePlan(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
                nb::handle context_lens, unsigned bf16_mask, std::optional<double> scale, const std::string& executor,
-               int hw_blocks, int pipe_depth, int num_threads) {
+               int hw_blocks, int pipe_depth, int num_threads, const std::string& kv_layout) {
     std::vector<ReadArray> keep;
     const nb::handle objs[] = {query, key_cache, value_cache, block_table, context_lens};
     TensorView views[5];
@@ -156,6 +156,7 @@ class PyDecodePlan {
     options.hw_blocks = hw_blocks;
     options.pipe_depth = pipe_depth;
     options.num_threads = num_threads;
+    options.kv_layout = parse_kv_layout(kv_layout);
     const Inputs in{views[0], views[1], views[2], views[3], views[4]};
     nb::gil_scoped_release release;  // the first plan may calibrate the cpu kernels (a few ms)
     plan_ = std::make_unique<DecodePlan>(in, options);
@@ -256,10 +257,10 @@ NB_MODULE(_mixpa, m) {
   m.def("merge_states", &merge_states_py, "o_a"_a, "lse_a"_a, "o_b"_a, "lse_b"_a);
   nb::class_<PyDecodePlan>(m, "DecodePlan")
       .def(nb::init<nb::handle, nb::handle, nb::handle, nb::handle, nb::handle, unsigned, std::optional<double>,
-                    const std::string&, int, int, int>(),
+                    const std::string&, int, int, int, const std::string&>(),
            "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(), "block_table"_a.none(),
            "context_lens"_a.none(), "bf16_mask"_a, "scale"_a.none(), "executor"_a, "hw_blocks"_a, "pipe_depth"_a,
-           "num_threads"_a)
+           "num_threads"_a, "kv_layout"_a)
       .def("run", &PyDecodePlan::run, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(), "bf16_mask"_a,
            "out"_a.none())
       .def_prop_ro("executor", &PyDecodePlan::executor)

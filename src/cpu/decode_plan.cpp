@@ -46,7 +46,7 @@ DecodePlan::DecodePlan(const Inputs& inputs, const Options& options) : impl_(std
   Impl& m = *impl_;
   m.executor = &find_executor(options.executor);
   m.options = options;
-  const Shape s = validate_shapes(inputs);
+  const Shape s = validate_shapes(inputs, options.kv_layout);
   m.out_shape = {s.batch, s.num_heads, s.head_dim};
   float unused = 0;  // validate() checks the output view's shape and pointer, never writes it
   m.problem = validate(inputs, options, OutputView{&unused, m.out_shape});
