@@ -2,6 +2,7 @@
 #include "cpu/cpu_executor.h"
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <vector>
 
@@ -111,7 +112,14 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, c
   const bool grouping = group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
   const std::vector<std::int64_t> unit_begin = work_units(plan, sp, order, grouping, threads);
   const std::int64_t units = static_cast<std::int64_t>(unit_begin.size()) - 1;
+  // Cancellation skips the remaining units (pool workers must not throw) and throws here,
+  // before anything is written to `out`.
+  std::atomic<bool> cancelled{false};
   ThreadPool::instance().parallel_for(units, threads, [&](std::int64_t u) {
+    if (options.cancelled && (cancelled.load(std::memory_order_relaxed) || options.cancelled())) {
+      cancelled.store(true, std::memory_order_relaxed);
+      return;
+    }
     const std::int64_t i0 = unit_begin[u], count = unit_begin[u + 1] - i0;
     if (count == 1) {
       const std::int64_t c = order[i0];
@@ -126,6 +134,7 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, c
     }
     group(jobs, outs);
   });
+  if (cancelled.load()) throw Interrupted();
   // Merging is (rows x head_dim) per chunk: cheap next to the chunks, but still spread out.
   ThreadPool::instance().parallel_for(plan.total_logical_blocks, threads, [&](std::int64_t b) {
     merge_block(pr, plan, sp, b, parts, out);
