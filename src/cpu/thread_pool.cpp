@@ -2,6 +2,11 @@
 // under a mutex in small grabs (items are whole chunks of pages, so this is not contended).
 #include "cpu/thread_pool.h"
 
+#include <string>
+#include <system_error>
+
+#include "mixpa/error.h"
+
 namespace mixpa::cpu {
 
 ThreadPool& ThreadPool::instance() {
@@ -21,7 +26,13 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::grow(int workers) {
   while (static_cast<int>(threads_.size()) < workers) {
     const int index = static_cast<int>(threads_.size());
-    threads_.emplace_back([this, index] { worker(index); });
+    try {
+      threads_.emplace_back([this, index] { worker(index); });
+    } catch (const std::system_error& e) {
+      // The pool stays as it is (the started workers are idle and usable); the call fails.
+      throw Error("cpu: cannot start worker thread " + std::to_string(index + 1) + " of " + std::to_string(workers) +
+                  ": " + e.what() + "; use fewer threads (--threads / num_threads)");
+    }
   }
 }
 

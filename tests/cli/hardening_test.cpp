@@ -176,6 +176,20 @@ TEST_F(Hardening, WorkerThreadThatCannotStartIsAnError) {
   EXPECT_FALSE(fs::exists(path("out.safetensors")));
 }
 
+// The cpu executor's pool, asked for 1024 threads on 2200 work units, under the same limit.
+TEST_F(Hardening, PoolThreadThatCannotStartIsAnError) {
+  if (kAsan) GTEST_SKIP() << "ASan reserves terabytes of address space: ulimit -v cannot apply";
+  save_case(path("many.safetensors"), generate_case(testing::small_spec("many", 1100, 8, 2, 64, 16, {1}), 1));
+  const Result r = mixpa("run --input " + path("many.safetensors") + " --executor cpu --threads 1024 --output " +
+                             path("out.safetensors"),
+                         "ulimit -v 1000000;");
+  EXPECT_EQ(r.signal, 0) << "killed by signal " << r.signal << ": " << r.err;
+  EXPECT_EQ(r.code, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("cpu: cannot start worker thread"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_FALSE(fs::exists(path("out.safetensors")));
+}
+
 // --- 3: temporaries are never a planted link ------------------------------------------------
 
 // A link planted at the name the old scheme (OUTPUT.tmp.<pid>) gives the writer's temporary,
