@@ -24,6 +24,12 @@ namespace {
 
 std::string errno_text(int e) { return std::strerror(e); }
 
+std::string printable_path(const std::string& path) {
+  std::string r;
+  for (char c : path) r += c == '\0' ? std::string("\\x00") : std::string(1, c);
+  return r;
+}
+
 std::string directory_of(const std::string& path) {
   const auto slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
@@ -66,16 +72,22 @@ std::string random_suffix() {
 // "--output out.safetensors" or just "out.safetensors": how messages name the target.
 std::string named(const std::string& what, const std::string& path) { return what.empty() ? path : what + " " + path; }
 
-void require_not_directory(const std::string& path, const std::string& what) {
+// The target is renamed over, so it must be a file name whose current entry (if any) is a
+// regular file or a link: never a directory, and never a device or FIFO (renaming over
+// /dev/null as root would replace the device).
+void require_replaceable(const std::string& path, const std::string& what) {
   if (path.empty()) throw Error((what.empty() ? "output" : what) + ": empty file name");
+  if (path.find('\0') != std::string::npos) throw Error(named(what, printable_path(path)) + ": contains a NUL byte");
   struct stat st{};
   if (path.back() == '/' || (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)))
     throw Error(named(what, path) + ": is a directory, expected a file name");
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+    throw Error(named(what, path) + ": is not a regular file (a device or FIFO cannot be replaced)");
 }
 
 // Creates the temporary; returns its descriptor and sets `tmp`. Throws naming `what` and `path`.
 int create_temporary(const std::string& path, const std::string& what, std::string& tmp) {
-  require_not_directory(path, what);
+  require_replaceable(path, what);
   const std::string dir = directory_of(path), prefix = dir + "/." + base_name(path) + ".tmp-";
   for (int attempt = 0; attempt < 100; ++attempt) {
     tmp = prefix + random_suffix();

@@ -184,6 +184,7 @@ SafetensorsFile parse_safetensors(const std::byte* data, std::size_t size, const
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
+  if (path.find('\0') != std::string::npos) fail(printable(path, 4096), "file name contains a NUL byte");
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int e = errno;

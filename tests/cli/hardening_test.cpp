@@ -12,6 +12,7 @@
 #include <sstream>
 #include <fcntl.h>
 #include <functional>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -398,6 +399,18 @@ TEST_F(Hardening, UnwritableOutputIsFoundBeforeComputing) {
   expect_clean_rejection(mixpa("run --input " + in + " --executor sim --swimlane " + path("adir")), "--swimlane");
   expect_clean_rejection(mixpa("gen --case Case1 --output " + path("missing/c.safetensors")), "--output");
   expect_directory_holds({"in.safetensors", "adir"});
+}
+
+// Outputs are renamed over: a device or FIFO in their place is refused, never replaced.
+TEST_F(Hardening, OutputThatIsADeviceOrFifoIsRefused) {
+  const std::string in = small_case();
+  ASSERT_EQ(::mkfifo(path("fifo").c_str(), 0644), 0);
+  expect_clean_rejection(mixpa("run --input " + in + " --executor reference --output " + path("fifo")),
+                         "--output " + path("fifo") + ": is not a regular file");
+  EXPECT_TRUE(fs::is_fifo(dir_ / "fifo"));
+  expect_clean_rejection(mixpa("run --input " + in + " --executor sim --trace /dev/null"),
+                         "--trace /dev/null: is not a regular file");
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
 }
 
 TEST_F(Hardening, WatchdogBelowTheMinimum) {

@@ -144,6 +144,18 @@ def test_load_case_of_a_directory(tmp_path):
         mixpa.load_case(tmp_path)
 
 
+@has_io
+def test_paths_with_a_nul_byte(tmp_path):
+    t = case_tensors()
+    mixpa.save_case(tmp_path / "c.safetensors", scale=0.5, **t)
+    # a C string would stop at the NUL and name another file
+    with pytest.raises(ValueError, match="NUL"):
+        mixpa.load_case(str(tmp_path / "c.safetensors") + "\0.txt")
+    with pytest.raises(ValueError, match="NUL"):
+        mixpa.save_case(str(tmp_path / "c.safetensors") + "\0.txt", scale=0.5, **t)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
 # --- 2: bounds on hw_blocks, pipe_depth, num_threads -------------------------------------------
 
 @pytest.mark.parametrize("option,value,fragment", [
