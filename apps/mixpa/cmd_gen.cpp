@@ -19,14 +19,16 @@ void add_gen_command(CLI::App& app, GenArgs& a) {
 
 int gen_command(const GenArgs& a) {
   const CaseSpec& spec = find_case(a.case_name);
+  const std::uint64_t seed = parse_seed(a.seed);
+  check_outputs({{"--output", a.output}}, "");
   Case c;
   {
     Progress progress("generating " + spec.name);
-    c = generate_case(spec, a.seed, [&](double f) { progress.update(f); });
+    c = generate_case(spec, seed, [&](double f) { progress.update(f); });
   }
   save_case(a.output, c);
   std::printf("wrote %s: %s (seed %llu), %.1f MB of KV cache\n", a.output.c_str(), spec.name.c_str(),
-              static_cast<unsigned long long>(a.seed), 2.0 * c.key_cache.size() * 2 / 1e6);
+              static_cast<unsigned long long>(seed), 2.0 * c.key_cache.size() * 2 / 1e6);
   return 0;
 }
 

@@ -61,7 +61,7 @@ void add_run_command(CLI::App& app, RunArgs& a) {
                   "block_size, head_dim] (default: the file's 'kv_layout', else NHD)");
   run->add_flag("--no-verify", a.no_verify, "With --case: skip the check against exact float64 attention");
   run->add_flag("--verify", a.verify, "With --input: check against exact float64 attention");
-  run->add_option("--repeat", a.repeat, "Run N times and report the median time (default 1)")->check(CLI::PositiveNumber);
+  run->add_option("--repeat", a.repeat, "Run N times and report the median time (default 1)");
   run->add_option("--threads", a.options.num_threads, "OS threads for cpu/sim (default 0 = all cores)");
   run->add_option("--blocks", a.options.hw_blocks, "Hardware blocks of the SPMD launch (default 24, the origin's)");
   run->add_option("--pipe-depth", a.options.pipe_depth, "Slots per tile pipe (default 2, the origin's)");
@@ -83,12 +83,34 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-Case obtain_case(const RunArgs& a) {
+Case obtain_case(const RunArgs& a, std::uint64_t seed) {
   if (!a.input.empty()) return load_case(a.input);
-  if (a.case_name.empty()) throw Error("run: give --input FILE or --case NAME");
   const CaseSpec& spec = find_case(a.case_name);
   Progress progress("generating " + spec.name);
-  return generate_case(spec, a.seed, [&](double f) { progress.update(f); });
+  return generate_case(spec, seed, [&](double f) { progress.update(f); });
+}
+
+// Everything that does not depend on the case, checked before it is loaded or generated
+// (which can take seconds): options, the executor, the output files.
+std::uint64_t check_arguments(const RunArgs& a, const Options& options) {
+  if (a.input.empty() && a.case_name.empty()) throw Error("run: give --input FILE or --case NAME");
+  if (!a.case_name.empty()) find_case(a.case_name);
+  const std::uint64_t seed = parse_seed(a.seed);
+  if (a.repeat < 1) throw Error("--repeat: " + std::to_string(a.repeat) + " must be >= 1");
+  if (!a.swimlane_window.empty()) {
+    const double from = a.swimlane_window[0], to = a.swimlane_window[1];
+    std::ostringstream s;
+    s << "--swimlane-window: " << from << " " << to;
+    if (!std::isfinite(from) || !std::isfinite(to)) throw Error(s.str() + ": both times must be finite");
+    if (from < 0) throw Error(s.str() + ": FROM_US must be >= 0");
+    if (!(to > from)) throw Error(s.str() + ": TO_US must be after FROM_US");
+  }
+  validate_options(options);
+  if (options.scale) resolve_scale(options, 1);  // finite, within float32; head_dim is not needed for that
+  find_executor(options.executor);
+  check_outputs({{"--output", a.output}, {"--trace", options.sim.trace_path}, {"--swimlane", options.sim.swimlane_path}},
+                a.input);
+  return seed;
 }
 
 void print_shape(const Case& c, double scale) {
@@ -101,23 +123,26 @@ void print_shape(const Case& c, double scale) {
 }  // namespace
 
 int run_command(RunArgs& a) {
-  Case c = obtain_case(a);
   Options options = a.options;
   options.executor = a.executor;
   if (a.scale) options.scale = a.scale;
-  else if (c.has_scale) options.scale = c.scale;
-  c.apply_variant(options);
-  if (a.softcap) options.softcap = *a.softcap;
-  if (a.window_left) options.window_left = *a.window_left;
-  if (!a.kv_layout.empty()) {
-    options.kv_layout = parse_kv_layout(a.kv_layout, "--kv-layout");
-    if (!a.case_name.empty() && options.kv_layout != KvLayout::kNHD)
-      throw Error("--kv-layout: generated cases (--case) are NHD; give an HND case file with --input");
-  }
   if (a.swimlane_window.size() == 2) {
     options.sim.swimlane_from_us = a.swimlane_window[0];
     options.sim.swimlane_to_us = a.swimlane_window[1];
   }
+  std::optional<KvLayout> layout_flag;
+  if (!a.kv_layout.empty()) {
+    layout_flag = parse_kv_layout(a.kv_layout, "--kv-layout");
+    if (!a.case_name.empty() && *layout_flag != KvLayout::kNHD)
+      throw Error("--kv-layout: generated cases (--case) are NHD; give an HND case file with --input");
+  }
+  const std::uint64_t seed = check_arguments(a, options);
+  Case c = obtain_case(a, seed);
+  if (!a.scale && c.has_scale) options.scale = c.scale;
+  c.apply_variant(options);  // the file's softcap, window and layout; a flag overrides them
+  if (a.softcap) options.softcap = *a.softcap;
+  if (a.window_left) options.window_left = *a.window_left;
+  if (layout_flag) options.kv_layout = *layout_flag;
   options.report = [](std::string_view line) { std::printf("%.*s\n", static_cast<int>(line.size()), line.data()); };
 
   // Validate everything (and resolve the executor) before any work or output.

@@ -13,7 +13,7 @@ namespace mixpa::cli {
 
 struct RunArgs {
   std::string input, output, case_name, executor = "auto";
-  std::uint64_t seed = 0;
+  std::string seed = "0";  // parsed by parse_seed(): CLI11 would wrap "-1" and 2^64 silently
   std::optional<double> scale, softcap;
   std::optional<std::int64_t> window_left;
   std::string kv_layout;
@@ -25,8 +25,16 @@ struct RunArgs {
 
 struct GenArgs {
   std::string case_name, output;
-  std::uint64_t seed = 0;
+  std::string seed = "0";
 };
+
+// A --seed value: a decimal integer in [0, 2^64 - 1]; throws mixpa::Error otherwise.
+std::uint64_t parse_seed(const std::string& text);
+
+// Refuses, before any work, output files that cannot be written (a directory, a missing or
+// read-only directory) or that are the same file as the input or as each other.
+// `outputs`: (option name, path) pairs, empty paths skipped; `input` may be empty.
+void check_outputs(const std::vector<std::pair<std::string, std::string>>& outputs, const std::string& input);
 
 void add_run_command(CLI::App& app, RunArgs& args);
 void add_gen_command(CLI::App& app, GenArgs& args);

@@ -3,9 +3,31 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
 
 #include "commands.h"
 #include "mixpa/error.h"
+
+namespace {
+
+// The error is one line whatever it quotes (a file name, a case name): control characters
+// are written as \xNN.
+std::string one_line(const char* message) {
+  std::string r;
+  for (const char* p = message; *p; ++p) {
+    const auto c = static_cast<unsigned char>(*p);
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      r += buf;
+    } else {
+      r += *p;
+    }
+  }
+  return r;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace mixpa::cli;
@@ -33,16 +55,16 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "mixpa: error: %s (see mixpa --help)\n", e.what());
+    std::fprintf(stderr, "mixpa: error: %s (see mixpa --help)\n", one_line(e.what()).c_str());
     return 2;
   } catch (const mixpa::Error& e) {
-    std::fprintf(stderr, "mixpa: error: %s\n", e.what());
+    std::fprintf(stderr, "mixpa: error: %s\n", one_line(e.what()).c_str());
     return 2;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "mixpa: error: out of memory\n");
     return 3;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "mixpa: internal error: %s\n", e.what());
+    std::fprintf(stderr, "mixpa: internal error: %s\n", one_line(e.what()).c_str());
     return 3;
   }
 }

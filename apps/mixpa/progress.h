@@ -1,22 +1,32 @@
 // A progress line on stderr for work that takes over a second (generation, verification).
-// Silent for quick work; safe to update from several threads.
+// Silent for quick work, and when stderr is not a terminal (a log or a pipe gets no \r lines,
+// so an error is the only line there); safe to update from several threads. Left by an
+// exception, it erases its line, so the error that follows starts a clean one.
 #pragma once
 
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <mutex>
 #include <string>
+#include <unistd.h>
 
 namespace mixpa::cli {
 
 class Progress {
  public:
-  explicit Progress(std::string what) : what_(std::move(what)), start_(std::chrono::steady_clock::now()) {}
-  ~Progress() { finish(); }
+  explicit Progress(std::string what)
+      : what_(std::move(what)), start_(std::chrono::steady_clock::now()), enabled_(::isatty(2) == 1),
+        exceptions_(std::uncaught_exceptions()) {}
+  ~Progress() {
+    if (std::uncaught_exceptions() > exceptions_) erase();
+    finish();
+  }
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;
 
   void update(double fraction) {
+    if (!enabled_) return;
     std::lock_guard lock(mutex_);
     const auto now = std::chrono::steady_clock::now();
     if (now - start_ < std::chrono::seconds(1) || now - last_ < std::chrono::milliseconds(200)) return;
@@ -35,11 +45,21 @@ class Progress {
   }
 
  private:
+  void erase() {
+    std::lock_guard lock(mutex_);
+    if (!shown_) return;
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+    shown_ = false;
+  }
+
   std::string what_;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_{};
   std::mutex mutex_;
   bool shown_ = false;
+  bool enabled_;
+  int exceptions_;
 };
 
 }  // namespace mixpa::cli

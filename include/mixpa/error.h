@@ -13,4 +13,10 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& message) : std::runtime_error(message) {}
 };
 
+// Thrown by run() when Options::cancelled asked it to stop (e.g. Ctrl-C in Python).
+class Interrupted : public Error {
+ public:
+  Interrupted() : Error("interrupted") {}
+};
+
 }  // namespace mixpa

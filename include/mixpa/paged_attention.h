@@ -67,6 +67,10 @@ struct Options {
   // Human-readable report lines from an executor (e.g. sim's busy/overlap summary);
   // empty = silent. The CLI prints them to stdout.
   std::function<void(std::string_view)> report;
+  // Polled by the executors between work items (cpu: page chunks, sim: logical blocks,
+  // reference: rows), possibly from several threads; once it returns true, run() stops early
+  // and throws mixpa::Interrupted, leaving `out` partly written. Empty = never.
+  std::function<bool()> cancelled;
 };
 
 // Validates everything, then computes attention into `out` (float32 [batch, num_heads, head_dim])

@@ -102,10 +102,15 @@ def paged_attention(query, key_cache, value_cache, block_table, context_lens, *,
     the natural log-sum-exp of each row's visible logits (sinks not included, -inf for a row
     that sees no token); merge partial results with :func:`merge_states`.
 
-    ``out``, when given, must be a writable C-contiguous float32 array/tensor of that shape and
-    is written in place and returned; otherwise a new NumPy array is returned (a torch tensor
-    sharing its memory when ``query`` is a torch tensor). The GIL is released while the kernel
-    runs. Raises ValueError on invalid input.
+    ``out``, when given, must be a writable C-contiguous float32 array/tensor of that shape that
+    shares no memory with the inputs, and is written in place and returned; otherwise a new
+    NumPy array is returned (a torch tensor sharing its memory when ``query`` is a torch tensor).
+    The GIL is released while the kernel runs.
+
+    Raises ValueError on invalid input, before anything is written to ``out``. Ctrl-C (SIGINT)
+    during a long call raises KeyboardInterrupt within about a work item (well under a second);
+    a given ``out`` (and ``lse``) then holds partial results (some rows written, others not) and
+    must be discarded.
     """
     tensors, mask = _prepare((query, key_cache, value_cache, block_table, context_lens))
     result = _mixpa.paged_attention(*tensors, mask, None if scale is None else float(scale), executor, out,
@@ -240,7 +245,9 @@ def _require_io():
 
 def load_case(path) -> Case:
     """Reads a case file (safetensors: query, key_cache, value_cache, block_table, context_lens,
-    metadata scale). Raises ValueError for a missing, truncated or malformed file."""
+    metadata scale). The case is validated in full by the same C++ code as `mixpa run --input`
+    (shapes, dtypes, page ids, context lengths, scale): ValueError for a missing, truncated,
+    malformed or invalid file, with the CLI's message."""
     _require_io()
     return _case_from_dict(_mixpa.load_case(str(path)))
 
@@ -249,7 +256,9 @@ def save_case(path, case: Optional[Case] = None, *, query=None, key_cache=None, 
               block_table=None, context_lens=None, scale: Optional[float] = None) -> None:
     """Writes a case file readable by load_case() and the CLI (`mixpa run --input`).
     Pass a Case, or the five tensors and scale as keywords (NumPy or torch; caches may be strided).
-    The file is written to a temporary name and renamed, so a failure leaves no partial file."""
+    The case is validated as load_case() will validate it. The file is written to a temporary
+    created exclusively beside ``path`` and renamed over it, so a failure leaves no partial file
+    and concurrent calls on one path (threads or processes) leave one of the cases, complete."""
     _require_io()
     if case is not None:
         query, key_cache, value_cache, block_table, context_lens = case.inputs()

@@ -17,13 +17,20 @@ namespace nb = nanobind;
 namespace mixpa::python {
 namespace {
 
-// A NumPy array that owns `v`: the vector moves to the heap and a capsule deletes it.
+// A NumPy array of `view`'s shape that owns `v`: the vector moves to the heap and a capsule
+// deletes it. The shape must cover exactly the vector (an array larger than its buffer is
+// a memory error waiting for the next write).
 template <class Element, class T, class A>
-nb::object owning_array(std::vector<T, A>&& v, std::initializer_list<size_t> shape) {
+nb::object owning_array(const char* name, std::vector<T, A>&& v, const TensorView& view) {
   static_assert(sizeof(Element) == sizeof(T));
+  if (view.numel() != static_cast<std::int64_t>(v.size()))
+    throw Error(std::string(name) + ": shape " + view.shape_string() + " does not match its " +
+                std::to_string(v.size()) + " elements");
+  std::vector<size_t> shape(view.shape.begin(), view.shape.begin() + view.rank);
   auto* heap = new std::vector<T, A>(std::move(v));
   nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T, A>*>(p); });
-  return nb::ndarray<nb::numpy, Element>(reinterpret_cast<Element*>(heap->data()), shape, owner).cast();
+  return nb::ndarray<nb::numpy, Element>(reinterpret_cast<Element*>(heap->data()), shape.size(), shape.data(), owner)
+      .cast();
 }
 
 // Gathers a rank-4 strided bf16 view into a contiguous vector.
@@ -50,22 +57,24 @@ std::vector<T> copy_contiguous(const TensorView& v) {
 }  // namespace
 
 nb::dict case_to_dict(Case&& c) {
-  const auto b = static_cast<size_t>(c.spec.batch), h = static_cast<size_t>(c.spec.num_heads),
-             d = static_cast<size_t>(c.spec.head_dim), kvh = static_cast<size_t>(c.spec.num_kv_heads),
-             bs = static_cast<size_t>(c.spec.block_size), nblk = static_cast<size_t>(c.num_blocks),
-             mbr = static_cast<size_t>(c.max_blocks_per_req);
+  // The shapes the Case's own views have (a loaded case: the file's, already validated by
+  // load_case; a generated one: its spec's), never one tensor's shape derived from another's.
+  const Inputs in = c.inputs();
   nb::dict r;
   r["name"] = c.spec.name;
   r["scale"] = c.scale;
-  r["query"] = owning_array<std::uint16_t>(std::move(c.query), {b, h, d});
-  r["key_cache"] = owning_array<std::uint16_t>(std::move(c.key_cache), {nblk, bs, kvh, d});
-  r["value_cache"] = owning_array<std::uint16_t>(std::move(c.value_cache), {nblk, bs, kvh, d});
-  r["block_table"] = owning_array<std::int32_t>(std::move(c.block_table), {b, mbr});
-  r["context_lens"] = owning_array<std::int32_t>(std::move(c.context_lens), {b});
+  r["query"] = owning_array<std::uint16_t>("query", std::move(c.query), in.query);
+  r["key_cache"] = owning_array<std::uint16_t>("key_cache", std::move(c.key_cache), in.key_cache);
+  r["value_cache"] = owning_array<std::uint16_t>("value_cache", std::move(c.value_cache), in.value_cache);
+  r["block_table"] = owning_array<std::int32_t>("block_table", std::move(c.block_table), in.block_table);
+  r["context_lens"] = owning_array<std::int32_t>("context_lens", std::move(c.context_lens), in.context_lens);
   return r;
 }
 
-nb::object kv_buffer(std::size_t n) { return owning_array<std::uint16_t>(KvVector(n), {n}); }
+nb::object kv_buffer(std::size_t n) {
+  KvVector v(n);
+  return owning_array<std::uint16_t>("kv_buffer", std::move(v), TensorView::contiguous(nullptr, DType::kBF16, {static_cast<std::int64_t>(n)}));
+}
 
 Case case_from_tensors(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
                        nb::handle context_lens, unsigned bf16_mask, double scale) {
@@ -76,10 +85,11 @@ Case case_from_tensors(nb::handle query, nb::handle key_cache, nb::handle value_
   in.value_cache = import_tensor("value_cache", value_cache, bf16_mask & 4u, keep);
   in.block_table = import_tensor("block_table", block_table, bf16_mask & 8u, keep);
   in.context_lens = import_tensor("context_lens", context_lens, bf16_mask & 16u, keep);
-  const Shape s = validate_shapes(in);
+  // What load_case will check of the file, checked now (validate_inputs(): shapes, dtypes,
+  // page ids, context lengths, scale), so save_case never writes a case that cannot be loaded.
   Options scale_only;
   scale_only.scale = scale;
-  resolve_scale(scale_only, s.head_dim);  // throws for a non-finite scale
+  const Shape s = validate_inputs(in, scale_only).shape;
   Case c;
   c.scale = scale;
   c.spec.name = "python";

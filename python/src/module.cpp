@@ -1,5 +1,6 @@
-// The _mixpa extension: paged_attention over Python tensors (zero-copy, GIL released),
-// executors, cases (generate / load / save). mixpa::Error becomes ValueError, message unchanged.
+// The _mixpa extension: paged_attention over Python tensors (zero-copy, GIL released,
+// interruptible by Ctrl-C), executors, cases (generate / load / save). mixpa::Error becomes
+// ValueError, message unchanged.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -7,9 +8,14 @@
 #include <nanobind/stl/vector.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <system_error>
+#include <thread>
 
 #include "case_arrays.h"
 #include "core/cases.h"
@@ -48,6 +54,71 @@ nb::object new_lse(std::int64_t batch, std::int64_t heads, float*& data) {
   nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
   data = heap->data();
   return nb::ndarray<nb::numpy, float>(data, {static_cast<size_t>(batch), static_cast<size_t>(heads)}, owner).cast();
+}
+
+// Multiply-adds below which a call runs on the calling thread: too short to need Ctrl-C.
+constexpr std::int64_t kInterruptibleWork = std::int64_t{1} << 22;
+
+// run() with the GIL released. A long call runs on a helper thread while this thread waits
+// and every 20 ms takes the GIL to run Python's signal handlers (PyErr_CheckSignals: Ctrl-C
+// raises KeyboardInterrupt there). Then the executors are asked to stop at their next work
+// item (Options::cancelled), the helper is joined, and the KeyboardInterrupt propagates.
+void run_interruptibly(const Inputs& in, Options options, const OutputView& view) {
+  const Problem problem = validate(in, options, view);  // the errors first, and the size of the work
+  std::int64_t work = 0;
+  for (std::int64_t b = 0; b < problem.shape.batch; ++b) work += problem.context_len(b);
+  work *= problem.shape.num_heads * problem.shape.head_dim * 2;
+
+  std::atomic<bool> cancel{false};
+  options.cancelled = [&cancel] { return cancel.load(std::memory_order_relaxed); };
+  std::exception_ptr error;
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+  auto body = [&] {
+    try {
+      run(in, options, view);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard lock(m);
+    done = true;
+    cv.notify_all();
+  };
+  bool interrupted = false;
+  {
+    nb::gil_scoped_release release;
+    gil_held_during_run = PyGILState_Check() != 0;
+    std::thread helper;
+    if (work >= kInterruptibleWork) {
+      try {
+        helper = std::thread(body);
+      } catch (const std::system_error&) {  // no thread to spare: run here, not interruptible
+      }
+    }
+    if (!helper.joinable()) {
+      body();
+    } else {
+      std::unique_lock lock(m);
+      while (!cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; })) {
+        if (interrupted) continue;
+        lock.unlock();
+        {
+          nb::gil_scoped_acquire acquire;
+          // On -1 the exception (KeyboardInterrupt) stays set in this thread until raised below.
+          if (PyErr_CheckSignals() != 0) {
+            interrupted = true;
+            cancel = true;
+          }
+        }
+        lock.lock();
+      }
+      lock.unlock();
+      helper.join();
+    }
+  }
+  if (interrupted) throw nb::python_error();
+  if (error) std::rethrow_exception(error);
 }
 
 nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
@@ -96,11 +167,7 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
   record_seen(std::move(seen));
   nb::object lse;
   if (return_lse) lse = new_lse(view.shape[0], view.shape[1], view.lse);
-  {
-    nb::gil_scoped_release release;
-    gil_held_during_run = PyGILState_Check() != 0;
-    run(in, options, view);
-  }
+  run_interruptibly(in, std::move(options), view);
   if (return_lse) return nb::make_tuple(result, lse);
   return result;
 }

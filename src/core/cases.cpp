@@ -116,16 +116,19 @@ const CaseSpec& find_case(std::string_view name) {
 }
 
 namespace {
-TensorView stored_view(const void* data, DType dtype, const std::vector<std::int64_t>& shape) {
+TensorView stored_view(const char* name, const void* data, DType dtype, const std::vector<std::int64_t>& shape) {
   TensorView v;
   v.data = data;
   v.dtype = dtype;
   v.rank = static_cast<int>(std::min<std::size_t>(shape.size(), kMaxRank));
+  for (int d = 0; d < v.rank; ++d) v.shape[d] = shape[d];
+  // Row-major strides, overflow-checked: a file may store [0, 2^40, 2^40] (no elements, so
+  // no bytes to contradict it), whose strides do not fit in 64 bits.
   std::int64_t stride = 1;
   for (int d = v.rank - 1; d >= 0; --d) {
-    v.shape[d] = shape[d];
     v.strides[d] = stride;
-    stride *= shape[d];
+    if (d > 0 && __builtin_mul_overflow(stride, shape[d], &stride))
+      throw Error(std::string(name) + ": shape " + v.shape_string() + ": the product of its dimensions overflows 64 bits");
   }
   return v;
 }
@@ -139,19 +142,19 @@ void Case::apply_variant(Options& options) const {
 
 Inputs Case::inputs() const {
   Inputs in = tensor_inputs();
-  if (has_alibi) in.alibi_slopes = stored_view(alibi_slopes.data(), DType::kF32, alibi_shape);
-  if (has_sinks) in.sinks = stored_view(sinks.data(), DType::kF32, sinks_shape);
+  if (has_alibi) in.alibi_slopes = stored_view("alibi_slopes", alibi_slopes.data(), DType::kF32, alibi_shape);
+  if (has_sinks) in.sinks = stored_view("sinks", sinks.data(), DType::kF32, sinks_shape);
   return in;
 }
 
 Inputs Case::tensor_inputs() const {
   if (stored_shapes.size() == 5) {
     Inputs in;
-    in.query = stored_view(query.data(), DType::kBF16, stored_shapes[0]);
-    in.key_cache = stored_view(key_cache.data(), DType::kBF16, stored_shapes[1]);
-    in.value_cache = stored_view(value_cache.data(), DType::kBF16, stored_shapes[2]);
-    in.block_table = stored_view(block_table.data(), DType::kI32, stored_shapes[3]);
-    in.context_lens = stored_view(context_lens.data(), DType::kI32, stored_shapes[4]);
+    in.query = stored_view("query", query.data(), DType::kBF16, stored_shapes[0]);
+    in.key_cache = stored_view("key_cache", key_cache.data(), DType::kBF16, stored_shapes[1]);
+    in.value_cache = stored_view("value_cache", value_cache.data(), DType::kBF16, stored_shapes[2]);
+    in.block_table = stored_view("block_table", block_table.data(), DType::kI32, stored_shapes[3]);
+    in.context_lens = stored_view("context_lens", context_lens.data(), DType::kI32, stored_shapes[4]);
     return in;
   }
   const std::int64_t b = spec.batch, h = spec.num_heads, kvh = spec.num_kv_heads, d = spec.head_dim;

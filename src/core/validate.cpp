@@ -49,6 +49,49 @@ void require_contiguous(const TensorView& t, const char* name) {
   if (!t.is_contiguous()) fail(name, ": must be contiguous (row-major), shape ", t.shape_string());
 }
 
+// The bytes a view can touch, [lo, hi) as addresses (empty for no elements).
+struct Extent {
+  __int128 lo = 0, hi = 0;
+  bool empty() const { return hi <= lo; }
+};
+Extent extent_of(const void* data, std::size_t elem_bytes, const std::int64_t* shape, const std::int64_t* strides,
+                 int rank) {
+  Extent e;
+  __int128 lo = 0, hi = 0;  // element offsets of the first and last element
+  for (int d = 0; d < rank; ++d) {
+    if (shape[d] <= 0) return e;
+    const __int128 span = static_cast<__int128>(shape[d] - 1) * strides[d];
+    (span < 0 ? lo : hi) += span;
+  }
+  const auto base = static_cast<__int128>(reinterpret_cast<std::uintptr_t>(data));
+  e.lo = base + lo * static_cast<__int128>(elem_bytes);
+  e.hi = base + (hi + 1) * static_cast<__int128>(elem_bytes);
+  return e;
+}
+
+bool overlap(const Extent& a, const Extent& b) { return !a.empty() && !b.empty() && a.lo < b.hi && b.lo < a.hi; }
+
+// Executors write `out` (and `lse`) while they read the inputs: an output sharing memory with
+// one of them, or with the other output, would corrupt it mid-computation. Shapes are
+// validated (the output's against the query's) before this is called.
+void require_disjoint_outputs(const Inputs& in, const OutputView& out) {
+  const std::int64_t out_strides[3] = {out.shape[1] * out.shape[2], out.shape[2], 1};
+  const std::int64_t lse_shape[2] = {out.shape[0], out.shape[1]}, lse_strides[2] = {out.shape[1], 1};
+  const Extent o = extent_of(out.data, sizeof(float), out.shape.data(), out_strides, 3);
+  const Extent l = out.lse ? extent_of(out.lse, sizeof(float), lse_shape, lse_strides, 2) : Extent{};
+  if (overlap(o, l)) fail("lse: overlaps the memory of out");
+  const std::pair<const TensorView*, const char*> inputs[] = {
+      {&in.query, "query"},         {&in.key_cache, "key_cache"},       {&in.value_cache, "value_cache"},
+      {&in.block_table, "block_table"}, {&in.context_lens, "context_lens"}, {&in.alibi_slopes, "alibi_slopes"},
+      {&in.sinks, "sinks"}};
+  for (const auto& [t, name] : inputs) {
+    if (!t->present()) continue;
+    const Extent e = extent_of(t->data, dtype_size(t->dtype), t->shape.data(), t->strides.data(), t->rank);
+    if (overlap(o, e)) fail("out: overlaps the memory of ", name, " (the output must not share memory with an input)");
+    if (overlap(l, e)) fail("lse: overlaps the memory of ", name, " (the output must not share memory with an input)");
+  }
+}
+
 // Element strides of a cache view as (page, row, kv head), whatever the layout.
 CacheStrides cache_strides(const TensorView& t, const char* name, KvLayout layout) {
   if (t.shape[3] > 1 && t.strides[3] != 1) fail(name, ": head_dim stride is ", t.strides[3], ", must be 1");
@@ -92,15 +135,38 @@ float resolve_scale(const Options& options, std::int64_t head_dim) {
   const double s = *options.scale;
   if (!std::isfinite(s)) fail("scale: ", s, " is not finite");
   if (!std::isfinite(static_cast<float>(s))) fail("scale: ", s, " overflows float32");
+  // Scores are computed in float32: a scale below the smallest normal float32 would become 0
+  // or a denormal (flushed to 0 by some kernels), silently turning attention into a mean.
+  if (s != 0 && std::abs(s) < std::numeric_limits<float>::min())
+    fail("scale: ", s, " is nonzero but below the smallest normal float32 (",
+         std::numeric_limits<float>::min(), ") in magnitude: it would compute as 0");
   return static_cast<float>(s);
 }
 
 void validate_options(const Options& options) {
   if (options.hw_blocks < 1) fail("hw_blocks: ", options.hw_blocks, " must be >= 1");
+  if (options.hw_blocks > kMaxHwBlocks)
+    fail("hw_blocks: ", options.hw_blocks, " is above the limit of ", kMaxHwBlocks,
+         " (each hardware block is 3 sim workers, i.e. OS threads)");
   if (options.pipe_depth < 1) fail("pipe_depth: ", options.pipe_depth, " must be >= 1");
+  if (options.pipe_depth > kMaxPipeDepth)
+    fail("pipe_depth: ", options.pipe_depth, " is above the limit of ", kMaxPipeDepth, " slots per pipe");
   if (options.num_threads < 0) fail("num_threads: ", options.num_threads, " must be >= 0 (0 = all cores)");
-  if (!(options.sim.watchdog_seconds > 0) || !std::isfinite(options.sim.watchdog_seconds))
-    fail("watchdog: ", options.sim.watchdog_seconds, " seconds must be a positive number");
+  if (options.num_threads > kMaxThreads)
+    fail("num_threads: ", options.num_threads, " is above the limit of ", kMaxThreads, " OS threads");
+  const SimOptions& sim = options.sim;
+  if (!(sim.watchdog_seconds > 0) || !std::isfinite(sim.watchdog_seconds))
+    fail("watchdog: ", sim.watchdog_seconds, " seconds must be a positive number");
+  if (sim.watchdog_seconds < kMinWatchdogSeconds)
+    fail("watchdog: ", sim.watchdog_seconds, " seconds is below the minimum of ", kMinWatchdogSeconds,
+         " s (shorter stalls happen without a deadlock: scheduling, page faults)");
+  if (sim.swimlane_blocks < 1) fail("swimlane_blocks: ", sim.swimlane_blocks, " must be >= 1");
+  if (!std::isfinite(sim.swimlane_from_us) || sim.swimlane_from_us < 0)
+    fail("swimlane window: from ", sim.swimlane_from_us, " us must be a finite time >= 0");
+  if (!std::isfinite(sim.swimlane_to_us))
+    fail("swimlane window: to ", sim.swimlane_to_us, " us must be finite (or negative for the default window)");
+  if (sim.swimlane_to_us >= 0 && !(sim.swimlane_to_us > sim.swimlane_from_us))
+    fail("swimlane window: to ", sim.swimlane_to_us, " us must be after from ", sim.swimlane_from_us, " us");
 }
 
 KvLayout parse_kv_layout(std::string_view name, std::string_view what) {
@@ -157,18 +223,24 @@ Shape validate_shapes(const Inputs& in, KvLayout layout) {
 }
 
 Problem validate(const Inputs& in, const Options& options, const OutputView& out) {
+  Problem p = validate_inputs(in, options);
+  const Shape& s = p.shape;
+  if (out.shape[0] != s.batch || out.shape[1] != s.num_heads || out.shape[2] != s.head_dim)
+    fail("out: shape [", out.shape[0], ", ", out.shape[1], ", ", out.shape[2], "], expected [", s.batch, ", ",
+         s.num_heads, ", ", s.head_dim, "]");
+  if (out.data == nullptr && s.batch > 0) fail("out: data pointer is null");
+  if (out.lse != nullptr && out.lse == out.data) fail("lse: must not alias out");
+  require_disjoint_outputs(in, out);
+  return p;
+}
+
+Problem validate_inputs(const Inputs& in, const Options& options) {
   validate_options(options);
   Problem p;
   p.shape = validate_shapes(in, options.kv_layout);
   const Shape& s = p.shape;
   p.variant = resolve_variant(in, options, s);
   p.scale = p.variant.scale;
-
-  if (out.shape[0] != s.batch || out.shape[1] != s.num_heads || out.shape[2] != s.head_dim)
-    fail("out: shape [", out.shape[0], ", ", out.shape[1], ", ", out.shape[2], "], expected [", s.batch, ", ",
-         s.num_heads, ", ", s.head_dim, "]");
-  if (out.data == nullptr && s.batch > 0) fail("out: data pointer is null");
-  if (out.lse != nullptr && out.lse == out.data) fail("lse: must not alias out");
 
   p.query = in.query.as<bf16>();
   p.key_cache = in.key_cache.as<bf16>();

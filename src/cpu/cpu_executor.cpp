@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <ctime>
 #include <cstring>
 #include <limits>
@@ -142,21 +143,30 @@ void prepare(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa
   const bool grouping = ep.group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
   ep.unit_begin = work_units(plan, ep.sp, ep.order, grouping, ep.threads);
   ep.shape = pr.shape;
+  ep.window_left = pr.variant.window_left;  // the window decides the chunks
   ep.context_lens.assign(pr.context_lens, pr.context_lens + pr.shape.batch);
   ep.kernel = chunk_kernel(isa);
 }
 
 bool matches(const ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa) {
   return ep.kernel != nullptr && ep.isa == isa && ep.threads == std::max(1, threads) && ep.q_tile == plan.q_tile &&
-         same_shape(ep.shape, pr.shape) && static_cast<std::int64_t>(ep.context_lens.size()) == pr.shape.batch &&
+         same_shape(ep.shape, pr.shape) && ep.window_left == pr.variant.window_left && static_cast<std::int64_t>(ep.context_lens.size()) == pr.shape.batch &&
          (pr.shape.batch == 0 ||
           std::memcmp(ep.context_lens.data(), pr.context_lens, pr.shape.batch * sizeof(std::int32_t)) == 0);
 }
 
-void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& out) {
+void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& out,
+             const std::function<bool()>& cancelled) {
   const std::int64_t units = static_cast<std::int64_t>(ep.unit_begin.size()) - 1;
   ThreadPool& pool = ThreadPool::instance();
+  // Cancellation skips the remaining units (pool workers must not throw) and throws below,
+  // before anything is written to `out`.
+  std::atomic<bool> stop{false};
   auto run_unit = [&](std::int64_t u) {
+    if (cancelled && (stop.load(std::memory_order_relaxed) || cancelled())) {
+      stop.store(true, std::memory_order_relaxed);
+      return;
+    }
     const std::int64_t i0 = ep.unit_begin[u], count = ep.unit_begin[u + 1] - i0;
     if (count == 1) {
       const std::int64_t c = ep.order[i0];
@@ -194,6 +204,7 @@ void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& o
       ep.kernel_ns->fetch_add((t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec));
     });
   }
+  if (stop.load()) throw Interrupted();
   // Merging is (rows x head_dim) per chunk: cheap next to the chunks, but still spread out.
   pool.parallel_for(plan.total_logical_blocks, ep.threads, [&](std::int64_t b) { merge_block(pr, plan, ep, b, out); });
 }
@@ -205,7 +216,7 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, c
   const int threads = threads_for(options);
   check_supported(pr, isa);  // the variant may differ from the cached plan's (same shapes)
   if (!matches(cached, pr, plan, threads, isa)) prepare(cached, pr, plan, threads, isa);
-  execute(cached, pr, plan, out);
+  execute(cached, pr, plan, out, options.cancelled);
 }
 
 }  // namespace cpu

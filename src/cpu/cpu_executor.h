@@ -3,6 +3,8 @@
 // chunk order with the log-sum-exp rule, so results do not depend on the thread count.
 #pragma once
 
+#include <functional>
+
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -42,6 +44,7 @@ struct ExecPlan {
   Shape shape;
   int q_tile = 0;
   std::vector<std::int32_t> context_lens;
+  std::int64_t window_left = -1;
   // For the benchmark: when set, execute() adds the CPU time (ns, every thread) spent inside
   // kernels to it, so a call's fixed cost (its time - kernel time / threads) can be told apart.
   std::atomic<std::int64_t>* kernel_ns = nullptr;
@@ -54,7 +57,8 @@ void prepare(ExecPlan& ep, const Problem& problem, const Plan& plan, int threads
 bool matches(const ExecPlan& ep, const Problem& problem, const Plan& plan, int threads, Isa isa);
 // Runs the kernels and the merge; writes out[batch, num_heads, head_dim] (and lse, if wanted).
 // Allocates nothing.
-void execute(ExecPlan& ep, const Problem& problem, const Plan& plan, const Results& out);
+void execute(ExecPlan& ep, const Problem& problem, const Plan& plan, const Results& out,
+             const std::function<bool()>& cancelled = {});
 
 // The threads a call uses: options.num_threads, or every core when 0.
 int threads_for(const Options& options);

@@ -8,9 +8,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <string>
+#include <system_error>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+
+#include "mixpa/error.h"
 
 namespace mixpa::cpu {
 namespace {
@@ -66,7 +69,13 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::grow(int workers) {
   while (static_cast<int>(threads_.size()) < workers) {
     const int index = static_cast<int>(threads_.size());
-    threads_.emplace_back([this, index] { worker(index); });
+    try {
+      threads_.emplace_back([this, index] { worker(index); });
+    } catch (const std::system_error& e) {
+      // The pool stays as it is (the started workers are idle and usable); the call fails.
+      throw Error("cpu: cannot start worker thread " + std::to_string(index + 1) + " of " + std::to_string(workers) +
+                  ": " + e.what() + "; use fewer threads (--threads / num_threads)");
+    }
     started_.store(static_cast<int>(threads_.size()), std::memory_order_relaxed);
   }
 }

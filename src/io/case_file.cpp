@@ -1,5 +1,5 @@
 // The case file format on top of safetensors: five named tensors plus metadata "scale",
-// and the output file holding "out".
+// and the output file holding "out". Loading validates the case in full (SPEC §1).
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -7,6 +7,7 @@
 #include <utility>
 #include <sstream>
 
+#include "core/validate.h"
 #include "io/safetensors.h"
 #include "mixpa/error.h"
 
@@ -50,7 +51,7 @@ std::optional<T> metadata_number(const SafetensorsFile& f, const std::string& pa
   T value{};
   const auto r = std::from_chars(s.data(), s.data() + s.size(), value);
   if (r.ec != std::errc{} || r.ptr != s.data() + s.size())
-    throw Error(path + ": metadata '" + key + "' = '" + s + "' is not " + what);
+    throw Error(path + ": metadata '" + key + "' = '" + printable(s) + "' is not " + what);
   return value;
 }
 
@@ -85,42 +86,21 @@ Case case_from_file(const SafetensorsFile& f, const std::string& path) {
   if (k.shape != v.shape) throw Error(path + ": value_cache: shape differs from key_cache shape");
 
   Case c;
-  c.spec.name = path;
-  c.spec.batch = q.shape[0];
-  c.spec.num_heads = q.shape[1];
-  c.spec.head_dim = q.shape[2];
-  c.spec.block_size = k.shape[1];
-  c.spec.num_kv_heads = k.shape[2];
-  c.num_blocks = k.shape[0];
-  c.max_blocks_per_req = bt.shape[1];
-  c.spec.num_blocks = c.num_blocks;
-  c.spec.max_model_len = c.max_blocks_per_req * c.spec.block_size;
-  // Shapes that disagree (e.g. key_cache head_dim vs query) are reported by validate() in run();
-  // Case::inputs() takes its shapes from the spec, so keep the stored shapes where they differ.
-  c.query = copy_out<bf16>(q);
-  c.key_cache = copy_out<bf16, KvVector>(k);
-  c.value_cache = copy_out<bf16, KvVector>(v);
-  c.block_table = copy_out<std::int32_t>(bt);
-  c.context_lens = copy_out<std::int32_t>(cl);
-  c.stored_shapes = {q.shape, k.shape, v.shape, bt.shape, cl.shape};
-  c.spec.context_lens = c.context_lens;
-
   c.has_scale = false;
   if (auto it = f.metadata.find("scale"); it != f.metadata.end()) {
     const std::string& s = it->second;
     double value = 0;
     const auto r = std::from_chars(s.data(), s.data() + s.size(), value);
     if (r.ec != std::errc{} || r.ptr != s.data() + s.size())
-      throw Error(path + ": metadata 'scale' = '" + s + "' is not a decimal number");
-    if (!std::isfinite(value)) throw Error(path + ": metadata 'scale' = '" + s + "' is not finite");
+      throw Error(path + ": metadata 'scale' = '" + printable(s) + "' is not a decimal number");
+    if (!std::isfinite(value)) throw Error(path + ": metadata 'scale' = '" + printable(s) + "' is not finite");
     c.scale = value;
     c.has_scale = true;
   }
-  c.spec.scale = c.scale;
-
-  // SPEC §6's variant keys. Values are checked by validate() with the other options.
+  // SPEC §6's variant keys. Values are checked by validate_inputs() with the other options.
   if (auto v = metadata_number<double>(f, path, "softcap", "a decimal number")) {
-    if (!std::isfinite(*v)) throw Error(path + ": metadata 'softcap' = '" + f.metadata.at("softcap") + "' is not finite");
+    if (!std::isfinite(*v))
+      throw Error(path + ": metadata 'softcap' = '" + printable(f.metadata.at("softcap")) + "' is not finite");
     c.softcap = *v;
   }
   if (auto v = metadata_number<std::int64_t>(f, path, "window_left", "an integer")) c.window_left = *v;
@@ -128,12 +108,43 @@ Case case_from_file(const SafetensorsFile& f, const std::string& path) {
     if (f.metadata.count(key))
       throw Error(path + ": metadata '" + key + "': fp8 scales are only valid with an F8_E4M3/F8_E5M2 cache, "
                   "and key_cache is BF16");
-  if (auto it = f.metadata.find("kv_layout"); it != f.metadata.end()) {
-    c.kv_layout = parse_kv_layout(it->second, path + ": metadata 'kv_layout'");
-    if (c.kv_layout == KvLayout::kHND) std::swap(c.spec.block_size, c.spec.num_kv_heads);  // [nb, kvh, bs, hd]
-  }
+  if (auto it = f.metadata.find("kv_layout"); it != f.metadata.end())
+    c.kv_layout = parse_kv_layout(printable(it->second), path + ": metadata 'kv_layout'");
   c.has_alibi = optional_vector(f, path, "alibi_slopes", c.alibi_slopes, c.alibi_shape);
   c.has_sinks = optional_vector(f, path, "sinks", c.sinks, c.sinks_shape);
+
+  c.query = copy_out<bf16>(q);
+  c.key_cache = copy_out<bf16, KvVector>(k);
+  c.value_cache = copy_out<bf16, KvVector>(v);
+  c.block_table = copy_out<std::int32_t>(bt);
+  c.context_lens = copy_out<std::int32_t>(cl);
+  c.stored_shapes = {q.shape, k.shape, v.shape, bt.shape, cl.shape};
+
+  // Every rule run() checks on inputs, by the same code (validate_inputs()), before anything
+  // is derived from the shapes: so a file that loads (CLI, Python load_case) is one run()
+  // accepts, and its arrays are exactly as large as their buffers.
+  Problem problem;
+  try {
+    Options options;
+    if (c.has_scale) options.scale = c.scale;
+    c.apply_variant(options);
+    problem = validate_inputs(c.inputs(), options);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  const Shape& s = problem.shape;  // block_size and num_kv_heads as the layout places them
+  c.spec.name = path;
+  c.spec.batch = s.batch;
+  c.spec.num_heads = s.num_heads;
+  c.spec.head_dim = s.head_dim;
+  c.spec.block_size = s.block_size;
+  c.spec.num_kv_heads = s.num_kv_heads;
+  c.num_blocks = s.num_blocks;
+  c.max_blocks_per_req = s.max_blocks_per_req;
+  c.spec.num_blocks = c.num_blocks;
+  c.spec.max_model_len = c.max_blocks_per_req * c.spec.block_size;
+  c.spec.context_lens = c.context_lens;
+  c.spec.scale = c.scale;
   c.spec.softcap = c.softcap;
   c.spec.window_left = c.window_left;
   return c;

@@ -1,19 +1,23 @@
 // safetensors: 8-byte little-endian header length, a JSON header {name: {dtype, shape,
 // data_offsets}, "__metadata__": {str: str}}, then the data. Every field of the header is
 // checked against the file size before any allocation, so a corrupt file costs at most its
-// own size in memory and ends in a one-line mixpa::Error.
+// own size in memory and ends in a one-line mixpa::Error. A key that appears twice in one
+// object is an error (JSON parsers disagree on which copy wins), and every string taken from
+// the file is escaped before it goes into a message.
 #include "io/safetensors.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
+#include <fcntl.h>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <sstream>
+#include <set>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/atomic_file.h"
 #include "mixpa/error.h"
 
 namespace mixpa {
@@ -33,7 +37,7 @@ std::optional<DType> parse_dtype(const std::string& s) {
 
 StoredTensor parse_entry(const std::string& origin, const std::string& name, const json& e, const std::byte* data,
                          std::uint64_t data_size) {
-  const std::string where = "tensor '" + name + "'";
+  const std::string where = "tensor '" + printable(name) + "'";
   if (!e.is_object()) fail(origin, where + ": header entry is not an object");
   if (!e.contains("dtype") || !e["dtype"].is_string()) fail(origin, where + ": missing string field 'dtype'");
   if (!e.contains("shape") || !e["shape"].is_array()) fail(origin, where + ": missing array field 'shape'");
@@ -42,7 +46,8 @@ StoredTensor parse_entry(const std::string& origin, const std::string& name, con
   StoredTensor t;
   t.name = name;
   const auto dtype = parse_dtype(e["dtype"].get<std::string>());
-  if (!dtype) fail(origin, where + ": dtype '" + e["dtype"].get<std::string>() + "' is not one of BF16, F16, F32, F64, I32");
+  if (!dtype)
+    fail(origin, where + ": dtype '" + printable(e["dtype"].get<std::string>()) + "' is not one of BF16, F16, F32, F64, I32");
   t.dtype = *dtype;
   if (e["shape"].size() > 8) fail(origin, where + ": rank " + std::to_string(e["shape"].size()) + " is above 8");
   unsigned __int128 elems = 1;
@@ -70,7 +75,69 @@ StoredTensor parse_entry(const std::string& origin, const std::string& name, con
   return t;
 }
 
+// A parser callback that records the first key seen twice in one JSON object (nlohmann's
+// DOM keeps the last copy silently). Object and array starts push a frame, their ends pop it;
+// keys go into the innermost frame, which is an object's.
+struct DuplicateKeys {
+  struct Frame {
+    bool is_object = false;
+    std::string name;  // the key this object or array is the value of ("" at the top)
+    std::set<std::string> keys;
+  };
+  std::vector<Frame> frames;
+  std::string last_key, found;
+
+  bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
+    using E = json::parse_event_t;
+    switch (event) {
+      case E::object_start:
+      case E::array_start:
+        frames.push_back(Frame{event == E::object_start, frames.empty() ? "" : last_key, {}});
+        break;
+      case E::object_end:
+      case E::array_end:
+        if (!frames.empty()) frames.pop_back();
+        break;
+      case E::key:
+        last_key = parsed.get<std::string>();
+        if (!frames.empty() && frames.back().is_object && !frames.back().keys.insert(last_key).second && found.empty())
+          found = describe(last_key);
+        break;
+      case E::value: break;
+    }
+    return true;
+  }
+
+  std::string describe(const std::string& key) const {
+    const std::string k = "'" + printable(key) + "'";
+    if (frames.size() == 1) return "tensor " + k + " appears twice in the header";
+    const std::string& parent = frames.back().name;
+    if (frames.size() == 2 && parent == "__metadata__") return "__metadata__ key " + k + " appears twice";
+    if (frames.size() == 2) return "tensor '" + printable(parent) + "': field " + k + " appears twice";
+    return "header: key " + k + " appears twice in one object";
+  }
+};
+
 }  // namespace
+
+std::string printable(std::string_view s, std::size_t max_chars) {
+  std::string r;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (r.size() >= max_chars) {
+      r += "... (" + std::to_string(s.size()) + " bytes)";
+      break;
+    }
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f || c == '\\' || c == '\'') {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      r += buf;
+    } else {
+      r += static_cast<char>(c);
+    }
+  }
+  return r;
+}
 
 const StoredTensor* SafetensorsFile::find(const std::string& name) const {
   for (const StoredTensor& t : tensors)
@@ -87,8 +154,10 @@ SafetensorsFile parse_safetensors(const std::byte* data, std::size_t size, const
     fail(origin, "header length " + std::to_string(header_len) + " runs past the end of the " +
                      std::to_string(size) + "-byte file (truncated?)");
   const char* header = reinterpret_cast<const char*>(data + 8);
-  json j = json::parse(header, header + header_len, nullptr, /*allow_exceptions=*/false);
+  DuplicateKeys duplicates;
+  json j = json::parse(header, header + header_len, std::ref(duplicates), /*allow_exceptions=*/false);
   if (j.is_discarded()) fail(origin, "header is not valid JSON");
+  if (!duplicates.found.empty()) fail(origin, duplicates.found);
   if (!j.is_object()) fail(origin, "header is not a JSON object");
 
   SafetensorsFile file;
@@ -99,7 +168,7 @@ SafetensorsFile parse_safetensors(const std::byte* data, std::size_t size, const
     if (it.key() == "__metadata__") {
       if (!it.value().is_object()) fail(origin, "__metadata__ is not an object");
       for (auto m = it.value().begin(); m != it.value().end(); ++m) {
-        if (!m.value().is_string()) fail(origin, "__metadata__['" + m.key() + "'] is not a string");
+        if (!m.value().is_string()) fail(origin, "__metadata__['" + printable(m.key()) + "'] is not a string");
         file.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
@@ -115,14 +184,32 @@ SafetensorsFile parse_safetensors(const std::byte* data, std::size_t size, const
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open for reading");
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  if (size < 0) fail(path, "cannot determine the file size");
-  in.seekg(0);
-  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) fail(path, "read failed");
+  if (path.find('\0') != std::string::npos) fail(printable(path, 4096), "file name contains a NUL byte");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    fail(path, std::string("cannot open for reading: ") + std::strerror(e));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) fail(path, "cannot determine the file size");
+  if (S_ISDIR(st.st_mode)) fail(path, "is a directory, expected a safetensors file");
+  if (!S_ISREG(st.st_mode)) fail(path, "is not a regular file, expected a safetensors file");
+  std::vector<std::byte> bytes(static_cast<std::size_t>(st.st_size));
+  std::size_t got = 0;
+  while (got < bytes.size()) {
+    const ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int e = errno;
+      fail(path, std::string("read failed: ") + std::strerror(e));
+    }
+    if (n == 0) fail(path, "file shrank while it was read");
+    got += static_cast<std::size_t>(n);
+  }
   return parse_safetensors(bytes.data(), bytes.size(), path);
 }
 
@@ -138,31 +225,13 @@ void write_safetensors(const std::string& path, const SafetensorsFile& file) {
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data section is 8-byte aligned
-  // Write beside the target and rename: readers never see a partial file, and a failure
-  // leaves nothing behind.
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail(path, "cannot open '" + tmp + "' for writing");
-    char len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((text.size() >> (8 * i)) & 0xff);
-    out.write(len, 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const StoredTensor& t : file.tensors)
-      out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      std::remove(tmp.c_str());
-      fail(path, "write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    fail(path, "cannot rename the temporary file into place: " + ec.message());
-  }
+  AtomicFileWriter out(path);
+  char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((text.size() >> (8 * i)) & 0xff);
+  out.write(len, 8);
+  out.write(text.data(), text.size());
+  for (const StoredTensor& t : file.tensors) out.write(t.bytes.data(), t.bytes.size());
+  out.commit();
 }
 
 }  // namespace mixpa

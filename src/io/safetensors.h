@@ -1,7 +1,7 @@
 // safetensors read/write (BF16, F16, F32, I32, F64; __metadata__) and the case file format.
 // Reading is robust to truncated or corrupt files: a clear mixpa::Error, bounded allocation.
-// Writing goes to a temporary name in the same directory and is renamed on success, so a
-// failed write never leaves a partial file behind.
+// Writing goes through AtomicFileWriter (io/atomic_file.h): an exclusive temporary beside the
+// target, renamed on success, so a failed or concurrent write never leaves a partial file.
 #pragma once
 
 #include <cstddef>
@@ -9,6 +9,7 @@
 #include <optional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/cases.h"
@@ -29,15 +30,22 @@ struct SafetensorsFile {
   const StoredTensor* find(const std::string& name) const;
 };
 
+// Reads a regular file (a directory, FIFO or device is refused by name).
 SafetensorsFile read_safetensors(const std::string& path);
 // Parses an in-memory file image; `origin` names it in error messages.
 SafetensorsFile parse_safetensors(const std::byte* data, std::size_t size, const std::string& origin);
 void write_safetensors(const std::string& path, const SafetensorsFile& file);
 
+// A string from a file, fit for a one-line message: control characters, NUL, backslash and
+// quote become \xNN, and anything past `max_chars` is cut (with the full length noted).
+std::string printable(std::string_view s, std::size_t max_chars = 64);
+
 // The case format: tensors query, key_cache, value_cache, block_table, context_lens, and
 // optionally alibi_slopes, sinks (F32 [num_heads]); metadata "scale", "softcap" (decimal
-// strings), "window_left" (integer) and "kv_layout" (NHD). load_case checks presence and dtypes of the tensors
-// with the same one-line messages as validate(); the rest of SPEC §1 is checked by run().
+// strings), "window_left" (integer) and "kv_layout" (NHD or HND). load_case validates the case
+// in full with validate_inputs() (SPEC §1 and §6: shapes, dtypes, page ids, context lengths,
+// scale and variant), the same code run() uses, and throws mixpa::Error prefixed with the
+// file's name; a loaded Case's inputs() match its buffers.
 Case load_case(const std::string& path);
 Case case_from_file(const SafetensorsFile& file, const std::string& origin);  // load_case without the disk
 void save_case(const std::string& path, const Case& c);

@@ -2,6 +2,8 @@
 #include "pipe/launcher.h"
 
 #include <exception>
+#include <string>
+#include <system_error>
 #include <thread>
 
 #include "mixpa/error.h"
@@ -87,39 +89,56 @@ void launch_mix(int block_num, bool single_thread, TurnScheduler* scheduler,
   const int workers = 3 * block_num;
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
   std::mutex error_mutex;
-  bool failed = false;
+  int first_failed = -1;  // the worker whose exception is rethrown: the first in time
+  // Only the first failure releases the others (closing pipes, aborting the scheduler); the
+  // others' errors are mostly consequences ("pipe closed").
+  auto first_failure = [&](int w) {
+    std::lock_guard lock(error_mutex);
+    if (first_failed >= 0) return false;
+    first_failed = w;
+    return true;
+  };
   std::vector<std::thread> threads;
   threads.reserve(static_cast<std::size_t>(workers));
+  std::string start_error;
   for (int w = 0; w < workers; ++w) {
-    threads.emplace_back([&, w] {
-      CoreContext ctx;
-      ctx.block_idx = w / 3;
-      ctx.block_num = block_num;
-      ctx.role = static_cast<CoreRole>(w % 3);
-      ctx.sub_block_id = ctx.role == CoreRole::kVector1 ? 1 : 0;
-      ctx.worker = w;
-      try {
-        if (single_thread) scheduler->begin(w);
-        body(ctx);
-      } catch (...) {
-        errors[w] = std::current_exception();
-        bool first = false;
-        {
-          std::lock_guard lock(error_mutex);
-          first = !failed;
-          failed = true;
+    try {
+      threads.emplace_back([&, w] {
+        CoreContext ctx;
+        ctx.block_idx = w / 3;
+        ctx.block_num = block_num;
+        ctx.role = static_cast<CoreRole>(w % 3);
+        ctx.sub_block_id = ctx.role == CoreRole::kVector1 ? 1 : 0;
+        ctx.worker = w;
+        try {
+          if (single_thread) scheduler->begin(w);
+          body(ctx);
+        } catch (...) {
+          errors[w] = std::current_exception();
+          if (first_failure(w)) {
+            if (single_thread) scheduler->abort();
+            on_worker_error();
+          }
         }
-        if (first) {
-          if (single_thread) scheduler->abort();
-          on_worker_error();
-        }
+        if (single_thread) scheduler->finish(w);
+      });
+    } catch (const std::system_error& e) {
+      // The OS refused a thread (thread or memory limits). The workers already started would
+      // wait forever for their block's missing cores: release them, join them, report it.
+      start_error = "sim: cannot start worker thread " + std::to_string(w + 1) + " of " + std::to_string(workers) +
+                    " (" + std::to_string(block_num) + " hardware blocks x 3 cores): " + e.what() +
+                    "; use fewer hardware blocks (--blocks / hw_blocks)";
+      if (first_failure(w)) {
+        if (single_thread) scheduler->abort();
+        on_worker_error();
       }
-      if (single_thread) scheduler->finish(w);
-    });
+      break;
+    }
   }
   for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  if (first_failed >= 0 && errors[static_cast<std::size_t>(first_failed)])
+    std::rethrow_exception(errors[static_cast<std::size_t>(first_failed)]);
+  if (!start_error.empty()) throw Error(start_error);
 }
 
 }  // namespace mixpa

@@ -57,7 +57,9 @@ class TurnScheduler final : public PipeWaiter {
 
 // Runs body(ctx) on 3 * block_num workers and joins them. The first exception a worker
 // throws is rethrown after every worker has ended (workers blocked on pipes are released by
-// `on_worker_error`, which should close the pipes).
+// `on_worker_error`, which should close the pipes). If the OS refuses to start a worker
+// thread, the ones already started are released the same way and joined, and mixpa::Error
+// names the thread and the limit.
 void launch_mix(int block_num, bool single_thread, TurnScheduler* scheduler,
                 const std::function<void(const CoreContext&)>& body,
                 const std::function<void()>& on_worker_error);

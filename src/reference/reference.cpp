@@ -16,7 +16,7 @@
 
 namespace mixpa {
 
-void run_reference(const Problem& pr, const Plan& /*plan*/, const Options& /*options*/, const Results& res) {
+void run_reference(const Problem& pr, const Plan& /*plan*/, const Options& options, const Results& res) {
   const Shape& s = pr.shape;
   const Variant& var = pr.variant;
   const std::int64_t dim = s.head_dim;
@@ -25,6 +25,7 @@ void run_reference(const Problem& pr, const Plan& /*plan*/, const Options& /*opt
     const TokenRange seen = pr.visible(b);
     const std::int64_t pos = pr.position(b);
     for (std::int64_t h = 0; h < s.num_heads; ++h) {
+      if (options.cancelled && options.cancelled()) throw Interrupted();
       const std::int64_t g = h / s.group();
       const bf16* q = pr.query_row(b, h);
       SoftmaxState state;

@@ -3,6 +3,7 @@
 
 #include <condition_variable>
 #include <sstream>
+#include <system_error>
 #include <thread>
 #include <ctime>
 #include <algorithm>
@@ -158,7 +159,7 @@ void MixRuntime::run(const std::function<void(Worker&)>& program) {
   bool finished = false;
   std::string watchdog_report;
   std::thread watchdog;
-  if (!config_.single_thread) {
+  if (!config_.single_thread) try {
     watchdog = std::thread([&] {
       std::uint64_t seen = progress_.load();
       auto last = std::chrono::steady_clock::now();
@@ -176,6 +177,8 @@ void MixRuntime::run(const std::function<void(Worker&)>& program) {
         }
       }
     });
+  } catch (const std::system_error& e) {
+    throw Error(std::string("sim: cannot start the watchdog thread: ") + e.what());
   }
   std::exception_ptr error;
   try {

@@ -227,15 +227,26 @@ class VectorProgram {
   Pending pending_[2][kRows];  // (M_i, l_i) of SF[i] until UP[i]
 };
 
+// Throwing ends this worker; the launcher then closes the pipes, so the others unwind too.
+void check_cancelled(const ProgramArgs& a) {
+  if (a.cancelled && (*a.cancelled)()) throw Interrupted();
+}
+
 template <int kQTile>
 void run_programs_for(Worker& w, const ProgramArgs& a) {
   const Plan& plan = *a.plan;
   if (w.ctx().role == CoreRole::kCube) {
     CubeProgram<kQTile> cube(w, a);
-    for (BlockScheduler s(plan, w.ctx().block_idx); s.is_valid(); ++s) cube.run_block(s.block());
+    for (BlockScheduler s(plan, w.ctx().block_idx); s.is_valid(); ++s) {
+      check_cancelled(a);
+      cube.run_block(s.block());
+    }
   } else {
     VectorProgram<kQTile> vec(w, a);
-    for (BlockScheduler s(plan, w.ctx().block_idx); s.is_valid(); ++s) vec.run_block(s.block());
+    for (BlockScheduler s(plan, w.ctx().block_idx); s.is_valid(); ++s) {
+      check_cancelled(a);
+      vec.run_block(s.block());
+    }
   }
 }
 

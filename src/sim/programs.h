@@ -14,6 +14,7 @@ struct ProgramArgs {
   const Plan* plan = nullptr;
   float* out = nullptr;
   float* lse = nullptr;  // [batch, num_heads] or nullptr
+  const std::function<bool()>* cancelled = nullptr;  // Options::cancelled, polled per logical block
 };
 
 // Runs the program of `worker`'s core (cube or vector lane) for every logical block of its

@@ -16,7 +16,7 @@ void run_sim(const Problem& problem, const Plan& plan, const Options& options, c
   rc.watchdog_seconds = options.sim.watchdog_seconds;
   rc.record = !options.sim.trace_path.empty() || !options.sim.swimlane_path.empty() || bool(options.report);
   MixRuntime runtime(rc);
-  const ProgramArgs args{&problem, &plan, out.out, out.lse};
+  const ProgramArgs args{&problem, &plan, out.out, out.lse, options.cancelled ? &options.cancelled : nullptr};
   runtime.run([&](Worker& w) { run_programs(w, args); });
   if (rc.record) emit_trace_outputs(runtime, plan, options);
 }
