@@ -53,7 +53,17 @@ ChunkKernel chunk_kernel(Isa isa);
 // The flavour's group kernel, or nullptr when it has none (the chunks then run one by one).
 GroupKernel group_kernel(Isa isa);
 
-// The flavours (defined in kernel_<isa>.cpp); amx = AMX-BF16 tiles + AVX-512 BF16.
+// The flavours (defined in kernel_<isa>.cpp); amx = AMX-BF16 tiles + AVX-512 BF16. The test-only
+// emulated build (MIXPA_CPU_EMULATED: SIMDe intrinsics, x86_intrinsics.h) declares and defines
+// them in namespace mixpa::cpu::emulated, so they link next to the native ones.
+#if defined(MIXPA_CPU_EMULATED)
+#define MIXPA_CPU_FLAVOURS_BEGIN namespace emulated {
+#define MIXPA_CPU_FLAVOURS_END }
+#else
+#define MIXPA_CPU_FLAVOURS_BEGIN
+#define MIXPA_CPU_FLAVOURS_END
+#endif
+MIXPA_CPU_FLAVOURS_BEGIN
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
@@ -67,5 +77,6 @@ void exp_bf16_avx512(const float* x, float* p, std::int64_t n);
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);
 // The AVX-512 BF16 kernel for tiles of <= 8 rows (called by attend_chunk_avx512bf16).
 void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out);
+MIXPA_CPU_FLAVOURS_END
 
 }  // namespace mixpa::cpu

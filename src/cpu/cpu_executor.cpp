@@ -96,7 +96,11 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, c
   if (!isa_supported(isa)) throw Error("cpu: this CPU cannot run the " + std::string(isa_name(isa)) + " kernels");
   if (pr.variant.score_features() != kScorePlain || pr.variant.has_window())
     throw Error("cpu: soft-cap, ALiBi and windows are not in the cpu kernels yet (executor reference or sim has them)");
-  const ChunkKernel kernel = chunk_kernel(isa);
+  run_with_kernels(pr, plan, options, out, chunk_kernel(isa), group_kernel(isa));
+}
+
+void run_with_kernels(const Problem& pr, const Plan& plan, const Options& options, const Results& out,
+                      ChunkKernel kernel, GroupKernel group) {
   const SplitKvPlan sp = plan_split_kv(plan, pr.context_lens, kSplitTargetItems, kSplitMinChunkTokens,
                                        pr.variant.window_left);
   const std::int64_t n = static_cast<std::int64_t>(sp.chunks.size());
@@ -107,7 +111,6 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, c
   parts.m.resize(n * plan.q_tile);
   parts.l.resize(n * plan.q_tile);
   const std::vector<std::int64_t> order = execution_order(plan, sp);
-  const GroupKernel group = group_kernel(isa);
   const bool grouping = group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
   const std::vector<std::int64_t> unit_begin = work_units(plan, sp, order, grouping, threads);
   const std::int64_t units = static_cast<std::int64_t>(unit_begin.size()) - 1;

@@ -16,6 +16,9 @@ void run_cpu(const Problem& problem, const Plan& plan, const Options& options, c
 namespace cpu {
 // The same with an explicit flavour (tests force each one; it must be isa_supported()).
 void run_with_isa(const Problem& problem, const Plan& plan, const Options& options, const Results& out, Isa isa);
+// The same with explicit kernels (group may be nullptr): the emulated-flavour tests pass theirs.
+void run_with_kernels(const Problem& problem, const Plan& plan, const Options& options, const Results& out,
+                      ChunkKernel kernel, GroupKernel group);
 }  // namespace cpu
 
 }  // namespace mixpa

@@ -14,21 +14,24 @@
 // software prefetches hold L1 fill buffers, which caps one core near 7 GB/s here.
 // Widening splits each 32-element chunk into even and odd elements (x << 16, x & 0xffff0000);
 // Qt and ot use the same "position" order, and ot is put back in dim order once per chunk.
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+#endif
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512_common.h"
 #include "cpu/kernel_avx512_parts.h"
 
 namespace mixpa::cpu {
+MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::exp512;
@@ -253,6 +256,9 @@ void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out) {
   }
 }
 
+MIXPA_CPU_FLAVOURS_END
 }  // namespace mixpa::cpu
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC pop_options
+#endif

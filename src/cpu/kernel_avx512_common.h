@@ -4,7 +4,7 @@
 // has internal linkage.
 #pragma once
 
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 

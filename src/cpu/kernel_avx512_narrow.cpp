@@ -10,7 +10,7 @@
 //       layout; R x kPass accumulators stay in registers over the whole page.
 // Kf is the K rows widened to fp32 (kernel_avx512_parts.h), read by broadcast loads. Every lane
 // does useful work: per token QK costs head_dim / C FMAs instead of head_dim.
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -20,14 +20,17 @@
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+#endif
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512_common.h"
 #include "cpu/kernel_avx512_parts.h"
 
 namespace mixpa::cpu {
+MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::exp512;
@@ -366,6 +369,9 @@ void attend_group_avx512(std::span<const ChunkJob> jobs, std::span<const ChunkOu
   }
 }
 
+MIXPA_CPU_FLAVOURS_END
 }  // namespace mixpa::cpu
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC pop_options
+#endif

@@ -3,7 +3,7 @@
 // `#pragma GCC target`; everything here has internal linkage.
 #pragma once
 
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 

@@ -9,7 +9,7 @@
 // Each K/V row is read from memory once per tile and used by all its rows. V rows are
 // interleaved in pairs within 128-bit lanes (vpunpck{l,h}wd); `ot` is kept in that
 // position order and put back in dim order once per chunk.
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 #include <cstring>
@@ -17,13 +17,16 @@
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2")
+#endif
 // GCC 12 flags its own _mm512_undefined_* helpers as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
 
 namespace mixpa::cpu {
+MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::dim_of_position;
@@ -188,6 +191,9 @@ void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out) {
   }
 }
 
+MIXPA_CPU_FLAVOURS_END
 }  // namespace mixpa::cpu
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC pop_options
+#endif

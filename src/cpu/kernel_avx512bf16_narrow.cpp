@@ -7,7 +7,7 @@
 // (lane r*C + t). In PV the C columns are C output positions (the V operand is a broadcast
 // C-pair chunk of the interleaved V rows). Every lane does useful work: per token QK costs
 // head_dim / (2C) vdpbf16ps instead of head_dim / 2.
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 #include <cstring>
@@ -15,12 +15,15 @@
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2")
+#endif
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
 
 namespace mixpa::cpu {
+MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::dim_of_position;
@@ -199,6 +202,9 @@ void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out) {
   return attend<2>(job, out);
 }
 
+MIXPA_CPU_FLAVOURS_END
 }  // namespace mixpa::cpu
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC pop_options
+#endif

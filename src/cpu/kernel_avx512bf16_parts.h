@@ -3,7 +3,7 @@
 // everything here has internal linkage, so no other translation unit can pick it up.
 #pragma once
 
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 
