@@ -1,10 +1,10 @@
 // The cpu executor's micro-kernel interface: one work item = a head tile of one request over a
-// range of its pages. Each instruction-set flavour (avx512bf16, avx2, scalar) implements it in
+// range of its tokens. Each instruction-set flavour (avx512bf16, avx2, scalar) implements it in
 // its own translation unit compiled for that target; dispatch picks one at run time.
 // (avx512 = AVX-512F without BF16: bf16 widened to fp32; the others as named.)
 //
-// Per page every flavour runs the MIX stages in the origin's order:
-//   qk_page (cube QK) -> softmax_page (vector SF) -> pv_page (cube PV) -> update (vector UP).
+// Per page every flavour runs the MIX stages in the origin's order (chunk_driver.h):
+//   qk (cube QK + score epilogue) -> softmax (vector SF) -> pv (cube PV + vector UP).
 #pragma once
 
 #include <cstdint>
@@ -21,12 +21,12 @@ struct ChunkJob {
   std::int64_t kv_head = 0;
   std::int64_t head_begin = 0;  // first query head of the tile
   int rows = 0;                 // heads in the tile (<= 64)
-  std::int64_t page_begin = 0;  // pages [page_begin, page_end) of the request
-  std::int64_t page_end = 0;
+  TokenRange tokens;            // tokens [begin, end) of the request: a split-KV chunk, starting
+                                // mid-page where a window starts; the kernel walks it with PageWalk
 };
 
 // Unnormalised partial result: o[rows][head_dim] row-major, and per row the softmax state
-// (m = running max, l = sum of bf16-rounded P). An empty page range gives m = -inf, l = 0.
+// (m = running max, l = sum of bf16-rounded P). An empty token range gives m = -inf, l = 0.
 struct ChunkOut {
   float* o = nullptr;
   float* m = nullptr;

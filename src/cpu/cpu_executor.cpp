@@ -26,9 +26,7 @@ struct Partials {
 
 ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
   const LogicalBlock lb = plan.logical_block(c.logical_block);
-  const std::int64_t bs = pr.shape.block_size;
-  const std::int64_t page_begin = c.tokens.begin / bs, page_end = (c.tokens.end + bs - 1) / bs;
-  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, page_begin, c.tokens.empty() ? page_begin : page_end};
+  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, c.tokens};
 }
 
 // The order the pool hands chunks out: chunks that read the same pages (the other kv heads

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/page_walk.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
@@ -212,19 +213,18 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   }
   const TileConfig config;
   _tile_loadconfig(&config);
-  const std::int64_t len = pr.context_len(job.batch);
-  for (std::int64_t i = job.page_begin; i < job.page_end && i < job.page_begin + avx512::kPrefetchPages; ++i)
-    avx512::prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, i), 0, t.bs);
-  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
-    const std::int64_t page = pr.page(job.batch, i);
-    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
+  if (PageWalk first(pr, job.batch, job.tokens); first.is_valid())
+    avx512::prefetch_rows(&pr, job.kv_head, t.dim, first->page, 0, t.bs);
+  for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
+    const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
     const std::int64_t pairs = (valid + 1) / 2;
     __m512 alpha[RV], l_i[RV];
-    qk_page<RV>(t, page, valid, next);
-    avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
+    qk_page<RV>(t, page, valid, next);  // from row 0: the scores of rows before `begin` are never read
+    avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, begin, valid, alpha, l_i);
+    for (std::int64_t jp = 0; jp < begin / 2; ++jp)  // pairs before the span: P = 0
+      for (int v = 0; v < RV; ++v) _mm512_store_si512(t.pp + jp * RV * kLanes + v * kLanes, _mm512_setzero_si512());
     transpose_p<RV>(t, pairs);
-    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, valid, (pairs + 15) / 16 * 16, next);
+    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, begin, valid, 0, (pairs + 15) / 16 * 16, next);
     pv_page<RV>(t, pairs, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));

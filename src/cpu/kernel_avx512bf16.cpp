@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/page_walk.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
@@ -90,19 +91,19 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale)
 
 // Cube QK: scores of the page's valid tokens; meanwhile prefetch the next page.
 template <int RV>
-void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
+void qk_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t next) {
   constexpr int TJ = RV == 3 ? 5 : 16 / RV;
   prefetch_rows(t.pr, t.job->kv_head, t.dim, next, 0, t.bs, 1);
   const __m512 scale = _mm512_set1_ps(t.pr->scale);
-  std::int64_t j = 0;
+  std::int64_t j = begin;
   for (; j + TJ <= valid; j += TJ) qk_tokens<RV, TJ>(t, page, j, scale);
   for (; j < valid; ++j) qk_tokens<RV, 1>(t, page, j, scale);
 }
 
 // Vector SF (shared with the AMX kernel).
 template <int RV>
-void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
-  avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
+void softmax_page(Tile& t, std::int64_t begin, std::int64_t valid, __m512* alpha, __m512* l_i) {
+  avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, begin, valid, alpha, l_i);
 }
 
 // Vector UP for positions [pos0, pos0 + TD): O = alpha * O + oi.
@@ -118,15 +119,15 @@ inline void update(Tile& t, std::int64_t pos0, const __m512 (&oi)[TD][RV], const
 
 // Cube PV then vector UP, TD output positions at a time (accumulators stay in registers).
 template <int RV>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
+void pv_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t next, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV >= 3 ? 4 : 16 / RV;
-  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, (valid + 1) / 2, next);
-  const std::int64_t pairs = (valid + 1) / 2;
+  const std::int64_t jp0 = begin / 2, pairs = (valid + 1) / 2;
+  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, begin, valid, jp0, pairs, next);
   for (std::int64_t pos0 = 0; pos0 < t.dim; pos0 += TD) {
     __m512 acc[TD][RV];
     for (int d = 0; d < TD; ++d)
       for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_setzero_ps();
-    for (std::int64_t jp = 0; jp < pairs; ++jp) {
+    for (std::int64_t jp = jp0; jp < pairs; ++jp) {
       __m512bh p[RV];
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v) p[v] = (__m512bh)_mm512_load_si512(t.pp + jp * W + v * kLanes);
@@ -160,15 +161,12 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     t.m[r] = -__builtin_inff();
     t.l[r] = 0.0f;
   }
-  const std::int64_t len = pr.context_len(job.batch);
-  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
-    const std::int64_t page = pr.page(job.batch, i);
-    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
+  for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
+    const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
     __m512 alpha[RV], l_i[RV];
-    qk_page<RV>(t, page, valid, next);
-    softmax_page<RV>(t, valid, alpha, l_i);
-    pv_page<RV>(t, page, valid, next, alpha);
+    qk_page<RV>(t, page, begin, valid, next);
+    softmax_page<RV>(t, begin, valid, alpha, l_i);
+    pv_page<RV>(t, page, begin, valid, next, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
   }

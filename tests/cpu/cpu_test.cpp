@@ -148,11 +148,11 @@ TEST_P(CpuIsa, GroupKernelMatchesChunkKernelBitwise) {
     std::vector<float> unused;
     const Problem p = validate(c.inputs(), options, testing::output_view(unused, c));
     const Plan plan = make_plan(p.shape, p.scale);
-    const std::int64_t pages = (c.context_lens[0] + bs - 1) / bs, floats = plan.q_tile * spec.head_dim;
+    const std::int64_t floats = plan.q_tile * spec.head_dim;
     std::vector<cpu::ChunkJob> jobs;
     for (std::int64_t b = 0; b < plan.q_loop; ++b) {
       const LogicalBlock lb = plan.logical_block(b);
-      jobs.push_back({&p, lb.batch, lb.kv_head, lb.head_begin, lb.rows, 1, pages});  // from page 1: a split chunk
+      jobs.push_back({&p, lb.batch, lb.kv_head, lb.head_begin, lb.rows, TokenRange{bs, c.context_lens[0]}});  // from page 1: a split chunk
     }
     const auto n = static_cast<std::int64_t>(jobs.size());
     std::vector<float> o1(n * floats, 0.0f), m1(n * plan.q_tile), l1(n * plan.q_tile), o2 = o1, m2 = m1, l2 = l1;
