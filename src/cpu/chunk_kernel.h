@@ -67,6 +67,9 @@ MIXPA_CPU_FLAVOURS_BEGIN
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
+// The SIMD layer's tanh (soft-cap) in ymm / zmm, for tests (n a multiple of 8 / 16).
+void tanh_avx2(const float* x, float* y, std::int64_t n);
+void tanh_avx512(const float* x, float* y, std::int64_t n);
 // AVX-512F with fp32 FMAs (no BF16 instructions); tiles of <= 8 rows go to the narrow kernel.
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out);

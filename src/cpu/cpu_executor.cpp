@@ -92,8 +92,6 @@ void merge_block(const Problem& pr, const Plan& plan, const SplitKvPlan& sp, std
 
 void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, const Results& out, Isa isa) {
   if (!isa_supported(isa)) throw Error("cpu: this CPU cannot run the " + std::string(isa_name(isa)) + " kernels");
-  if (pr.variant.score_features() != kScorePlain || pr.variant.has_window())
-    throw Error("cpu: soft-cap, ALiBi and windows are not in the cpu kernels yet (executor reference or sim has them)");
   run_with_kernels(pr, plan, options, out, chunk_kernel(isa), group_kernel(isa));
 }
 

@@ -42,8 +42,8 @@ inline __m256 round_bf16(__m256 x) {
   return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
-// One head tile of <= 32 rows (RV ymm of rows) as the driver's stages.
-template <int RV>
+// One head tile of <= 32 rows (RV ymm of rows) as the driver's stages; F = the score features.
+template <int RV, unsigned F>
 struct Avx2Tile {
   static constexpr int W = RV * kLanes;
   const ChunkJob& job;
@@ -54,6 +54,9 @@ struct Avx2Tile {
   float* ot;  // [dim][W]
   float m[32], l[32];
   __m256 alpha[RV], l_i[RV];
+  simd::Epilogue<D> epi;  // score epilogue: soft-cap
+  __m256 slope[RV];       // ALiBi slope per row (0 without)
+  std::int64_t pos;       // the query's position (ALiBi)
 
   explicit Avx2Tile(const ChunkJob& j) : job(j), pr(*j.problem), dim(pr.shape.head_dim), bs(pr.shape.block_size) {
     qt = static_cast<float*>(scratch(0, dim * W * 4));
@@ -66,11 +69,17 @@ struct Avx2Tile {
       m[r] = -__builtin_inff();
       l[r] = 0.0f;
     }
+    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
+    alignas(32) float sl[W];
+    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
+    for (int v = 0; v < RV; ++v) slope[v] = _mm256_load_ps(sl + v * kLanes);
+    epi = simd::epilogue_of<D>(sp);
+    pos = sp.pos;
   }
 
   // Cube QK for NJ tokens from j0.
   template <int NJ>
-  void qk_tokens(std::int64_t page, std::int64_t j0, __m256 scale) {
+  void qk_tokens(std::int64_t page, std::int64_t j0, std::int64_t token0, __m256 scale) {
     const bf16* k[NJ];
     for (int j = 0; j < NJ; ++j) k[j] = pr.key_row(page, j0 + j, job.kv_head);
     __m256 acc[NJ][RV];
@@ -90,16 +99,20 @@ struct Avx2Tile {
         }
       }
     }
-    for (int j = 0; j < NJ; ++j)
-      for (int v = 0; v < RV; ++v) _mm256_store_ps(s + (j0 + j) * W + v * kLanes, _mm256_mul_ps(acc[j][v], scale));
+    for (int j = 0; j < NJ; ++j) {
+      const __m256 delta = _mm256_set1_ps(static_cast<float>(token0 + j0 + j - pos));
+      for (int v = 0; v < RV; ++v)
+        _mm256_store_ps(s + (j0 + j) * W + v * kLanes,
+                        simd::score_epilogue<F, D>(_mm256_mul_ps(acc[j][v], scale), epi, slope[v], delta));
+    }
   }
 
   void qk(const PageSpan& span) {
     constexpr int NJ = 8 / RV;
     const __m256 scale = _mm256_set1_ps(pr.scale);
     std::int64_t j = span.begin;
-    for (; j + NJ <= span.end; j += NJ) qk_tokens<NJ>(span.page, j, scale);
-    for (; j < span.end; ++j) qk_tokens<1>(span.page, j, scale);
+    for (; j + NJ <= span.end; j += NJ) qk_tokens<NJ>(span.page, j, span.token0, scale);
+    for (; j < span.end; ++j) qk_tokens<1>(span.page, j, span.token0, scale);
   }
 
   // Vector SF: running max, P rounded to bf16 (overwrites s), l_i, alpha.
@@ -163,11 +176,17 @@ struct Avx2Tile {
 
 template <int RV>
 void attend(const ChunkJob& job, const ChunkOut& out) {
-  Avx2Tile<RV> tile(job);
-  drive_chunk(tile, job, out);
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    Avx2Tile<RV, F> tile(job);
+    drive_chunk(tile, job, out);
+  });
 }
 
 }  // namespace
+
+void tanh_avx2(const float* x, float* y, std::int64_t n) {
+  for (std::int64_t i = 0; i + kLanes <= n; i += kLanes) _mm256_storeu_ps(y + i, simd::tanh<D>(_mm256_loadu_ps(x + i)));
+}
 
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out) {
   const std::int64_t dim = job.problem->shape.head_dim;

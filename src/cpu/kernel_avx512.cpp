@@ -70,8 +70,8 @@ inline void zero(__m512 (&acc)[A][RV]) {
     for (int v = 0; v < RV; ++v) acc[a][v] = _mm512_setzero_ps();
 }
 
-// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages.
-template <int RV, int D>
+// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features.
+template <int RV, int D, unsigned F>
 struct Avx512Tile {
   static constexpr int W = RV * kLanes;
   const ChunkJob& job;
@@ -84,6 +84,9 @@ struct Avx512Tile {
   float* ot;  // [dim][W]   running unnormalised output, position order
   float m[64], l[64];
   __m512 alpha[RV], l_i[RV];
+  simd::Epilogue<simd::Avx512> epi;  // score epilogue: soft-cap
+  __m512 slope[RV];                  // ALiBi slope per row (0 without)
+  std::int64_t pos;       // the query's position (ALiBi)
 
   explicit Avx512Tile(const ChunkJob& j) : job(j), pr(j.problem), bs(pr->shape.block_size) {
     qt = static_cast<float*>(scratch(0, D * W * 4));
@@ -102,6 +105,12 @@ struct Avx512Tile {
       m[r] = -__builtin_inff();
       l[r] = 0.0f;
     }
+    const simd::ScoreParams sp = simd::score_params(*pr, job.batch);
+    alignas(64) float sl[W];
+    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
+    for (int v = 0; v < RV; ++v) slope[v] = _mm512_load_ps(sl + v * kLanes);
+    epi = simd::epilogue_of<simd::Avx512>(sp);
+    pos = sp.pos;
     PageWalk first(*pr, job.batch, job.tokens);
     if (first.is_valid()) avx512::prefetch_rows(pr, job.kv_head, D, first->page, 0, bs);
   }
@@ -109,7 +118,7 @@ struct Avx512Tile {
   // Cube QK for NJ consecutive tokens from j0: widen their K rows, then NJ x RV chains.
   // Meanwhile the next block's rows stream into L1.
   template <int NJ>
-  void qk_tokens(std::int64_t page, std::int64_t j0, __m512 scale, BlockStream& next_block) {
+  void qk_tokens(std::int64_t page, std::int64_t j0, std::int64_t token0, __m512 scale, BlockStream& next_block) {
     constexpr int kL1Every = NJ >= 16 ? 2 : 32 / NJ;  // NJ*D/32 lines over D steps
     for (int j = 0; j < NJ; ++j) widen_row(pr->key_row(page, j0 + j, job.kv_head), kf + j * D, D);
     __m512 acc[NJ][RV];
@@ -119,9 +128,13 @@ struct Avx512Tile {
       fma_step<RV, NJ, D>(acc, qt + pos * W, kf + pos);
     }
 #pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j)
+    for (int j = 0; j < NJ; ++j) {
+      const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j0 + j - pos));
 #pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v) _mm512_store_ps(s + (j0 + j) * W + v * kLanes, _mm512_mul_ps(acc[j][v], scale));
+      for (int v = 0; v < RV; ++v)
+        _mm512_store_ps(s + (j0 + j) * W + v * kLanes,
+                        simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), epi, slope[v], delta));
+    }
   }
 
   // Cube QK: scores of the span's tokens.
@@ -134,10 +147,10 @@ struct Avx512Tile {
       // The next block's K rows, or after the last block PV's first V rows.
       BlockStream next_block = j + NJ < end ? block_lines(pr, job.kv_head, D, page, 1, j + NJ, NJ, end)
                                             : block_lines(pr, job.kv_head, D, page, 2, span.begin, kPvBlockFloats / D, end);
-      qk_tokens<NJ>(page, j, scale, next_block);
+      qk_tokens<NJ>(page, j, span.token0, scale, next_block);
     }
     BlockStream none;
-    for (; j < end; ++j) qk_tokens<1>(page, j, scale, none);
+    for (; j < end; ++j) qk_tokens<1>(page, j, span.token0, scale, none);
   }
 
   // Vector SF: running max, P = bf16(exp(s - M)) in place, l_i = sum of the rounded P,
@@ -224,8 +237,10 @@ struct Avx512Tile {
 
 template <int RV, int D>
 void attend(const ChunkJob& job, const ChunkOut& out) {
-  Avx512Tile<RV, D> tile(job);
-  drive_chunk(tile, job, out);
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    Avx512Tile<RV, D, F> tile(job);
+    drive_chunk(tile, job, out);
+  });
 }
 
 // head_dim is a template value so every K/V row offset is a constant from one base register.
@@ -239,6 +254,10 @@ void attend_rows(const ChunkJob& job, const ChunkOut& out) {
 }
 
 }  // namespace
+
+void tanh_avx512(const float* x, float* y, std::int64_t n) {
+  for (std::int64_t i = 0; i + kLanes <= n; i += kLanes) _mm512_storeu_ps(y + i, simd::tanh<simd::Avx512>(_mm512_loadu_ps(x + i)));
+}
 
 void exp_bf16_avx512(const float* x, float* p, std::int64_t n) {
   for (std::int64_t i = 0; i + kLanes <= n; i += kLanes) _mm512_storeu_ps(p + i, exp_bf16(_mm512_loadu_ps(x + i)));

@@ -89,6 +89,15 @@ struct Tile {
   float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t; then its rounded P
   float* ot;  // [16 / C][dim]        O_r in position order
   alignas(64) float m[kLanes], l[kLanes];
+  __m512 slope;  // ALiBi slope of lane r*C + c's row r (0 without ALiBi)
+};
+
+// Score epilogue constants shared by a group's tiles: lane r*C + c holds token first + c.
+template <int C>
+struct ScoreLanes {
+  simd::Epilogue<simd::Avx512> epi;
+  std::int64_t pos;  // the query's position
+  __m512 column;     // lane r*C + c: c
 };
 
 // Rows of one kv head's K or V cache that a loop prefetches in step with its own rows: row j at
@@ -110,9 +119,9 @@ inline RowLines rows_of(const Problem& pr, std::int64_t kv_head, std::int64_t pa
 // Cube QK for 16 tokens from j0 (tokens outside the span [begin, valid) read zeros and score
 // -inf). Meanwhile the 16 rows of `next` stream into L1 (memory as in kernel_avx512.cpp): their
 // D/32 lines each over the D/C steps, C/2 lines a step.
-template <int C, int D>
+template <int C, int D, unsigned F>
 void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, std::int64_t valid, __m512 scale,
-              RowLines next) {
+              RowLines next, std::int64_t token0, const ScoreLanes<C>& sl) {
   constexpr int kRowLines = D / 32, kStepLines = C / 2;
   constexpr int kStepsPerRow = kStepLines < kRowLines ? kRowLines / kStepLines : 1;
   constexpr int kRowsPerStep = kStepLines > kRowLines ? kStepLines / kRowLines : 1;
@@ -141,8 +150,10 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, s
     }
   }
   for (int g = 0; g < kBlockTokens / C; ++g) {
-    const __m512 sc = _mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale);
     const std::int64_t first = j0 + g * C;
+    const __m512 delta = _mm512_add_ps(_mm512_set1_ps(static_cast<float>(token0 + first - sl.pos)), sl.column);
+    const __m512 sc = simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale), sl.epi,
+                                                            t.slope, delta);
     __mmask16 live = 0xffff;  // lanes of tokens outside the span score -inf (only in a partial block)
     if (first + C > valid || first < begin) {
       live = 0;
@@ -250,7 +261,7 @@ inline avx512::LineStream<_MM_HINT_T1> streamer_starts(const Problem& pr, std::i
 // the cache), QK token block by token block across the heads, then SF and PV head by head.
 // Each head has its own scores and O, and its arithmetic is exactly that of computing its chunk
 // alone, in the same order.
-template <int C, int D>
+template <int C, int D, unsigned F>
 void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   const ChunkJob& job = jobs[0];
   const Problem& pr = *job.problem;
@@ -263,7 +274,13 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   Tile tiles[kMaxGroup];
   for (int h = 0; h < n; ++h) {
     Tile& t = tiles[h];
-    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, ot + h * D / C * kLanes, {}, {}};
+    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, ot + h * D / C * kLanes, {}, {}, {}};
+    alignas(64) float slope[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const int r = lane / C;
+      slope[lane] = pr.variant.has_alibi() && r < jobs[h].rows ? pr.variant.alibi_slopes[jobs[h].head_begin + r] : 0.0f;
+    }
+    t.slope = _mm512_load_ps(slope);
     for (std::int64_t p = 0; p < D / C; ++p)
       for (int lane = 0; lane < kLanes; ++lane) {
         const int r = lane / C;
@@ -278,6 +295,15 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     }
   }
   const __m512 scale = _mm512_set1_ps(pr.scale);
+  ScoreLanes<C> sl;
+  {
+    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
+    sl.epi = simd::epilogue_of<simd::Avx512>(sp);
+    sl.pos = sp.pos;
+    alignas(64) float column[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) column[lane] = static_cast<float>(lane % C);
+    sl.column = _mm512_load_ps(column);
+  }
   std::int64_t h_lo = jobs[0].kv_head, h_hi = jobs[0].kv_head;
   for (int h = 1; h < n; ++h) {
     h_lo = std::min(h_lo, jobs[h].kv_head);
@@ -308,7 +334,7 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
             ahead_block < blocks    ? rows_of(pr, ahead_head_kv, page, 1, ahead_block * kBlockTokens, kBlockTokens, kf)
             : ahead_block == blocks ? rows_of(pr, ahead_head_kv, page, 2, 0, kBlockTokens, kf)
                                     : rows_of(pr, 0, -1, 1, 0, 0, kf);
-        qk_block<C, D>(tiles[h], page, j0, begin, valid, scale, next_block);
+        qk_block<C, D, F>(tiles[h], page, j0, begin, valid, scale, next_block, w->token0, sl);
         for (std::int64_t q = 0; q < k_per_step; ++q) k_starts.issue();
         if (++ahead_head == n) {
           ahead_head = 0;
@@ -340,11 +366,13 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
 // head_dim is a template value so every K/V row offset is a constant from one base register.
 template <int C>
 void attend_columns(const ChunkJob* jobs, const ChunkOut* outs, int n) {
-  switch (jobs[0].problem->shape.head_dim) {
-    case 64: return attend_group<C, 64>(jobs, outs, n);
-    case 128: return attend_group<C, 128>(jobs, outs, n);
-    default: return attend_group<C, 256>(jobs, outs, n);  // validate() admits 64, 128 and 256 only
-  }
+  simd::with_score_features(jobs[0].problem->variant.score_features(), [&]<unsigned F>() {
+    switch (jobs[0].problem->shape.head_dim) {
+      case 64: return attend_group<C, 64, F>(jobs, outs, n);
+      case 128: return attend_group<C, 128, F>(jobs, outs, n);
+      default: return attend_group<C, 256, F>(jobs, outs, n);  // validate() admits 64, 128 and 256 only
+    }
+  });
 }
 
 void attend_group_columns(const ChunkJob* jobs, const ChunkOut* outs, int n) {

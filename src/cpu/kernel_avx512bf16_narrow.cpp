@@ -60,12 +60,15 @@ struct Tile {
   std::uint32_t* vi;  // [bs / 2][dim]    V pairs, unpack position order
   float* ot;          // [dim / C][16]    lane r*C + c = O of row r at position v*C + c
   alignas(64) float m[16], l[16];
+  __m512 slope, column;  // score epilogue: lane r*C + c's ALiBi slope (0 without) and c
+  simd::Epilogue<simd::Avx512> epi;
+  std::int64_t pos;      // the query's position
 };
 
 // Cube QK for 16 tokens from j0 (rows outside the span [begin, valid) read a zero row and score -inf).
-template <int C>
+template <int C, unsigned F>
 void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, std::int64_t valid, __m512 scale,
-              std::int64_t next) {
+              std::int64_t token0, std::int64_t next) {
   avx512::prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid, 1);
   constexpr int NT = 16;
   const bf16* k[NT];
@@ -81,8 +84,10 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, s
     for (int j = 0; j < NT; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], q, (__m512bh)bcst_words<C>(k[j] + 2 * p * C));
   }
   for (int g = 0; g < NT / C; ++g) {
-    const __m512 sc = _mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale);
     const std::int64_t first = j0 + g * C;
+    const __m512 delta = _mm512_add_ps(_mm512_set1_ps(static_cast<float>(token0 + first - t.pos)), t.column);
+    const __m512 sc =
+        simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale), t.epi, t.slope, delta);
     __mmask16 live = 0;
     for (int lane = 0; lane < 16; ++lane)
       live |= static_cast<__mmask16>((first + lane % C >= begin && first + lane % C < valid) << lane);
@@ -150,7 +155,7 @@ void pv_page(Tile& t, std::int64_t jp0, std::int64_t pairs, const __m512& alpha)
   }
 }
 
-template <int C>
+template <int C, unsigned F>
 void attend(const ChunkJob& job, const ChunkOut& out) {
   const Problem& pr = *job.problem;
   Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
@@ -173,13 +178,26 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     t.l[lane] = 0.0f;
   }
   const __m512 scale = _mm512_set1_ps(pr.scale);
+  {
+    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
+    alignas(64) float slope[16], column[16];
+    for (int lane = 0; lane < 16; ++lane) {
+      const int r = lane / C;
+      slope[lane] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
+      column[lane] = static_cast<float>(lane % C);
+    }
+    t.slope = _mm512_load_ps(slope);
+    t.column = _mm512_load_ps(column);
+    t.epi = simd::epilogue_of<simd::Avx512>(sp);
+    t.pos = sp.pos;
+  }
   if (PageWalk first(pr, job.batch, job.tokens); first.is_valid())
     avx512::prefetch_rows(&pr, job.kv_head, t.dim, first->page, 0, t.bs);
   for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
     const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
     const std::int64_t b0 = begin / 16, blocks = (valid + 15) / 16;
     __m512 alpha, l_i;
-    for (std::int64_t b = b0; b < blocks; ++b) qk_block<C>(t, page, b * 16, begin, valid, scale, next);
+    for (std::int64_t b = b0; b < blocks; ++b) qk_block<C, F>(t, page, b * 16, begin, valid, scale, w->token0, next);
     softmax_page<C>(t, b0 * 16 / C, blocks * 16 / C, alpha, l_i);
     interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, begin, valid, b0 * 8, blocks * 8, next);
     pv_page<C>(t, b0 * 8, blocks * 8, alpha);
@@ -196,10 +214,12 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
 }  // namespace
 
 void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out) {
-  if (job.rows <= 1) return attend<16>(job, out);
-  if (job.rows <= 2) return attend<8>(job, out);
-  if (job.rows <= 4) return attend<4>(job, out);
-  return attend<2>(job, out);
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    if (job.rows <= 1) return attend<16, F>(job, out);
+    if (job.rows <= 2) return attend<8, F>(job, out);
+    if (job.rows <= 4) return attend<4, F>(job, out);
+    return attend<2, F>(job, out);
+  });
 }
 
 MIXPA_CPU_FLAVOURS_END

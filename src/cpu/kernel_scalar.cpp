@@ -44,8 +44,10 @@ struct ScalarTile {
       for (std::int64_t d = 0; d < dim; ++d) w.q[r * dim + d] = pr.query_row(job.batch, job.head_begin + r)[d].to_float();
   }
 
-  // QK: s[r][j] = scale * q_r . k_j for the rows j of the span.
+  // QK: s[r][j] = the logit of q_r . k_j (Variant::logit: scale, soft-cap, ALiBi) for the rows j
+  // of the span.
   void qk(const PageSpan& span) {
+    const std::int64_t pos = pr.position(job.batch);
     for (std::int64_t j = span.begin; j < span.end; ++j) {
       const bf16* k = pr.key_row(span.page, j, job.kv_head);
       for (std::int64_t d = 0; d < dim; ++d) w.krow[d] = k[d].to_float();
@@ -53,7 +55,7 @@ struct ScalarTile {
         const float* q = &w.q[r * dim];
         float acc = 0.0f;
         for (std::int64_t d = 0; d < dim; ++d) acc += q[d] * w.krow[d];
-        w.s[r * bs + j] = acc * pr.scale;
+        w.s[r * bs + j] = pr.variant.logit(acc, job.head_begin + r, span.token0 + j, pos);
       }
     }
   }

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "common/check.h"
+#include "common/variants.h"
 #include "core/split_kv.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/cpu_executor.h"
@@ -167,6 +168,93 @@ TEST_P(CpuIsa, GroupKernelMatchesChunkKernelBitwise) {
     EXPECT_EQ(l1, l2) << spec.name;
     for (float v : o2) ASSERT_TRUE(std::isfinite(v)) << spec.name;
   }
+}
+
+// SPEC §6's variants (soft-cap, ALiBi, windows smaller than a page, crossing pages and larger than
+// the context, sinks, sinks above every score, all combined; split-KV, context 0 and 1, GQA) on
+// every flavour against exact float64, out and lse.
+class CpuVariants : public CpuIsa {};
+
+testing::ExecutorFn isa_executor(Isa isa) {
+  return [isa](const Problem& p, const Plan& plan, const Options& o, const Results& r) { cpu::run_with_isa(p, plan, o, r, isa); };
+}
+
+TEST_P(CpuVariants, AgreeWithExact) {
+  for (const CaseSpec& spec : testing::variant_shapes())
+    for (const testing::VariantSpec& v : testing::variant_specs()) {
+      const auto vc = testing::make_variant_case(spec, 5, v);
+      testing::expect_variant_close(vc, testing::run_variant(vc, isa_executor(GetParam())), testing::exact_variant(vc));
+    }
+}
+
+TEST_P(CpuVariants, BitwiseIdenticalForAnyThreadCount) {
+  const auto vc = testing::make_variant_case(small_spec("det_var", 2, 32, 8, 128, 64, {7000, 2500}), 5,
+                                             {"all", 2.5, 3000, true, true, 0.5f});
+  const auto one = testing::run_variant(vc, isa_executor(GetParam()), 1);
+  for (int threads : {2, 3, 8}) {
+    const auto many = testing::run_variant(vc, isa_executor(GetParam()), threads);
+    EXPECT_EQ(one.out, many.out) << "threads " << threads;
+    EXPECT_EQ(one.lse, many.lse) << "threads " << threads;
+  }
+}
+
+// Rows no request sees (before its window, past its context) hold NaN / Inf: the output and lse
+// are bitwise those of the clean cache.
+TEST_P(CpuVariants, RowsOutsideTheWindowHoldingNaNDoNotLeak) {
+  auto vc = testing::make_variant_case(small_spec("nan_window", 3, 16, 4, 128, 32, {150, 7, 3000}), 3,
+                                       {"window", 1.0, 45, true, false});
+  const auto clean = testing::run_variant(vc, isa_executor(GetParam()));
+  Case& c = vc.c;
+  const std::int64_t bs = 32, row = 4 * 128;
+  std::vector<bool> seen(c.num_blocks * bs, false);
+  for (std::int64_t b = 0; b < 3; ++b)
+    for (std::int64_t t = std::max<std::int64_t>(0, c.context_lens[b] - 1 - 45); t < c.context_lens[b]; ++t)
+      seen[c.block_table[b * c.max_blocks_per_req + t / bs] * bs + t % bs] = true;
+  int poisoned = 0;
+  for (std::int64_t r = 0; r < c.num_blocks * bs; ++r) {
+    if (seen[r]) continue;
+    ++poisoned;
+    for (std::int64_t d = 0; d < row; ++d) {
+      c.key_cache[r * row + d] = bf16::from_float(std::numeric_limits<float>::quiet_NaN());
+      c.value_cache[r * row + d] = bf16::from_float(d % 2 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN());
+    }
+  }
+  ASSERT_GT(poisoned, 0);
+  const auto dirty = testing::run_variant(vc, isa_executor(GetParam()));
+  EXPECT_EQ(clean.out, dirty.out);
+  EXPECT_EQ(clean.lse, dirty.lse);
+}
+
+INSTANTIATE_TEST_SUITE_P(Flavours, CpuVariants, ::testing::ValuesIn(all_isas()),
+                         [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
+
+// The SIMD layer's tanh (soft-cap) against double: relative error below 1e-6 over the range
+// soft-capped scores take, exactly +-1 far out, odd.
+TEST(CpuAvx2, TanhIsAccurateToOneMillionth) {
+  if (!cpu::isa_supported(Isa::kAvx2)) GTEST_SKIP() << "this CPU cannot run avx2";
+  constexpr std::int64_t kN = 1 << 18;
+  std::vector<float> x(kN), y(kN);
+  for (std::int64_t i = 0; i < kN; ++i) x[i] = static_cast<float>(-30.0 + 60.0 * static_cast<double>(i) / kN);
+  x[0] = 1e-30f;
+  x[1] = -1e-6f;
+  x[2] = 0.625f;
+  x[3] = -0.62499994f;
+  x[4] = 50.0f;
+  x[5] = -1e4f;
+  x[6] = 0.0f;
+  x[7] = 3e-3f;
+  cpu::tanh_avx2(x.data(), y.data(), kN);
+  double worst = 0;
+  for (std::int64_t i = 0; i < kN; ++i) {
+    const double want = std::tanh(static_cast<double>(x[i]));
+    const double rel = want == 0 ? std::abs(y[i]) : std::abs(y[i] - want) / std::abs(want);
+    worst = std::max(worst, rel);
+    ASSERT_LT(rel, 1e-6) << "x = " << x[i] << ": " << y[i] << " vs " << want;
+  }
+  EXPECT_EQ(y[4], 1.0f);
+  EXPECT_EQ(y[5], -1.0f);
+  EXPECT_EQ(y[6], 0.0f);
+  std::cout << "tanh: worst relative error " << worst << "\n";
 }
 
 TEST(CpuExecutor, IsTheAutoDefaultAndRunsThroughTheApi) {

@@ -100,8 +100,16 @@ TEST_P(Emulated, PlainShapesAgreeWithExact) {
   }
 }
 
+TEST_P(Emulated, VariantsAgreeWithExact) {
+  for (const CaseSpec& spec : testing::variant_shapes())
+    for (const testing::VariantSpec& v : testing::variant_specs()) {
+      const auto vc = testing::make_variant_case(spec, 5, v);
+      testing::expect_variant_close(vc, testing::run_variant(vc, executor(GetParam())), testing::exact_variant(vc));
+    }
+}
+
 TEST_P(Emulated, BitwiseIdenticalForAnyThreadCount) {
-  const auto vc = testing::make_variant_case(small_spec("det", 2, 32, 8, 64, 32, {4200, 300}), 5, {"plain"});
+  const auto vc = testing::make_variant_case(small_spec("det", 2, 32, 8, 64, 32, {4200, 300}), 5, {"all", 1.5, 3000, true, true});
   const auto one = testing::run_variant(vc, executor(GetParam()), 1);
   for (int threads : {2, 3}) {
     const auto many = testing::run_variant(vc, executor(GetParam()), threads);
@@ -112,6 +120,21 @@ TEST_P(Emulated, BitwiseIdenticalForAnyThreadCount) {
 
 INSTANTIATE_TEST_SUITE_P(Flavours, Emulated, ::testing::ValuesIn(emulated_flavours()),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// The SIMD layer's tanh in zmm (simd.h), as tests/cpu checks the ymm one natively.
+TEST(CpuEmulated, TanhIsAccurateToOneMillionth) {
+  constexpr std::int64_t kN = 1 << 16;
+  std::vector<float> x(kN), y(kN);
+  for (std::int64_t i = 0; i < kN; ++i) x[i] = static_cast<float>(-30.0 + 60.0 * static_cast<double>(i) / kN);
+  x[0] = 1e-30f;
+  x[1] = 50.0f;
+  cpu::emulated::tanh_avx512(x.data(), y.data(), kN);
+  for (std::int64_t i = 0; i < kN; ++i) {
+    const double want = std::tanh(static_cast<double>(x[i]));
+    ASSERT_LT(std::abs(y[i] - want), 1e-6 * std::abs(want)) << "x = " << x[i];
+  }
+  EXPECT_EQ(y[1], 1.0f);
+}
 
 // The avx512 flavour's one-rounding exp, as tests/cpu checks it natively.
 TEST(CpuEmulated, ExpBf16IsWithinOneUlpOfCorrectlyRounded) {
