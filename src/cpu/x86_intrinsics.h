@@ -11,6 +11,7 @@
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -58,6 +59,25 @@ inline __m256bh _mm512_cvtneps_pbh(__m512 a) {
   std::memcpy(&r, w, 32);
   return r;
 }
+// SIMDe 0.7.4's vrndscaleps ignores the scale bits (imm >> 4) and, with _MM_FROUND_NO_EXC set,
+// the rounding mode too (roundscale(-1.2, floor | no-exc) gave -1.5, roundscale(1.3, 2^-7 steps)
+// gave 1): the instruction's definition instead, 2^-M * round_mode(2^M * x), exact for finite x.
+inline __m512 mixpa_emulated_roundscale_ps(__m512 a, int imm) {
+  float f[16];
+  std::memcpy(f, &a, 64);
+  const int m = (imm >> 4) & 15, mode = (imm & 4) != 0 ? 0 : imm & 3;
+  for (float& x : f) {
+    if (!std::isfinite(x)) continue;
+    const float y = std::ldexp(x, m);
+    const float r = mode == 0 ? std::nearbyint(y) : mode == 1 ? std::floor(y) : mode == 2 ? std::ceil(y) : std::trunc(y);
+    x = std::ldexp(r, -m);
+  }
+  __m512 r;
+  std::memcpy(&r, f, 64);
+  return r;
+}
+#undef _mm512_roundscale_ps
+#define _mm512_roundscale_ps(a, imm) mixpa_emulated_roundscale_ps((a), (imm))
 #else
 #define MIXPA_CPU_NATIVE 1
 #include <immintrin.h>
