@@ -21,6 +21,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2,amx-tile,amx-bf16")
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
 
 namespace mixpa::cpu {
@@ -132,7 +133,7 @@ void qk_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid,
       const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j - t.pos));
       for (int v = 0; v < RV; ++v) {
         float* x = t.s + (j * RV + v) * kLanes;
-        _mm512_store_ps(x, simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(_mm512_load_ps(x), scale), t.epi, t.slope[v], delta));
+        _mm512_store_ps(x, (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(_mm512_load_ps(x), scale), t.epi, t.slope[v], delta)));
       }
     }
   }

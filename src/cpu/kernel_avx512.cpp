@@ -133,7 +133,7 @@ struct Avx512Tile {
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v)
         _mm512_store_ps(s + (j0 + j) * W + v * kLanes,
-                        simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), epi, slope[v], delta));
+                        (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), epi, slope[v], delta)));
     }
   }
 

@@ -24,6 +24,7 @@
 #endif
 // GCC 12 flags its own _mm512_undefined_* helpers as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
 
 namespace mixpa::cpu {
@@ -92,7 +93,7 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t 
     const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j0 + j - t.pos));
     for (int v = 0; v < RV; ++v)
       _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes,
-                      simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), t.epi, t.slope[v], delta));
+                      (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), t.epi, t.slope[v], delta)));
   }
 }
 
