@@ -70,6 +70,8 @@ void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
 // The SIMD layer's tanh (soft-cap) in ymm / zmm, for tests (n a multiple of 8 / 16).
 void tanh_avx2(const float* x, float* y, std::int64_t n);
 void tanh_avx512(const float* x, float* y, std::int64_t n);
+// The avx2 flavour's P = bf16(exp(x)) for x <= 0, as fp32 (for tests; n a multiple of 8).
+void exp_bf16_avx2(const float* x, float* p, std::int64_t n);
 // AVX-512F with fp32 FMAs (no BF16 instructions); tiles of <= 8 rows go to the narrow kernel.
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out);

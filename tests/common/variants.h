@@ -111,7 +111,7 @@ inline double expect_variant_close(const VariantCase& vc, const RunOutput& got, 
 }
 
 // The variant list every cpu flavour runs: each alone and combined.
-inline std::vector<VariantSpec> variant_specs() {
+inline std::vector<VariantSpec> variant_kinds() {
   return {
       {"plain_lse"},
       {"softcap", 2.0},

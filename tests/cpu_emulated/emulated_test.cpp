@@ -102,7 +102,7 @@ TEST_P(Emulated, PlainShapesAgreeWithExact) {
 
 TEST_P(Emulated, VariantsAgreeWithExact) {
   for (const CaseSpec& spec : testing::variant_shapes())
-    for (const testing::VariantSpec& v : testing::variant_specs()) {
+    for (const testing::VariantSpec& v : testing::variant_kinds()) {
       const auto vc = testing::make_variant_case(spec, 5, v);
       testing::expect_variant_close(vc, testing::run_variant(vc, executor(GetParam())), testing::exact_variant(vc));
     }
