@@ -225,6 +225,23 @@ TEST_P(CpuVariants, RowsOutsideTheWindowHoldingNaNDoNotLeak) {
   EXPECT_EQ(clean.lse, dirty.lse);
 }
 
+// The shared variant table (tests/common/check.h, the one reference and sim run) on every flavour.
+TEST_P(CpuVariants, SharedVariantTableAgreesWithExact) {
+  for (const CaseSpec& spec : testing::variant_specs()) {
+    const Case c = generate_case(spec, 11);
+    const Options options = testing::case_options(c, {});
+    std::vector<float> out, lse(c.spec.batch * c.spec.num_heads, -12345.0f);
+    OutputView view = testing::output_view(out, c);
+    view.lse = lse.data();
+    const Problem p = validate(c.inputs(), options, view);
+    cpu::run_with_isa(p, make_plan(p.shape, p.scale), options, Results{out.data(), lse.data()}, GetParam());
+    std::vector<double> ref_lse;
+    const auto ref = exact(c, {}, &ref_lse);
+    testing::expect_close_to_exact(c, out, ref);
+    testing::expect_lse_close_to_exact(c, lse, ref_lse);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Flavours, CpuVariants, ::testing::ValuesIn(all_isas()),
                          [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
 
