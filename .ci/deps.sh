@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   cmake g++ make clang libclang-rt-14-dev \
-  libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev \
+  libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libsimde-dev \
   python3 python3-pip >/dev/null
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
   numpy ml_dtypes pytest scikit-build-core nanobind

@@ -1,10 +1,10 @@
 // The cpu executor's micro-kernel interface: one work item = a head tile of one request over a
-// range of its pages. Each instruction-set flavour (avx512bf16, avx2, scalar) implements it in
+// range of its tokens. Each instruction-set flavour (avx512bf16, avx2, scalar) implements it in
 // its own translation unit compiled for that target; dispatch picks one at run time.
 // (avx512 = AVX-512F without BF16: bf16 widened to fp32; the others as named.)
 //
-// Per page every flavour runs the MIX stages in the origin's order:
-//   qk_page (cube QK) -> softmax_page (vector SF) -> pv_page (cube PV) -> update (vector UP).
+// Per page every flavour runs the MIX stages in the origin's order (chunk_driver.h):
+//   qk (cube QK + score epilogue) -> softmax (vector SF) -> pv (cube PV + vector UP).
 #pragma once
 
 #include <cstdint>
@@ -21,12 +21,12 @@ struct ChunkJob {
   std::int64_t kv_head = 0;
   std::int64_t head_begin = 0;  // first query head of the tile
   int rows = 0;                 // heads in the tile (<= 64)
-  std::int64_t page_begin = 0;  // pages [page_begin, page_end) of the request
-  std::int64_t page_end = 0;
+  TokenRange tokens;            // tokens [begin, end) of the request: a split-KV chunk, starting
+                                // mid-page where a window starts; the kernel walks it with PageWalk
 };
 
 // Unnormalised partial result: o[rows][head_dim] row-major, and per row the softmax state
-// (m = running max, l = sum of bf16-rounded P). An empty page range gives m = -inf, l = 0.
+// (m = running max, l = sum of bf16-rounded P). An empty token range gives m = -inf, l = 0.
 struct ChunkOut {
   float* o = nullptr;
   float* m = nullptr;
@@ -53,10 +53,25 @@ ChunkKernel chunk_kernel(Isa isa);
 // The flavour's group kernel, or nullptr when it has none (the chunks then run one by one).
 GroupKernel group_kernel(Isa isa);
 
-// The flavours (defined in kernel_<isa>.cpp); amx = AMX-BF16 tiles + AVX-512 BF16.
+// The flavours (defined in kernel_<isa>.cpp); amx = AMX-BF16 tiles + AVX-512 BF16. The test-only
+// emulated build (MIXPA_CPU_EMULATED: SIMDe intrinsics, x86_intrinsics.h) declares and defines
+// them in namespace mixpa::cpu::emulated, so they link next to the native ones.
+#if defined(MIXPA_CPU_EMULATED)
+#define MIXPA_CPU_FLAVOURS_BEGIN namespace emulated {
+#define MIXPA_CPU_FLAVOURS_END }
+#else
+#define MIXPA_CPU_FLAVOURS_BEGIN
+#define MIXPA_CPU_FLAVOURS_END
+#endif
+MIXPA_CPU_FLAVOURS_BEGIN
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
+// The SIMD layer's tanh (soft-cap) in ymm / zmm, for tests (n a multiple of 8 / 16).
+void tanh_avx2(const float* x, float* y, std::int64_t n);
+void tanh_avx512(const float* x, float* y, std::int64_t n);
+// The avx2 flavour's P = bf16(exp(x)) for x <= 0, as fp32 (for tests; n a multiple of 8).
+void exp_bf16_avx2(const float* x, float* p, std::int64_t n);
 // AVX-512F with fp32 FMAs (no BF16 instructions); tiles of <= 8 rows go to the narrow kernel.
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out);
@@ -67,5 +82,6 @@ void exp_bf16_avx512(const float* x, float* p, std::int64_t n);
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out);
 // The AVX-512 BF16 kernel for tiles of <= 8 rows (called by attend_chunk_avx512bf16).
 void attend_chunk_avx512bf16_narrow(const ChunkJob& job, const ChunkOut& out);
+MIXPA_CPU_FLAVOURS_END
 
 }  // namespace mixpa::cpu

@@ -22,9 +22,7 @@ namespace {
 
 ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
   const LogicalBlock lb = plan.logical_block(c.logical_block);
-  const std::int64_t bs = pr.shape.block_size;
-  const std::int64_t page_begin = c.tokens.begin / bs, page_end = (c.tokens.end + bs - 1) / bs;
-  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, page_begin, c.tokens.empty() ? page_begin : page_end};
+  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, c.tokens};
 }
 
 ChunkOut chunk_out(ExecPlan& ep, std::int64_t chunk) {
@@ -122,15 +120,16 @@ int threads_for(const Options& options) {
 
 void check_supported(const Problem& pr, Isa isa) {
   if (!isa_supported(isa)) throw Error("cpu: this CPU cannot run the " + std::string(isa_name(isa)) + " kernels");
-  if (pr.variant.score_features() != kScorePlain || pr.variant.has_window())
-    throw Error("cpu: soft-cap, ALiBi and windows are not in the cpu kernels yet (executor reference or sim has them)");
 }
 
-void prepare(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa) {
-  check_supported(pr, isa);
+namespace {
+
+// The plan of one call for explicit kernels (run_with_kernels: the emulated flavours' tests).
+void prepare_with(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa, ChunkKernel kernel,
+                  GroupKernel group) {
   ep.kernel = nullptr;  // invalid until complete (matches() is false meanwhile)
   ep.isa = isa;
-  ep.group = group_kernel(isa);
+  ep.group = group;
   ep.threads = std::max(1, threads);
   ep.sp = plan_split_kv(plan, pr.context_lens, kSplitTargetItems, kSplitMinChunkTokens, pr.variant.window_left);
   const auto n = static_cast<std::int64_t>(ep.sp.chunks.size());
@@ -145,7 +144,21 @@ void prepare(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa
   ep.shape = pr.shape;
   ep.window_left = pr.variant.window_left;  // the window decides the chunks
   ep.context_lens.assign(pr.context_lens, pr.context_lens + pr.shape.batch);
-  ep.kernel = chunk_kernel(isa);
+  ep.kernel = kernel;
+}
+
+}  // namespace
+
+void prepare(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa) {
+  check_supported(pr, isa);
+  prepare_with(ep, pr, plan, threads, isa, chunk_kernel(isa), group_kernel(isa));
+}
+
+void run_with_kernels(const Problem& pr, const Plan& plan, const Options& options, const Results& out,
+                      ChunkKernel kernel, GroupKernel group) {
+  ExecPlan ep;
+  prepare_with(ep, pr, plan, threads_for(options), Isa::kScalar, kernel, group);
+  execute(ep, pr, plan, out, options.cancelled);
 }
 
 bool matches(const ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa) {

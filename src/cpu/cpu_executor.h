@@ -65,6 +65,9 @@ int threads_for(const Options& options);
 
 // The same as run_cpu with an explicit flavour (tests force each one; it must be isa_supported()).
 void run_with_isa(const Problem& problem, const Plan& plan, const Options& options, const Results& out, Isa isa);
+// The same with explicit kernels (group may be nullptr): the emulated-flavour tests pass theirs.
+void run_with_kernels(const Problem& problem, const Plan& plan, const Options& options, const Results& out,
+                      ChunkKernel kernel, GroupKernel group);
 }  // namespace cpu
 
 }  // namespace mixpa

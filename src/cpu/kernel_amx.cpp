@@ -14,12 +14,14 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/page_walk.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2,amx-tile,amx-bf16")
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
 
 namespace mixpa::cpu {
@@ -75,12 +77,15 @@ struct Tile {
   std::uint32_t* vi;   // [pairs_pad][dim] V pairs (AMX B operand)
   float* o;            // [W][dim]         running O, unpack position order
   float m[64], l[64];
+  __m512 slope[4];  // score epilogue: ALiBi slope per row (0 without)
+  simd::Epilogue<simd::Avx512> epi;
+  std::int64_t pos;  // the query's position
 };
 
 // Cube QK on the tile unit: S^T for every 16-token block holding valid tokens. Rows of the last
 // block past `valid` are still inside the page; their scores are never read.
-template <int RV>
-void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
+template <int RV, unsigned F>
+void qk_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t token0, std::int64_t next) {
   constexpr int W = RV * kLanes;
   const std::int64_t kstride = t.pr->k_strides.row * 2;
   for (std::int64_t j0 = 0; j0 < valid; j0 += 16) {
@@ -121,7 +126,17 @@ void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) 
     if constexpr (RV > 3) _tile_stored(3, out + 48, W * 4);
   }
   const __m512 scale = _mm512_set1_ps(t.pr->scale);
-  for (std::int64_t j = 0; j < valid * RV; ++j) _mm512_store_ps(t.s + j * kLanes, _mm512_mul_ps(_mm512_load_ps(t.s + j * kLanes), scale));
+  if constexpr (F == kScorePlain) {
+    for (std::int64_t j = 0; j < valid * RV; ++j) _mm512_store_ps(t.s + j * kLanes, _mm512_mul_ps(_mm512_load_ps(t.s + j * kLanes), scale));
+  } else {  // the score epilogue on the span's tokens (rows before `begin` are never read)
+    for (std::int64_t j = begin; j < valid; ++j) {
+      const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j - t.pos));
+      for (int v = 0; v < RV; ++v) {
+        float* x = t.s + (j * RV + v) * kLanes;
+        _mm512_store_ps(x, (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(_mm512_load_ps(x), scale), t.epi, t.slope[v], delta)));
+      }
+    }
+  }
 }
 
 // P pairs [jp][rows] -> row-major [rows][jp], zero past the page's pairs.
@@ -187,7 +202,7 @@ void pv_page(Tile& t, std::int64_t pairs, const __m512* alpha) {
   }
 }
 
-template <int RV>
+template <int RV, unsigned F>
 void attend(const ChunkJob& job, const ChunkOut& out) {
   constexpr int W = RV * kLanes;
   const Problem& pr = *job.problem;
@@ -210,21 +225,28 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     t.m[r] = -__builtin_inff();
     t.l[r] = 0.0f;
   }
+  {
+    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
+    alignas(64) float sl[64];
+    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
+    for (int v = 0; v < RV; ++v) t.slope[v] = _mm512_load_ps(sl + v * kLanes);
+    t.epi = simd::epilogue_of<simd::Avx512>(sp);
+    t.pos = sp.pos;
+  }
   const TileConfig config;
   _tile_loadconfig(&config);
-  const std::int64_t len = pr.context_len(job.batch);
-  for (std::int64_t i = job.page_begin; i < job.page_end && i < job.page_begin + avx512::kPrefetchPages; ++i)
-    avx512::prefetch_rows(&pr, job.kv_head, t.dim, pr.page(job.batch, i), 0, t.bs);
-  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
-    const std::int64_t page = pr.page(job.batch, i);
-    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
+  if (PageWalk first(pr, job.batch, job.tokens); first.is_valid())
+    avx512::prefetch_rows(&pr, job.kv_head, t.dim, first->page, 0, t.bs);
+  for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
+    const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
     const std::int64_t pairs = (valid + 1) / 2;
     __m512 alpha[RV], l_i[RV];
-    qk_page<RV>(t, page, valid, next);
-    avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
+    qk_page<RV, F>(t, page, begin, valid, w->token0, next);  // from row 0: rows before `begin` are never read
+    avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, begin, valid, alpha, l_i);
+    for (std::int64_t jp = 0; jp < begin / 2; ++jp)  // pairs before the span: P = 0
+      for (int v = 0; v < RV; ++v) _mm512_store_si512(t.pp + jp * RV * kLanes + v * kLanes, _mm512_setzero_si512());
     transpose_p<RV>(t, pairs);
-    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, valid, (pairs + 15) / 16 * 16, next);
+    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, begin, valid, 0, (pairs + 15) / 16 * 16, next);
     pv_page<RV>(t, pairs, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
@@ -240,12 +262,14 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
 }  // namespace
 
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out) {
-  switch ((job.rows + kLanes - 1) / kLanes) {
-    case 1: return attend<1>(job, out);
-    case 2: return attend<2>(job, out);
-    case 3: return attend<3>(job, out);
-    default: return attend<4>(job, out);
-  }
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    switch ((job.rows + kLanes - 1) / kLanes) {
+      case 1: return attend<1, F>(job, out);
+      case 2: return attend<2, F>(job, out);
+      case 3: return attend<3, F>(job, out);
+      default: return attend<4, F>(job, out);
+    }
+  });
 }
 
 }  // namespace mixpa::cpu

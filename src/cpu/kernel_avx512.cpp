@@ -14,21 +14,25 @@
 // software prefetches hold L1 fill buffers, which caps one core near 7 GB/s here.
 // Widening splits each 32-element chunk into even and odd elements (x << 16, x & 0xffff0000);
 // Qt and ot use the same "position" order, and ot is put back in dim order once per chunk.
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 
+#include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+#endif
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512_common.h"
 #include "cpu/kernel_avx512_parts.h"
 
 namespace mixpa::cpu {
+MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::exp512;
@@ -38,19 +42,6 @@ using avx512::BlockStream;
 using avx512::exp_bf16;
 using avx512::store_dim_order;
 using avx512::widen_row;
-
-// Everything one chunk works on. Widths: W = RV * 16 lanes.
-struct Tile {
-  const ChunkJob* job;
-  const Problem* pr;
-  std::int64_t dim, bs;
-  float* qt;  // [dim][W]   Q, lanes = rows, position order
-  float* kf;  // [kMaxNJ][dim]  widened K rows of one token block
-  float* s;   // [bs][W]    scaled scores, then the rounded P
-  float* vf;  // [TB][dim]  widened V rows of one PV token block
-  float* ot;  // [dim][W]   running unnormalised output, position order
-  float m[64], l[64];
-};
 
 constexpr int kMaxNJ = 16;
 constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
@@ -79,152 +70,177 @@ inline void zero(__m512 (&acc)[A][RV]) {
     for (int v = 0; v < RV; ++v) acc[a][v] = _mm512_setzero_ps();
 }
 
-// Cube QK for NJ consecutive valid tokens from j0: widen their K rows, then NJ x RV chains.
-// Meanwhile the next block's rows stream into L1.
-template <int RV, int D, int NJ>
-inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale,
-                      BlockStream& next_block) {
-  constexpr int W = RV * kLanes, kL1Every = NJ >= 16 ? 2 : 32 / NJ;  // NJ*D/32 lines over D steps
-  for (int j = 0; j < NJ; ++j) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), t.kf + j * D, D);
-  __m512 acc[NJ][RV];
-  zero(acc);
-  for (std::int64_t pos = 0; pos < D; ++pos) {
-    if (pos % kL1Every == 1) next_block.issue();
-    fma_step<RV, NJ, D>(acc, t.qt + pos * W, t.kf + pos);
+// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features.
+template <int RV, int D, unsigned F>
+struct Avx512Tile {
+  static constexpr int W = RV * kLanes;
+  const ChunkJob& job;
+  const Problem* pr;
+  std::int64_t bs;
+  float* qt;  // [dim][W]   Q, lanes = rows, position order
+  float* kf;  // [kMaxNJ][dim]  widened K rows of one token block
+  float* s;   // [bs][W]    scaled scores, then the rounded P
+  float* vf;  // [TB][dim]  widened V rows of one PV token block
+  float* ot;  // [dim][W]   running unnormalised output, position order
+  float m[64], l[64];
+  __m512 alpha[RV], l_i[RV];
+  simd::Epilogue<simd::Avx512> epi;  // score epilogue: soft-cap
+  __m512 slope[RV];                  // ALiBi slope per row (0 without)
+  std::int64_t pos;       // the query's position (ALiBi)
+
+  explicit Avx512Tile(const ChunkJob& j) : job(j), pr(j.problem), bs(pr->shape.block_size) {
+    qt = static_cast<float*>(scratch(0, D * W * 4));
+    kf = static_cast<float*>(scratch(1, kMaxNJ * D * 4));
+    s = static_cast<float*>(scratch(2, bs * W * 4));
+    vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
+    ot = static_cast<float*>(scratch(4, D * W * 4));
+    // Q transposed (lanes = rows) in position order: each row widened like K, then scattered.
+    alignas(64) float q_row[256];
+    for (int r = 0; r < W; ++r) {
+      if (r < job.rows) widen_row(pr->query_row(job.batch, job.head_begin + r), q_row, D);
+      for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = r < job.rows ? q_row[pos] : 0.0f;
+    }
+    for (std::int64_t i = 0; i < D * W; ++i) ot[i] = 0.0f;
+    for (int r = 0; r < W; ++r) {
+      m[r] = -__builtin_inff();
+      l[r] = 0.0f;
+    }
+    const simd::ScoreParams sp = simd::score_params(*pr, job.batch);
+    alignas(64) float sl[W];
+    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
+    for (int v = 0; v < RV; ++v) slope[v] = _mm512_load_ps(sl + v * kLanes);
+    epi = simd::epilogue_of<simd::Avx512>(sp);
+    pos = sp.pos;
+    PageWalk first(*pr, job.batch, job.tokens);
+    if (first.is_valid()) avx512::prefetch_rows(pr, job.kv_head, D, first->page, 0, bs);
   }
+
+  // Cube QK for NJ consecutive tokens from j0: widen their K rows, then NJ x RV chains.
+  // Meanwhile the next block's rows stream into L1.
+  template <int NJ>
+  void qk_tokens(std::int64_t page, std::int64_t j0, std::int64_t token0, __m512 scale, BlockStream& next_block) {
+    constexpr int kL1Every = NJ >= 16 ? 2 : 32 / NJ;  // NJ*D/32 lines over D steps
+    for (int j = 0; j < NJ; ++j) widen_row(pr->key_row(page, j0 + j, job.kv_head), kf + j * D, D);
+    __m512 acc[NJ][RV];
+    zero(acc);
+    for (std::int64_t pos = 0; pos < D; ++pos) {
+      if (pos % kL1Every == 1) next_block.issue();
+      fma_step<RV, NJ, D>(acc, qt + pos * W, kf + pos);
+    }
 #pragma GCC unroll 16
-  for (int j = 0; j < NJ; ++j)
+    for (int j = 0; j < NJ; ++j) {
+      const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j0 + j - pos));
 #pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes, _mm512_mul_ps(acc[j][v], scale));
-}
-
-// Cube QK: scores of the page's valid tokens.
-template <int RV, int D>
-void qk_page(Tile& t, std::int64_t page, std::int64_t valid) {
-  constexpr int NJ = RV == 3 ? 5 : kMaxNJ / RV;
-  const __m512 scale = _mm512_set1_ps(t.pr->scale);
-  std::int64_t j = 0;
-  for (; j + NJ <= valid; j += NJ) {
-    // The next block's K rows, or after the last block PV's first V rows.
-    BlockStream next_block = j + NJ < valid ? block_lines(t.pr, t.job->kv_head, D, page, 1, j + NJ, NJ, valid)
-                                            : block_lines(t.pr, t.job->kv_head, D, page, 2, 0, kPvBlockFloats / D, valid);
-    qk_tokens<RV, D, NJ>(t, page, j, scale, next_block);
-  }
-  BlockStream none;
-  for (; j < valid; ++j) qk_tokens<RV, D, 1>(t, page, j, scale, none);
-}
-
-// Vector SF: running max, P = bf16(exp(s - M)) in place, l_i = sum of the rounded P,
-// alpha = exp(M_old - M_new).
-template <int RV>
-void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
-  constexpr int W = RV * kLanes;
-  for (int v = 0; v < RV; ++v) {
-    const __m512 m_old = _mm512_loadu_ps(t.m + v * kLanes);
-    __m512 mx4[4] = {m_old, m_old, m_old, m_old};  // four chains: vmaxps latency, not throughput
-    std::int64_t j4 = 0;
-    for (; j4 + 4 <= valid; j4 += 4)
-      for (int k = 0; k < 4; ++k) mx4[k] = _mm512_max_ps(mx4[k], _mm512_load_ps(t.s + (j4 + k) * W + v * kLanes));
-    for (; j4 < valid; ++j4) mx4[0] = _mm512_max_ps(mx4[0], _mm512_load_ps(t.s + j4 * W + v * kLanes));
-    const __m512 mx = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
-    alpha[v] = exp512(_mm512_sub_ps(m_old, mx));
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
-    std::int64_t j = 0;
-    for (; j + 2 <= valid; j += 2) {  // two independent exp chains
-      float* s0 = t.s + j * W + v * kLanes;
-      float* s1 = s0 + W;
-      const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
-      const __m512 p1 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s1), mx));
-      _mm512_store_ps(s0, p0);
-      _mm512_store_ps(s1, p1);
-      sum0 = _mm512_add_ps(sum0, p0);
-      sum1 = _mm512_add_ps(sum1, p1);
+      for (int v = 0; v < RV; ++v)
+        _mm512_store_ps(s + (j0 + j) * W + v * kLanes,
+                        (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), epi, slope[v], delta)));
     }
-    if (j < valid) {
-      float* s0 = t.s + j * W + v * kLanes;
-      const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
-      _mm512_store_ps(s0, p0);
-      sum0 = _mm512_add_ps(sum0, p0);
-    }
-    _mm512_storeu_ps(t.m + v * kLanes, mx);
-    l_i[v] = _mm512_add_ps(sum0, sum1);
   }
-}
 
-// Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1:
-// per block, TD positions at a time so the TD x RV accumulators stay in registers; UP is fused
-// into the first block's write-back (O = alpha * O + oi_0, one FMA), later blocks add theirs
-// (O += oi_b). Meanwhile the next block's V rows (after the last block: the next page's first K
-// rows) stream into L1.
-template <int RV, int D>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
-  constexpr int W = RV * kLanes, TD = RV == 3 ? 8 : 16 / RV, TB = kPvBlockFloats / D;
-  constexpr int kL1Every = 32 / TD;  // TB*D/32 lines over (D/TD)*TB steps
-  for (std::int64_t j0 = 0; j0 < valid; j0 += TB) {
-    const std::int64_t n = valid - j0 < TB ? valid - j0 : TB;
-    for (std::int64_t j = 0; j < n; ++j) widen_row(t.pr->value_row(page, j0 + j, t.job->kv_head), t.vf + j * D, D);
-    const float* p_block = t.s + j0 * W;
-    // The next block's V rows, or after the last block the next page's first K rows.
-    BlockStream next_block = j0 + TB < valid ? block_lines(t.pr, t.job->kv_head, D, page, 2, j0 + TB, TB, valid)
-                                             : block_lines(t.pr, t.job->kv_head, D, next, 1, 0, kMaxNJ, t.bs);
-    for (std::int64_t pos0 = 0; pos0 < D; pos0 += TD) {
-      __m512 acc[TD][RV];
-      zero(acc);
-      for (std::int64_t j = 0; j < n; ++j) {
-        if (j % kL1Every == 1) next_block.issue();
-        fma_step<RV, TD, 1>(acc, p_block + j * W, t.vf + j * D + pos0);
+  // Cube QK: scores of the span's tokens.
+  void qk(const PageSpan& span) {
+    constexpr int NJ = RV == 3 ? 5 : kMaxNJ / RV;
+    const __m512 scale = _mm512_set1_ps(pr->scale);
+    const std::int64_t page = span.page, end = span.end;
+    std::int64_t j = span.begin;
+    for (; j + NJ <= end; j += NJ) {
+      // The next block's K rows, or after the last block PV's first V rows.
+      BlockStream next_block = j + NJ < end ? block_lines(pr, job.kv_head, D, page, 1, j + NJ, NJ, end)
+                                            : block_lines(pr, job.kv_head, D, page, 2, span.begin, kPvBlockFloats / D, end);
+      qk_tokens<NJ>(page, j, span.token0, scale, next_block);
+    }
+    BlockStream none;
+    for (; j < end; ++j) qk_tokens<1>(page, j, span.token0, scale, none);
+  }
+
+  // Vector SF: running max, P = bf16(exp(s - M)) in place, l_i = sum of the rounded P,
+  // alpha = exp(M_old - M_new).
+  void softmax(const PageSpan& span) {
+    const std::int64_t begin = span.begin, end = span.end;
+    for (int v = 0; v < RV; ++v) {
+      const __m512 m_old = _mm512_loadu_ps(m + v * kLanes);
+      __m512 mx4[4] = {m_old, m_old, m_old, m_old};  // four chains: vmaxps latency, not throughput
+      std::int64_t j4 = begin;
+      for (; j4 + 4 <= end; j4 += 4)
+        for (int k = 0; k < 4; ++k) mx4[k] = _mm512_max_ps(mx4[k], _mm512_load_ps(s + (j4 + k) * W + v * kLanes));
+      for (; j4 < end; ++j4) mx4[0] = _mm512_max_ps(mx4[0], _mm512_load_ps(s + j4 * W + v * kLanes));
+      const __m512 mx = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
+      alpha[v] = exp512(_mm512_sub_ps(m_old, mx));
+      __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
+      std::int64_t j = begin;
+      for (; j + 2 <= end; j += 2) {  // two independent exp chains
+        float* s0 = s + j * W + v * kLanes;
+        float* s1 = s0 + W;
+        const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
+        const __m512 p1 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s1), mx));
+        _mm512_store_ps(s0, p0);
+        _mm512_store_ps(s1, p1);
+        sum0 = _mm512_add_ps(sum0, p0);
+        sum1 = _mm512_add_ps(sum1, p1);
       }
-#pragma GCC unroll 16
-      for (int d = 0; d < TD; ++d)
-#pragma GCC unroll 4
-        for (int v = 0; v < RV; ++v) {
-          float* o = t.ot + (pos0 + d) * W + v * kLanes;
-          const __m512 old = _mm512_load_ps(o);
-          _mm512_store_ps(o, j0 == 0 ? _mm512_fmadd_ps(alpha[v], old, acc[d][v]) : _mm512_add_ps(old, acc[d][v]));
-        }
+      if (j < end) {
+        float* s0 = s + j * W + v * kLanes;
+        const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
+        _mm512_store_ps(s0, p0);
+        sum0 = _mm512_add_ps(sum0, p0);
+      }
+      _mm512_storeu_ps(m + v * kLanes, mx);
+      l_i[v] = _mm512_add_ps(sum0, sum1);
     }
   }
-}
+
+  // Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1:
+  // per block, TD positions at a time so the TD x RV accumulators stay in registers; UP is fused
+  // into the first block's write-back (O = alpha * O + oi_0, one FMA), later blocks add theirs
+  // (O += oi_b). Meanwhile the next block's V rows (after the last block: the next page's first K
+  // rows) stream into L1. Then L = alpha * L + l_i.
+  void pv(const PageSpan& span) {
+    constexpr int TD = RV == 3 ? 8 : 16 / RV, TB = kPvBlockFloats / D;
+    constexpr int kL1Every = 32 / TD;  // TB*D/32 lines over (D/TD)*TB steps
+    const std::int64_t page = span.page, begin = span.begin, end = span.end;
+    for (std::int64_t j0 = begin; j0 < end; j0 += TB) {
+      const std::int64_t n = end - j0 < TB ? end - j0 : TB;
+      for (std::int64_t j = 0; j < n; ++j) widen_row(pr->value_row(page, j0 + j, job.kv_head), vf + j * D, D);
+      const float* p_block = s + j0 * W;
+      // The next block's V rows, or after the last block the next page's first K rows.
+      BlockStream next_block = j0 + TB < end ? block_lines(pr, job.kv_head, D, page, 2, j0 + TB, TB, end)
+                                             : block_lines(pr, job.kv_head, D, span.next_page, 1, 0, kMaxNJ, bs);
+      for (std::int64_t pos0 = 0; pos0 < D; pos0 += TD) {
+        __m512 acc[TD][RV];
+        zero(acc);
+        for (std::int64_t j = 0; j < n; ++j) {
+          if (j % kL1Every == 1) next_block.issue();
+          fma_step<RV, TD, 1>(acc, p_block + j * W, vf + j * D + pos0);
+        }
+#pragma GCC unroll 16
+        for (int d = 0; d < TD; ++d)
+#pragma GCC unroll 4
+          for (int v = 0; v < RV; ++v) {
+            float* o = ot + (pos0 + d) * W + v * kLanes;
+            const __m512 old = _mm512_load_ps(o);
+            _mm512_store_ps(o, j0 == begin ? _mm512_fmadd_ps(alpha[v], old, acc[d][v]) : _mm512_add_ps(old, acc[d][v]));
+          }
+      }
+    }
+    for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
+      _mm512_storeu_ps(l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(l + v * kLanes), l_i[v]));
+  }
+
+  void finish(const ChunkOut& out) {
+    for (int r = 0; r < job.rows; ++r) {
+      store_dim_order(ot + r, W, out.o + r * D, D);
+      out.m[r] = m[r];
+      out.l[r] = l[r];
+    }
+  }
+};
 
 template <int RV, int D>
 void attend(const ChunkJob& job, const ChunkOut& out) {
-  constexpr int W = RV * kLanes;
-  const Problem& pr = *job.problem;
-  Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
-  t.qt = static_cast<float*>(scratch(0, D * W * 4));
-  t.kf = static_cast<float*>(scratch(1, kMaxNJ * D * 4));
-  t.s = static_cast<float*>(scratch(2, t.bs * W * 4));
-  t.vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
-  t.ot = static_cast<float*>(scratch(4, D * W * 4));
-  // Q transposed (lanes = rows) in position order: each row widened like K, then scattered.
-  alignas(64) float q_row[256];
-  for (int r = 0; r < W; ++r) {
-    if (r < job.rows) widen_row(pr.query_row(job.batch, job.head_begin + r), q_row, D);
-    for (std::int64_t pos = 0; pos < D; ++pos) t.qt[pos * W + r] = r < job.rows ? q_row[pos] : 0.0f;
-  }
-  for (std::int64_t i = 0; i < D * W; ++i) t.ot[i] = 0.0f;
-  for (int r = 0; r < W; ++r) {
-    t.m[r] = -__builtin_inff();
-    t.l[r] = 0.0f;
-  }
-  const std::int64_t len = pr.context_len(job.batch);
-  if (job.page_begin < job.page_end) avx512::prefetch_rows(&pr, job.kv_head, D, pr.page(job.batch, job.page_begin), 0, t.bs);
-  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
-    const std::int64_t page = pr.page(job.batch, i);
-    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
-    __m512 alpha[RV], l_i[RV];
-    qk_page<RV, D>(t, page, valid);
-    softmax_page<RV>(t, valid, alpha, l_i);
-    pv_page<RV, D>(t, page, valid, next, alpha);
-    for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
-      _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
-  }
-  for (int r = 0; r < job.rows; ++r) {
-    store_dim_order(t.ot + r, W, out.o + r * D, D);
-    out.m[r] = t.m[r];
-    out.l[r] = t.l[r];
-  }
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    Avx512Tile<RV, D, F> tile(job);
+    drive_chunk(tile, job, out);
+  });
 }
 
 // head_dim is a template value so every K/V row offset is a constant from one base register.
@@ -238,6 +254,10 @@ void attend_rows(const ChunkJob& job, const ChunkOut& out) {
 }
 
 }  // namespace
+
+void tanh_avx512(const float* x, float* y, std::int64_t n) {
+  for (std::int64_t i = 0; i + kLanes <= n; i += kLanes) _mm512_storeu_ps(y + i, simd::tanh<simd::Avx512>(_mm512_loadu_ps(x + i)));
+}
 
 void exp_bf16_avx512(const float* x, float* p, std::int64_t n) {
   for (std::int64_t i = 0; i + kLanes <= n; i += kLanes) _mm512_storeu_ps(p + i, exp_bf16(_mm512_loadu_ps(x + i)));
@@ -253,6 +273,9 @@ void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out) {
   }
 }
 
+MIXPA_CPU_FLAVOURS_END
 }  // namespace mixpa::cpu
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC pop_options
+#endif

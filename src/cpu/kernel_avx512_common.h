@@ -4,31 +4,18 @@
 // has internal linkage.
 #pragma once
 
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 
 #include "core/problem.h"
+#include "cpu/simd_avx512.h"
 
 namespace mixpa::cpu::avx512 {
 namespace {
 
-// exp(x) for x <= 0 (arguments are score - running max): Cody-Waite reduction, degree-6
-// polynomial (about 1 ulp), vscalefps for 2^n. Below -87.3 (and -inf) the result is 0.
-inline __m512 exp512(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(live, p, n);
-}
+// exp(x) for x <= 0 (arguments are score - running max): simd.h's, in zmm.
+inline __m512 exp512(__m512 x) { return simd::exp_neg<simd::Avx512>(x); }
 
 // Pages are random in memory, so the hardware streamers (which stop at 4 KiB boundaries) do
 // not find them: each kernel prefetches the K and V rows of its *next* page while it computes

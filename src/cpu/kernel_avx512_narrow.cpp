@@ -10,24 +10,28 @@
 //       layout; R x kPass accumulators stay in registers over the whole page.
 // Kf is the K rows widened to fp32 (kernel_avx512_parts.h), read by broadcast loads. Every lane
 // does useful work: per token QK costs head_dim / C FMAs instead of head_dim.
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
 
+#include "core/page_walk.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2")
+#endif
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512_common.h"
 #include "cpu/kernel_avx512_parts.h"
 
 namespace mixpa::cpu {
+MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::exp512;
@@ -85,6 +89,15 @@ struct Tile {
   float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t; then its rounded P
   float* ot;  // [16 / C][dim]        O_r in position order
   alignas(64) float m[kLanes], l[kLanes];
+  __m512 slope;  // ALiBi slope of lane r*C + c's row r (0 without ALiBi)
+};
+
+// Score epilogue constants shared by a group's tiles: lane r*C + c holds token first + c.
+template <int C>
+struct ScoreLanes {
+  simd::Epilogue<simd::Avx512> epi;
+  std::int64_t pos;  // the query's position
+  __m512 column;     // lane r*C + c: c
 };
 
 // Rows of one kv head's K or V cache that a loop prefetches in step with its own rows: row j at
@@ -103,18 +116,19 @@ inline RowLines rows_of(const Problem& pr, std::int64_t kv_head, std::int64_t pa
   return {avx512::cache_row(&pr, which, page, j0, kv_head), avx512::cache_row_bytes(&pr, which), rows};
 }
 
-// Cube QK for 16 tokens from j0 (tokens past `valid` read zeros and score -inf). Meanwhile the
-// 16 rows of `next` stream into L1 (memory as in kernel_avx512.cpp): their D/32 lines each over
-// the D/C steps, C/2 lines a step.
-template <int C, int D>
-void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, __m512 scale, RowLines next) {
+// Cube QK for 16 tokens from j0 (tokens outside the span [begin, valid) read zeros and score
+// -inf). Meanwhile the 16 rows of `next` stream into L1 (memory as in kernel_avx512.cpp): their
+// D/32 lines each over the D/C steps, C/2 lines a step.
+template <int C, int D, unsigned F>
+void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, std::int64_t valid, __m512 scale,
+              RowLines next, std::int64_t token0, const ScoreLanes<C>& sl) {
   constexpr int kRowLines = D / 32, kStepLines = C / 2;
   constexpr int kStepsPerRow = kStepLines < kRowLines ? kRowLines / kStepLines : 1;
   constexpr int kRowsPerStep = kStepLines > kRowLines ? kStepLines / kRowLines : 1;
   constexpr int kLines = kStepLines < kRowLines ? kStepLines : kRowLines;  // per row and step
   for (int j = 0; j < kBlockTokens; ++j) {
     float* dst = t.kf + j * D;
-    if (j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
+    if (j0 + j >= begin && j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
     else
       for (std::int64_t d = 0; d < D; d += kLanes) _mm512_store_ps(dst + d, _mm512_setzero_ps());
   }
@@ -136,12 +150,15 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
     }
   }
   for (int g = 0; g < kBlockTokens / C; ++g) {
-    const __m512 sc = _mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale);
     const std::int64_t first = j0 + g * C;
-    __mmask16 live = 0xffff;  // lanes of tokens past the context score -inf (only in a partial block)
-    if (first + C > valid) {
+    const __m512 delta = _mm512_add_ps(_mm512_set1_ps(static_cast<float>(token0 + first - sl.pos)), sl.column);
+    const __m512 sc = simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale), sl.epi,
+                                                            t.slope, delta);
+    __mmask16 live = 0xffff;  // lanes of tokens outside the span score -inf (only in a partial block)
+    if (first + C > valid || first < begin) {
       live = 0;
-      for (int lane = 0; lane < kLanes; ++lane) live |= static_cast<__mmask16>((first + lane % C < valid) << lane);
+      for (int lane = 0; lane < kLanes; ++lane)
+        live |= static_cast<__mmask16>((first + lane % C >= begin && first + lane % C < valid) << lane);
     }
     _mm512_store_ps(t.s + (first / C) * kLanes, _mm512_mask_blend_ps(live, _mm512_set1_ps(-__builtin_inff()), sc));
   }
@@ -149,14 +166,14 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t valid, _
 
 // Vector SF: running max per row, P rounded to bf16 in place of the scores, l_i.
 template <int C>
-void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
+void softmax_page(Tile& t, std::int64_t g0, std::int64_t groups, __m512& alpha, __m512& l_i) {
   const __m512 m_old = _mm512_load_ps(t.m);
   __m512 mx = m_old;
-  for (std::int64_t g = 0; g < groups; ++g) mx = _mm512_max_ps(mx, _mm512_load_ps(t.s + g * kLanes));
+  for (std::int64_t g = g0; g < groups; ++g) mx = _mm512_max_ps(mx, _mm512_load_ps(t.s + g * kLanes));
   mx = over_row<C, true>(mx);
   alpha = exp512(_mm512_sub_ps(m_old, mx));
   __m512 sum = _mm512_setzero_ps();
-  for (std::int64_t g = 0; g < groups; ++g) {
+  for (std::int64_t g = g0; g < groups; ++g) {
     const __m512 p = exp_bf16(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx));
     sum = _mm512_add_ps(sum, p);
     _mm512_store_ps(t.s + g * kLanes, p);
@@ -173,7 +190,7 @@ void softmax_page(Tile& t, std::int64_t groups, __m512& alpha, __m512& l_i) {
 // Meanwhile the rows of `next` stream into L1, row j's lines of this pass with token j. V rows
 // past the context are never read.
 template <int C, int D>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha, RowLines next) {
+void pv_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, const __m512& alpha, RowLines next) {
   constexpr int R = kLanes / C, kVecs = D / kLanes;
   // R x kPass accumulators plus kPass widened vectors stay in the 32 zmm registers.
   constexpr int kPass = std::min({kVecs, std::max(2, 16 / R), 8});
@@ -187,7 +204,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
       for (int k = 0; k < kPass; ++k) acc[r][k] = _mm512_setzero_ps();
-    const char* vrow = row0 + v0 * 32;  // vectors v0, v0 + 1 are the even and odd halves of chunk v0 / 2
+    const char* vrow = row0 + begin * stride + v0 * 32;  // vectors v0, v0 + 1 are the even and odd halves of chunk v0 / 2
     const char* pf = next.row + v0 * 32;  // this pass's kPass / 2 lines of next row j
     // Token j: its P is pj[r * C] for row r.
     auto token = [&](std::int64_t j, const float* pj) __attribute__((always_inline)) {
@@ -206,7 +223,8 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, const __m512& alpha
         for (int k = 0; k < kPass; ++k) acc[r][k] = _mm512_fmadd_ps(x[k], b, acc[r][k]);
       }
     };
-    std::int64_t j = 0;
+    std::int64_t j = begin;
+    for (; j < valid && j % C != 0; ++j) token(j, t.s + (j / C) * kLanes + j % C);  // a span starting mid-group
     for (; j + C <= valid; j += C) {  // C tokens share one vector of the scores' layout
       const float* pg = t.s + (j / C) * kLanes;
 #pragma GCC unroll 16
@@ -243,7 +261,7 @@ inline avx512::LineStream<_MM_HINT_T1> streamer_starts(const Problem& pr, std::i
 // the cache), QK token block by token block across the heads, then SF and PV head by head.
 // Each head has its own scores and O, and its arithmetic is exactly that of computing its chunk
 // alone, in the same order.
-template <int C, int D>
+template <int C, int D, unsigned F>
 void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   const ChunkJob& job = jobs[0];
   const Problem& pr = *job.problem;
@@ -256,7 +274,13 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   Tile tiles[kMaxGroup];
   for (int h = 0; h < n; ++h) {
     Tile& t = tiles[h];
-    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, ot + h * D / C * kLanes, {}, {}};
+    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, ot + h * D / C * kLanes, {}, {}, {}};
+    alignas(64) float slope[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const int r = lane / C;
+      slope[lane] = pr.variant.has_alibi() && r < jobs[h].rows ? pr.variant.alibi_slopes[jobs[h].head_begin + r] : 0.0f;
+    }
+    t.slope = _mm512_load_ps(slope);
     for (std::int64_t p = 0; p < D / C; ++p)
       for (int lane = 0; lane < kLanes; ++lane) {
         const int r = lane / C;
@@ -271,32 +295,38 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     }
   }
   const __m512 scale = _mm512_set1_ps(pr.scale);
-  const std::int64_t len = pr.context_len(job.batch);
+  ScoreLanes<C> sl;
+  {
+    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
+    sl.epi = simd::epilogue_of<simd::Avx512>(sp);
+    sl.pos = sp.pos;
+    alignas(64) float column[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) column[lane] = static_cast<float>(lane % C);
+    sl.column = _mm512_load_ps(column);
+  }
   std::int64_t h_lo = jobs[0].kv_head, h_hi = jobs[0].kv_head;
   for (int h = 1; h < n; ++h) {
     h_lo = std::min(h_lo, jobs[h].kv_head);
     h_hi = std::max(h_hi, jobs[h].kv_head);
   }
-  for (std::int64_t i = job.page_begin; i < job.page_end && i < job.page_begin + avx512::kPrefetchPages; ++i)
-    for (int h = 0; h < n; ++h) avx512::prefetch_rows(&pr, jobs[h].kv_head, D, pr.page(job.batch, i), 0, bs);
-  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
-    const std::int64_t page = pr.page(job.batch, i);
-    const std::int64_t valid = len - i * bs < bs ? len - i * bs : bs;
-    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
-    const std::int64_t blocks = (valid + kBlockTokens - 1) / kBlockTokens;
+  if (PageWalk first(pr, job.batch, job.tokens); first.is_valid())
+    for (int h = 0; h < n; ++h) avx512::prefetch_rows(&pr, jobs[h].kv_head, D, first->page, 0, bs);
+  for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
+    const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
+    const std::int64_t b0 = begin / kBlockTokens, blocks = (valid + kBlockTokens - 1) / kBlockTokens;
     // The L2 streamer is started on every 4 KiB page of the next page's K rows during QK and on
     // its V rows during PV, spread evenly over the steps (Decode32k cold, 2 threads, min of 9-11
     // in four interleaved A/B runs: 4.16-4.40 -> 3.88-4.24 ms).
     avx512::LineStream<_MM_HINT_T1> k_starts = streamer_starts(pr, next, h_lo, h_hi, D, 1);
     avx512::LineStream<_MM_HINT_T1> v_starts = streamer_starts(pr, next, h_lo, h_hi, D, 2);
-    const std::int64_t k_per_step = (k_starts.left + blocks * n - 1) / (blocks * n), v_per_head = (v_starts.left + n - 1) / n;
+    const std::int64_t k_per_step = (k_starts.left + (blocks - b0) * n - 1) / ((blocks - b0) * n), v_per_head = (v_starts.left + n - 1) / n;
     // Cube QK, block by block over the heads. Each (block, head) streams the K rows of the
     // (block, head) kQkAhead steps later into L1 (two steps: one step's compute is shorter than
     // the fill buffers need for a block from memory; Decode32k 4.98 -> 4.70 ms, bench medians);
     // the last steps stream PV's first V rows instead.
-    std::int64_t ahead_block = kQkAhead / n;  // the (block, head) step kQkAhead after (b, h),
+    std::int64_t ahead_block = b0 + kQkAhead / n;  // the (block, head) step kQkAhead after (b, h),
     int ahead_head = kQkAhead % n;            // kept incrementally (no division per step)
-    for (std::int64_t b = 0; b < blocks; ++b) {
+    for (std::int64_t b = b0; b < blocks; ++b) {
       const std::int64_t j0 = b * kBlockTokens;
       for (int h = 0; h < n; ++h) {
         const std::int64_t ahead_head_kv = tiles[ahead_head].job->kv_head;
@@ -304,7 +334,7 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
             ahead_block < blocks    ? rows_of(pr, ahead_head_kv, page, 1, ahead_block * kBlockTokens, kBlockTokens, kf)
             : ahead_block == blocks ? rows_of(pr, ahead_head_kv, page, 2, 0, kBlockTokens, kf)
                                     : rows_of(pr, 0, -1, 1, 0, 0, kf);
-        qk_block<C, D>(tiles[h], page, j0, valid, scale, next_block);
+        qk_block<C, D, F>(tiles[h], page, j0, begin, valid, scale, next_block, w->token0, sl);
         for (std::int64_t q = 0; q < k_per_step; ++q) k_starts.issue();
         if (++ahead_head == n) {
           ahead_head = 0;
@@ -315,11 +345,11 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
     // Vector SF, then cube PV and UP, head by head. Each head's PV streams the next head's V
     // rows into L1; the last head's, the next page's first K rows.
     __m512 alpha[kMaxGroup], l_i[kMaxGroup];
-    for (int h = 0; h < n; ++h) softmax_page<C>(tiles[h], blocks * kBlockTokens / C, alpha[h], l_i[h]);
+    for (int h = 0; h < n; ++h) softmax_page<C>(tiles[h], b0 * kBlockTokens / C, blocks * kBlockTokens / C, alpha[h], l_i[h]);
     for (int h = 0; h < n; ++h) {
       const RowLines next_rows = h + 1 < n ? rows_of(pr, tiles[h + 1].job->kv_head, page, 2, 0, valid, kf)
                                            : rows_of(pr, tiles[0].job->kv_head, next, 1, 0, kBlockTokens, kf);
-      pv_page<C, D>(tiles[h], page, valid, alpha[h], next_rows);
+      pv_page<C, D>(tiles[h], page, begin, valid, alpha[h], next_rows);
       for (std::int64_t q = 0; q < v_per_head; ++q) v_starts.issue();
     }
     for (int h = 0; h < n; ++h)  // UP of the softmax state
@@ -336,11 +366,13 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
 // head_dim is a template value so every K/V row offset is a constant from one base register.
 template <int C>
 void attend_columns(const ChunkJob* jobs, const ChunkOut* outs, int n) {
-  switch (jobs[0].problem->shape.head_dim) {
-    case 64: return attend_group<C, 64>(jobs, outs, n);
-    case 128: return attend_group<C, 128>(jobs, outs, n);
-    default: return attend_group<C, 256>(jobs, outs, n);  // validate() admits 64, 128 and 256 only
-  }
+  simd::with_score_features(jobs[0].problem->variant.score_features(), [&]<unsigned F>() {
+    switch (jobs[0].problem->shape.head_dim) {
+      case 64: return attend_group<C, 64, F>(jobs, outs, n);
+      case 128: return attend_group<C, 128, F>(jobs, outs, n);
+      default: return attend_group<C, 256, F>(jobs, outs, n);  // validate() admits 64, 128 and 256 only
+    }
+  });
 }
 
 void attend_group_columns(const ChunkJob* jobs, const ChunkOut* outs, int n) {
@@ -366,6 +398,9 @@ void attend_group_avx512(std::span<const ChunkJob> jobs, std::span<const ChunkOu
   }
 }
 
+MIXPA_CPU_FLAVOURS_END
 }  // namespace mixpa::cpu
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC pop_options
+#endif

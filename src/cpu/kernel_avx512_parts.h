@@ -3,10 +3,11 @@
 // `#pragma GCC target`; everything here has internal linkage.
 #pragma once
 
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 
+#include "cpu/simd_avx512.h"
 #include "mixpa/dtype.h"
 
 namespace mixpa::cpu::avx512 {
@@ -48,29 +49,10 @@ inline void store_dim_order(const float* src, std::int64_t stride, float* dst, s
     }
 }
 
-// P = bf16(exp(x)) for x <= 0 (x = score - running max), kept in fp32, in 11 instructions instead
-// of exp512's 11 plus 5 for an integer bf16 rounding: exp(x) = 2^n * 2^f with n = floor(x log2 e)
-// and f in [0, 1), so 2^f lies in [1, 2), where bf16 keeps 7 fraction bits: one vrndscaleps
-// (multiples of 2^-7, nearest even) rounds it, and the scaling by 2^n is exact. 2^f is a
-// degree-5 polynomial with p(0) = 1 exactly (relative error 3.3e-7, 2^-21.6, against the bf16
-// half-ulp 2^-9: a tie is decided differently from the correctly rounded exp only within that
-// distance, i.e. for ~0.02% of P, by one bf16 ulp, and never for P = 1 at the running max). The
-// argument reduction x log2 e adds a relative error of at most ~2^-24 |x log2 e| (5e-6 at
-// x = -87). Below -87.3 (and -inf) P is 0.
-inline __m512 exp_bf16(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.852192566730082e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.037778712809086e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.579707399010658e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015982449054718e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931524872779846e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_roundscale_ps(p, (7 << 4) | _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_maskz_scalef_ps(live, p, n);
-}
+// P = bf16(exp(x)) for x <= 0 (x = score - running max), kept in fp32: simd.h's one-rounding
+// exp (11 instructions instead of exp512's 11 plus 5 for an integer bf16 rounding; one
+// vrndscaleps is the rounding).
+inline __m512 exp_bf16(__m512 x) { return simd::exp_bf16<simd::Avx512>(x); }
 
 }  // namespace
 }  // namespace mixpa::cpu::avx512

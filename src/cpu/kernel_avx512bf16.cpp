@@ -9,21 +9,26 @@
 // Each K/V row is read from memory once per tile and used by all its rows. V rows are
 // interleaved in pairs within 128-bit lanes (vpunpck{l,h}wd); `ot` is kept in that
 // position order and put back in dim order once per chunk.
-#include <immintrin.h>
+#include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
 #include <cstring>
 
+#include "core/page_walk.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,avx2")
+#endif
 // GCC 12 flags its own _mm512_undefined_* helpers as maybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
 
 namespace mixpa::cpu {
+MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::dim_of_position;
@@ -50,11 +55,14 @@ struct Tile {
   std::uint32_t* vi;  // [bs/2][dim]  V pairs of one page, unpack position order
   float* ot;          // [dim][W]     running unnormalised output, position order
   float m[64], l[64];  // running max / sum per row
+  __m512 slope[4];     // score epilogue: ALiBi slope per row (0 without)
+  simd::Epilogue<simd::Avx512> epi;
+  std::int64_t pos;    // the query's position
 };
 
 // QK for NJ consecutive valid tokens starting at j0; writes s[j0 .. j0+NJ).
-template <int RV, int NJ>
-inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale) {
+template <int RV, unsigned F, int NJ>
+inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t token0, __m512 scale) {
   constexpr int W = RV * kLanes, PB = RV == 3 ? 2 : 8 / RV;
   const bf16* k[NJ];
   for (int j = 0; j < NJ; ++j) {
@@ -81,25 +89,29 @@ inline void qk_tokens(Tile& t, std::int64_t page, std::int64_t j0, __m512 scale)
         for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], q[b][v], kk);
       }
   }
-  for (int j = 0; j < NJ; ++j)
-    for (int v = 0; v < RV; ++v) _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes, _mm512_mul_ps(acc[j][v], scale));
+  for (int j = 0; j < NJ; ++j) {
+    const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j0 + j - t.pos));
+    for (int v = 0; v < RV; ++v)
+      _mm512_store_ps(t.s + (j0 + j) * W + v * kLanes,
+                      (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), t.epi, t.slope[v], delta)));
+  }
 }
 
 // Cube QK: scores of the page's valid tokens; meanwhile prefetch the next page.
-template <int RV>
-void qk_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next) {
+template <int RV, unsigned F>
+void qk_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t token0, std::int64_t next) {
   constexpr int TJ = RV == 3 ? 5 : 16 / RV;
   prefetch_rows(t.pr, t.job->kv_head, t.dim, next, 0, t.bs, 1);
   const __m512 scale = _mm512_set1_ps(t.pr->scale);
-  std::int64_t j = 0;
-  for (; j + TJ <= valid; j += TJ) qk_tokens<RV, TJ>(t, page, j, scale);
-  for (; j < valid; ++j) qk_tokens<RV, 1>(t, page, j, scale);
+  std::int64_t j = begin;
+  for (; j + TJ <= valid; j += TJ) qk_tokens<RV, F, TJ>(t, page, j, token0, scale);
+  for (; j < valid; ++j) qk_tokens<RV, F, 1>(t, page, j, token0, scale);
 }
 
 // Vector SF (shared with the AMX kernel).
 template <int RV>
-void softmax_page(Tile& t, std::int64_t valid, __m512* alpha, __m512* l_i) {
-  avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, valid, alpha, l_i);
+void softmax_page(Tile& t, std::int64_t begin, std::int64_t valid, __m512* alpha, __m512* l_i) {
+  avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, begin, valid, alpha, l_i);
 }
 
 // Vector UP for positions [pos0, pos0 + TD): O = alpha * O + oi.
@@ -115,15 +127,15 @@ inline void update(Tile& t, std::int64_t pos0, const __m512 (&oi)[TD][RV], const
 
 // Cube PV then vector UP, TD output positions at a time (accumulators stay in registers).
 template <int RV>
-void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, const __m512* alpha) {
+void pv_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t next, const __m512* alpha) {
   constexpr int W = RV * kLanes, TD = RV >= 3 ? 4 : 16 / RV;
-  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, valid, (valid + 1) / 2, next);
-  const std::int64_t pairs = (valid + 1) / 2;
+  const std::int64_t jp0 = begin / 2, pairs = (valid + 1) / 2;
+  interleave_v(t.pr, t.job->kv_head, t.dim, t.vi, page, begin, valid, jp0, pairs, next);
   for (std::int64_t pos0 = 0; pos0 < t.dim; pos0 += TD) {
     __m512 acc[TD][RV];
     for (int d = 0; d < TD; ++d)
       for (int v = 0; v < RV; ++v) acc[d][v] = _mm512_setzero_ps();
-    for (std::int64_t jp = 0; jp < pairs; ++jp) {
+    for (std::int64_t jp = jp0; jp < pairs; ++jp) {
       __m512bh p[RV];
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v) p[v] = (__m512bh)_mm512_load_si512(t.pp + jp * W + v * kLanes);
@@ -139,7 +151,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t valid, std::int64_t next, 
   }
 }
 
-template <int RV>
+template <int RV, unsigned F>
 void attend(const ChunkJob& job, const ChunkOut& out) {
   constexpr int W = RV * kLanes;
   const Problem& pr = *job.problem;
@@ -157,15 +169,20 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
     t.m[r] = -__builtin_inff();
     t.l[r] = 0.0f;
   }
-  const std::int64_t len = pr.context_len(job.batch);
-  for (std::int64_t i = job.page_begin; i < job.page_end; ++i) {
-    const std::int64_t page = pr.page(job.batch, i);
-    const std::int64_t valid = len - i * t.bs < t.bs ? len - i * t.bs : t.bs;
-    const std::int64_t next = i + avx512::kPrefetchPages < job.page_end ? pr.page(job.batch, i + avx512::kPrefetchPages) : -1;
+  {
+    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
+    alignas(64) float sl[64];
+    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
+    for (int v = 0; v < RV; ++v) t.slope[v] = _mm512_load_ps(sl + v * kLanes);
+    t.epi = simd::epilogue_of<simd::Avx512>(sp);
+    t.pos = sp.pos;
+  }
+  for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
+    const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
     __m512 alpha[RV], l_i[RV];
-    qk_page<RV>(t, page, valid, next);
-    softmax_page<RV>(t, valid, alpha, l_i);
-    pv_page<RV>(t, page, valid, next, alpha);
+    qk_page<RV, F>(t, page, begin, valid, w->token0, next);
+    softmax_page<RV>(t, begin, valid, alpha, l_i);
+    pv_page<RV>(t, page, begin, valid, next, alpha);
     for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
       _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
   }
@@ -180,14 +197,19 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
 
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out) {
   if (job.rows <= 8) return attend_chunk_avx512bf16_narrow(job, out);
-  switch ((job.rows + kLanes - 1) / kLanes) {
-    case 1: return attend<1>(job, out);
-    case 2: return attend<2>(job, out);
-    case 3: return attend<3>(job, out);
-    default: return attend<4>(job, out);
-  }
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    switch ((job.rows + kLanes - 1) / kLanes) {
+      case 1: return attend<1, F>(job, out);
+      case 2: return attend<2, F>(job, out);
+      case 3: return attend<3, F>(job, out);
+      default: return attend<4, F>(job, out);
+    }
+  });
 }
 
+MIXPA_CPU_FLAVOURS_END
 }  // namespace mixpa::cpu
 
+#if MIXPA_CPU_NATIVE
 #pragma GCC pop_options
+#endif

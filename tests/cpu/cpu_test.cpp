@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "common/check.h"
+#include "common/variants.h"
 #include "core/split_kv.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/cpu_executor.h"
@@ -148,11 +149,11 @@ TEST_P(CpuIsa, GroupKernelMatchesChunkKernelBitwise) {
     std::vector<float> unused;
     const Problem p = validate(c.inputs(), options, testing::output_view(unused, c));
     const Plan plan = make_plan(p.shape, p.scale);
-    const std::int64_t pages = (c.context_lens[0] + bs - 1) / bs, floats = plan.q_tile * spec.head_dim;
+    const std::int64_t floats = plan.q_tile * spec.head_dim;
     std::vector<cpu::ChunkJob> jobs;
     for (std::int64_t b = 0; b < plan.q_loop; ++b) {
       const LogicalBlock lb = plan.logical_block(b);
-      jobs.push_back({&p, lb.batch, lb.kv_head, lb.head_begin, lb.rows, 1, pages});  // from page 1: a split chunk
+      jobs.push_back({&p, lb.batch, lb.kv_head, lb.head_begin, lb.rows, TokenRange{bs, c.context_lens[0]}});  // from page 1: a split chunk
     }
     const auto n = static_cast<std::int64_t>(jobs.size());
     std::vector<float> o1(n * floats, 0.0f), m1(n * plan.q_tile), l1(n * plan.q_tile), o2 = o1, m2 = m1, l2 = l1;
@@ -167,6 +168,139 @@ TEST_P(CpuIsa, GroupKernelMatchesChunkKernelBitwise) {
     EXPECT_EQ(l1, l2) << spec.name;
     for (float v : o2) ASSERT_TRUE(std::isfinite(v)) << spec.name;
   }
+}
+
+// SPEC §6's variants (soft-cap, ALiBi, windows smaller than a page, crossing pages and larger than
+// the context, sinks, sinks above every score, all combined; split-KV, context 0 and 1, GQA) on
+// every flavour against exact float64, out and lse.
+class CpuVariants : public CpuIsa {};
+
+testing::ExecutorFn isa_executor(Isa isa) {
+  return [isa](const Problem& p, const Plan& plan, const Options& o, const Results& r) { cpu::run_with_isa(p, plan, o, r, isa); };
+}
+
+TEST_P(CpuVariants, AgreeWithExact) {
+  for (const CaseSpec& spec : testing::variant_shapes())
+    for (const testing::VariantSpec& v : testing::variant_kinds()) {
+      const auto vc = testing::make_variant_case(spec, 5, v);
+      testing::expect_variant_close(vc, testing::run_variant(vc, isa_executor(GetParam())), testing::exact_variant(vc));
+    }
+}
+
+TEST_P(CpuVariants, BitwiseIdenticalForAnyThreadCount) {
+  const auto vc = testing::make_variant_case(small_spec("det_var", 2, 32, 8, 128, 64, {7000, 2500}), 5,
+                                             {"all", 2.5, 3000, true, true, 0.5f});
+  const auto one = testing::run_variant(vc, isa_executor(GetParam()), 1);
+  for (int threads : {2, 3, 8}) {
+    const auto many = testing::run_variant(vc, isa_executor(GetParam()), threads);
+    EXPECT_EQ(one.out, many.out) << "threads " << threads;
+    EXPECT_EQ(one.lse, many.lse) << "threads " << threads;
+  }
+}
+
+// Rows no request sees (before its window, past its context) hold NaN / Inf: the output and lse
+// are bitwise those of the clean cache.
+TEST_P(CpuVariants, RowsOutsideTheWindowHoldingNaNDoNotLeak) {
+  auto vc = testing::make_variant_case(small_spec("nan_window", 3, 16, 4, 128, 32, {150, 7, 3000}), 3,
+                                       {"window", 1.0, 45, true, false});
+  const auto clean = testing::run_variant(vc, isa_executor(GetParam()));
+  Case& c = vc.c;
+  const std::int64_t bs = 32, row = 4 * 128;
+  std::vector<bool> seen(c.num_blocks * bs, false);
+  for (std::int64_t b = 0; b < 3; ++b)
+    for (std::int64_t t = std::max<std::int64_t>(0, c.context_lens[b] - 1 - 45); t < c.context_lens[b]; ++t)
+      seen[c.block_table[b * c.max_blocks_per_req + t / bs] * bs + t % bs] = true;
+  int poisoned = 0;
+  for (std::int64_t r = 0; r < c.num_blocks * bs; ++r) {
+    if (seen[r]) continue;
+    ++poisoned;
+    for (std::int64_t d = 0; d < row; ++d) {
+      c.key_cache[r * row + d] = bf16::from_float(std::numeric_limits<float>::quiet_NaN());
+      c.value_cache[r * row + d] = bf16::from_float(d % 2 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN());
+    }
+  }
+  ASSERT_GT(poisoned, 0);
+  const auto dirty = testing::run_variant(vc, isa_executor(GetParam()));
+  EXPECT_EQ(clean.out, dirty.out);
+  EXPECT_EQ(clean.lse, dirty.lse);
+}
+
+// The shared variant table (tests/common/check.h, the one reference and sim run) on every flavour.
+TEST_P(CpuVariants, SharedVariantTableAgreesWithExact) {
+  for (const CaseSpec& spec : testing::variant_specs()) {
+    const Case c = generate_case(spec, 11);
+    const Options options = testing::case_options(c, {});
+    std::vector<float> out, lse(c.spec.batch * c.spec.num_heads, -12345.0f);
+    OutputView view = testing::output_view(out, c);
+    view.lse = lse.data();
+    const Problem p = validate(c.inputs(), options, view);
+    cpu::run_with_isa(p, make_plan(p.shape, p.scale), options, Results{out.data(), lse.data()}, GetParam());
+    std::vector<double> ref_lse;
+    const auto ref = exact(c, {}, &ref_lse);
+    testing::expect_close_to_exact(c, out, ref);
+    testing::expect_lse_close_to_exact(c, lse, ref_lse);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Flavours, CpuVariants, ::testing::ValuesIn(all_isas()),
+                         [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
+
+// The SIMD layer's tanh (soft-cap) against double: relative error below 1e-6 over the range
+// soft-capped scores take, exactly +-1 far out, odd.
+TEST(CpuAvx2, TanhIsAccurateToOneMillionth) {
+  if (!cpu::isa_supported(Isa::kAvx2)) GTEST_SKIP() << "this CPU cannot run avx2";
+  constexpr std::int64_t kN = 1 << 18;
+  std::vector<float> x(kN), y(kN);
+  for (std::int64_t i = 0; i < kN; ++i) x[i] = static_cast<float>(-30.0 + 60.0 * static_cast<double>(i) / kN);
+  x[0] = 1e-30f;
+  x[1] = -1e-6f;
+  x[2] = 0.625f;
+  x[3] = -0.62499994f;
+  x[4] = 50.0f;
+  x[5] = -1e4f;
+  x[6] = 0.0f;
+  x[7] = 3e-3f;
+  cpu::tanh_avx2(x.data(), y.data(), kN);
+  double worst = 0;
+  for (std::int64_t i = 0; i < kN; ++i) {
+    const double want = std::tanh(static_cast<double>(x[i]));
+    const double rel = want == 0 ? std::abs(y[i]) : std::abs(y[i] - want) / std::abs(want);
+    worst = std::max(worst, rel);
+    ASSERT_LT(rel, 1e-6) << "x = " << x[i] << ": " << y[i] << " vs " << want;
+  }
+  EXPECT_EQ(y[4], 1.0f);
+  EXPECT_EQ(y[5], -1.0f);
+  EXPECT_EQ(y[6], 0.0f);
+  std::cout << "tanh: worst relative error " << worst << "\n";
+}
+
+// The avx2 flavour's P = bf16(exp(x)) (simd::exp_bf16, one rounding) within one bf16 ulp of the
+// correctly rounded value, rarely apart, and exact at 0 / -inf.
+TEST(CpuAvx2, ExpBf16IsWithinOneUlpOfCorrectlyRounded) {
+  if (!cpu::isa_supported(Isa::kAvx2)) GTEST_SKIP() << "this CPU cannot run avx2";
+  constexpr std::int64_t kN = 1 << 20;
+  std::vector<float> x(kN), p(kN);
+  for (std::int64_t i = 0; i < kN; ++i) x[i] = static_cast<float>(-87.25 * static_cast<double>(i) / kN);
+  cpu::exp_bf16_avx2(x.data(), p.data(), kN);
+  std::int64_t differ = 0;
+  for (std::int64_t i = 0; i < kN; ++i) {
+    const float want = bf16::from_float(static_cast<float>(std::exp(static_cast<double>(x[i])))).to_float();
+    ASSERT_EQ(bf16::from_float(p[i]).to_float(), p[i]) << "not a bf16 value at x = " << x[i];
+    if (p[i] == want) continue;
+    ++differ;
+    ASSERT_LE(std::abs(p[i] - want), std::ldexp(1.0f, std::ilogb(want) - 7)) << "x = " << x[i];
+  }
+  EXPECT_LT(differ, kN / 1000);
+  alignas(32) float special[8] = {0.0f, -0.0f, -std::numeric_limits<float>::infinity(), -87.4f, -100.0f, -1e-30f, -1e30f, -0.5f};
+  alignas(32) float out[8];
+  cpu::exp_bf16_avx2(special, out, 8);
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_EQ(out[1], 1.0f);
+  EXPECT_EQ(out[2], 0.0f);
+  EXPECT_EQ(out[3], 0.0f);
+  EXPECT_EQ(out[4], 0.0f);
+  EXPECT_EQ(out[5], 1.0f);
+  EXPECT_EQ(out[6], 0.0f);
 }
 
 TEST(CpuExecutor, IsTheAutoDefaultAndRunsThroughTheApi) {
