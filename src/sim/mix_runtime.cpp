@@ -324,7 +324,8 @@ void MixRuntime::run(const std::function<void(Worker&)>& program) {
     throw Error(s.str());
   }
   if (scheduler_ && scheduler_->deadlocked())
-    throw Error("sim: deadlock (single-thread scheduler: a full round without progress); " + blocked_report());
+    throw Error("sim: deadlock (turn scheduler: every live worker waits and nothing changed since it looked); " +
+                blocked_report());
   if (error) std::rethrow_exception(error);
 }
 

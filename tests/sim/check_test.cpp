@@ -282,7 +282,7 @@ TEST(SimSchedule, FreeBeforeCopyRaceChangesTheOutputForSomeSeed) {
 TEST(SimSchedule, FreeBeforeCopyCheckNamesTheOverwritingPush) {
   const Case c = mutation_case();
   bool overwritten = false;
-  for (std::uint64_t seed = 0; seed < 16 && !overwritten; ++seed) {
+  for (std::uint64_t seed = 0; seed < 64 && !overwritten; ++seed) {  // seed 15 does it today
     Options o = random_schedule(seed, 1, true, 2);
     o.sim.inject = "free-before-copy";
     const std::string r = check_report(c, o);
@@ -290,7 +290,7 @@ TEST(SimSchedule, FreeBeforeCopyCheckNamesTheOverwritingPush) {
     overwritten = r.find("the slot has since been overwritten with tile") != std::string::npos;
     if (overwritten) EXPECT_HAS(r, "pushed by block");
   }
-  EXPECT_TRUE(overwritten) << "no seed of 16 let the producer overwrite the freed slot before the read";
+  EXPECT_TRUE(overwritten) << "no seed of 64 let the producer overwrite the freed slot before the read";
 }
 
 TEST(SimSchedule, PopNoSplitRaceOnShortRequestsIsFoundBySomeSeed) {
