@@ -64,9 +64,20 @@ TEST_P(SimCheckClean, EveryDepthAndFreeModeRunsCleanAndBitExact) {
       EXPECT_EQ(run_case(c, "sim", sim_options(depth, explicit_free)), ref)
           << "depth " << depth << (explicit_free ? " explicit free" : " free at pop");
 }
-INSTANTIATE_TEST_SUITE_P(Coverage, SimCheckClean, ::testing::ValuesIn(testing::coverage_specs()),
+// Every coverage shape and the origin's shapes: the release run's; sanitizer runs take the few
+// shapes below (the same code paths, a tenth of the time).
+INSTANTIATE_TEST_SUITE_P(CoverageSlow, SimCheckClean, ::testing::ValuesIn(testing::coverage_specs()),
                          [](const auto& info) { return info.param.name; });
-INSTANTIATE_TEST_SUITE_P(Origin, SimCheckClean, ::testing::ValuesIn(origin_shapes_small()),
+INSTANTIATE_TEST_SUITE_P(OriginSlow, SimCheckClean, ::testing::ValuesIn(origin_shapes_small()),
+                         [](const auto& info) { return info.param.name; });
+std::vector<CaseSpec> few_shapes() {
+  CaseSpec origin = find_case("SmallCase1");
+  origin.name = "SmallCase1_tiny";
+  origin.context_lens = {130, 1, 0, 64, 200};
+  origin.max_model_len = 512;
+  return {testing::coverage_specs()[0], testing::coverage_specs()[4], testing::coverage_specs()[8], origin};
+}
+INSTANTIATE_TEST_SUITE_P(Few, SimCheckClean, ::testing::ValuesIn(few_shapes()),
                          [](const auto& info) { return info.param.name; });
 
 TEST(SimCheckClean, SmallCase1FullAtEveryDepthAndFreeModeSlow) {
