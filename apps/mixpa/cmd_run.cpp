@@ -144,6 +144,11 @@ int run_command(RunArgs& a) {
 
   // Validate everything (and resolve the executor) before any work or output.
   const ExecutorEntry& executor = find_executor(options.executor);
+  const bool sim_debugging = options.sim.check || !options.sim.inject.empty() || options.sim.explicit_free ||
+                             !a.schedule.empty() || a.schedule_seeds > 0;
+  if (sim_debugging && executor.name != "sim")
+    throw Error("run: --check, --inject, --explicit-free and --schedule* apply to --executor sim only (got " +
+                std::string(executor.name) + ")");
   std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_elements(), 0)));
   std::vector<float> lse(static_cast<std::size_t>(std::max<std::int64_t>(c.spec.batch * c.spec.num_heads, 0)));
   const Inputs inputs = c.inputs();

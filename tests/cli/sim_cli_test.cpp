@@ -81,5 +81,13 @@ TEST_F(SimCli, UnknownInjectionIsAUsageError) {
   EXPECT_NE(err.find("not a known bug"), std::string::npos) << err;
 }
 
+TEST_F(SimCli, SimFlagsNeedTheSimExecutor) {
+  const std::string cmd = std::string(MIXPA_CLI_PATH) + " run --input " + path("c.safetensors") +
+                          " --executor reference --check 2>" + path("stderr") + " >/dev/null";
+  const int status = std::system(cmd.c_str());
+  EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 2);
+  EXPECT_NE(slurp(path("stderr")).find("apply to --executor sim only (got reference)"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace mixpa
