@@ -61,10 +61,10 @@ const char* injection_name(Injection id) {
 // ---- Worker ---------------------------------------------------------------------------
 
 namespace {
-thread_local const Worker* tl_worker = nullptr;
+thread_local const Worker* tl_current_worker = nullptr;  // for current_access()
 }  // namespace
 
-AccessTag current_access() { return tl_worker ? tl_worker->tag() : AccessTag{}; }
+AccessTag current_access() { return tl_current_worker ? tl_current_worker->tag() : AccessTag{}; }
 
 // Read by the worker's own thread (the only writer), so without the watchdog's mutex.
 AccessTag Worker::tag() const {
@@ -298,7 +298,7 @@ void MixRuntime::run(const std::function<void(Worker&)>& program) {
                [&](const CoreContext& ctx) {
                  Worker& w = *workers_[static_cast<std::size_t>(ctx.worker)];
                  w.ctx_ = ctx;
-                 tl_worker = &w;
+                 tl_current_worker = &w;
                  w.cpu_mark_us_ = thread_cpu_us();
                  program(w);
                  w.flush_held();

@@ -79,7 +79,7 @@ struct RuntimeConfig {
   double watchdog_seconds = 10;
   bool record = false;  // keep events for traces
   bool check = false;   // shadow state (mix_check.h); a finding throws SimCheckError
-  bool random_schedule = false;  // seeded random turns (needs single_thread)
+  bool random_schedule = false;  // seeded random turns (implies single_thread)
   std::uint64_t schedule_seed = 0;
   int tile_rows = 0;    // q_tile, for reports in rows
   Injection inject = Injection::kNone;
