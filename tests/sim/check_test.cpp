@@ -73,6 +73,7 @@ INSTANTIATE_TEST_SUITE_P(OriginSlow, SimCheckClean, ::testing::ValuesIn(origin_s
 std::vector<CaseSpec> few_shapes() {
   CaseSpec origin = find_case("SmallCase1");
   origin.name = "SmallCase1_tiny";
+  origin.batch = 8;
   origin.context_lens = {130, 1, 0, 64, 200};
   origin.max_model_len = 512;
   return {testing::coverage_specs()[0], testing::coverage_specs()[4], testing::coverage_specs()[8], origin};
