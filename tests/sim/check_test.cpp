@@ -70,6 +70,8 @@ INSTANTIATE_TEST_SUITE_P(CoverageSlow, SimCheckClean, ::testing::ValuesIn(testin
                          [](const auto& info) { return info.param.name; });
 INSTANTIATE_TEST_SUITE_P(OriginSlow, SimCheckClean, ::testing::ValuesIn(origin_shapes_small()),
                          [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(VariantsSlow, SimCheckClean, ::testing::ValuesIn(testing::variant_specs()),
+                         [](const auto& info) { return info.param.name; });
 std::vector<CaseSpec> few_shapes() {
   CaseSpec origin = find_case("SmallCase1");
   origin.name = "SmallCase1_tiny";
