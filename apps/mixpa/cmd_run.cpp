@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 #include <vector>
 
@@ -18,6 +19,8 @@
 #include "reference/reference.h"
 
 namespace mixpa::cli {
+
+constexpr int kExitSimCheck = 4;  // the sim found a synchronisation error
 
 std::string executors_help() {
   std::ostringstream s;
@@ -41,7 +44,11 @@ std::string cases_help() {
 void add_run_command(CLI::App& app, RunArgs& a) {
   CLI::App* run = app.add_subcommand("run", "Run paged attention on a case file (--input) or an origin case (--case)");
   run->footer("\nExamples:\n  mixpa run --case SmallCase1\n  mixpa run --case Case1 --executor sim --trace t.json"
-              " --swimlane t.svg\n  mixpa run --input case.safetensors --output out.safetensors\n");
+              " --swimlane t.svg\n  mixpa run --input case.safetensors --output out.safetensors\n"
+              "  mixpa run --case SmallCase1 --executor sim --check --inject lane-half0\n"
+              "  mixpa run --case SmallCase1 --executor sim --schedule-seeds 8 --explicit-free --pipe-depth 1\n"
+              "\nExit codes of run: 0 ok, 1 verification failed, 2 invalid input or usage, 3 internal error,\n"
+              "4 the sim found a synchronisation error (--check report, or --schedule-seeds outputs that differ).\n");
   auto* in = run->add_option("--input,-i", a.input, "Case file (safetensors: query, key_cache, value_cache, "
                                                      "block_table, context_lens; metadata 'scale')");
   auto* cs = run->add_option("--case,-c", a.case_name, "Generate an origin case in memory (Case1, Case2, SmallCase1, ...)");
@@ -74,6 +81,22 @@ void add_run_command(CLI::App& app, RunArgs& a) {
   run->add_option("--watchdog", a.options.sim.watchdog_seconds,
                   "sim: seconds without progress before a deadlock report (default 10)");
   run->add_flag("--single-thread", a.options.sim.single_thread, "sim: deterministic single-OS-thread scheduling");
+  run->add_flag("--check", a.options.sim.check,
+                "sim: shadow-check every pipe access (races, lane mix-ups, use after free, FIFO order); "
+                "a finding prints a report and exits 4");
+  run->add_flag("--explicit-free", a.options.sim.explicit_free,
+                "sim: pipes free on TFREE (the next generation) instead of at pop");
+  run->add_option("--schedule", a.schedule,
+                  "sim: threads (default), turns (= --single-thread) or random (seeded random turns)")
+      ->check(CLI::IsMember({"threads", "turns", "random"}));
+  run->add_option("--schedule-seed", a.options.sim.schedule_seed, "sim: seed of --schedule random (default 0)");
+  run->add_option("--schedule-seeds", a.schedule_seeds,
+                  "sim: run K random schedules (seeds --schedule-seed .. +K-1), compare their bits; "
+                  "a difference prints the first differing element and its seed, exits 4")
+      ->check(CLI::PositiveNumber);
+  run->add_option("--inject", a.options.sim.inject,
+                  "sim, test hook: run with one injected bug: lane-half0, free-before-copy, skip-wait, push-unfreed, "
+                  "swap-order, pop-no-split, slot-stride (docs/sim.md)");
 }
 
 namespace {
@@ -147,6 +170,11 @@ int run_command(RunArgs& a) {
 
   // Validate everything (and resolve the executor) before any work or output.
   const ExecutorEntry& executor = find_executor(options.executor);
+  const bool sim_debugging = options.sim.check || !options.sim.inject.empty() || options.sim.explicit_free ||
+                             !a.schedule.empty() || a.schedule_seeds > 0;
+  if (sim_debugging && executor.name != "sim")
+    throw Error("run: --check, --inject, --explicit-free and --schedule* apply to --executor sim only (got " +
+                std::string(executor.name) + ")");
   std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_elements(), 0)));
   std::vector<float> lse(static_cast<std::size_t>(std::max<std::int64_t>(c.spec.batch * c.spec.num_heads, 0)));
   const Inputs inputs = c.inputs();
@@ -155,12 +183,49 @@ int run_command(RunArgs& a) {
   const Problem problem = validate(inputs, options, view);
   print_shape(c, problem.scale);
 
+  // The sim's debugging runs: turns, random turns, K seeds compared bit for bit.
+  if (a.schedule == "turns") options.sim.single_thread = true;
+  if (a.schedule == "random" || a.schedule_seeds > 0) options.sim.random_schedule = true;
+  const std::uint64_t first_seed = options.sim.schedule_seed;
+  const int runs = a.schedule_seeds > 0 ? a.schedule_seeds : a.repeat;
+  std::vector<float> first_out;
   std::vector<double> ms;
-  for (int r = 0; r < a.repeat; ++r) {
+  for (int r = 0; r < runs; ++r) {
+    if (a.schedule_seeds > 0) options.sim.schedule_seed = first_seed + static_cast<std::uint64_t>(r);
+    if (a.schedule_seeds > 0 && r == 1) options.report = nullptr;  // the first schedule's summary is enough
     const auto t0 = std::chrono::steady_clock::now();
-    run(inputs, options, view);
+    try {
+      run(inputs, options, view);
+    } catch (const SimCheckError& e) {
+      std::fprintf(stderr, "mixpa: error: %s\n", e.what());
+      if (options.sim.random_schedule)
+        std::fprintf(stderr, "  reproduce: --schedule random --schedule-seed %llu\n",
+                     static_cast<unsigned long long>(options.sim.schedule_seed));
+      return kExitSimCheck;
+    }
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    if (a.schedule_seeds == 0) continue;
+    if (r == 0) {
+      first_out = out;
+      continue;
+    }
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      if (std::memcmp(&out[i], &first_out[i], sizeof(float)) == 0) continue;
+      const std::int64_t heads = view.shape[1], dim = view.shape[2], flat = static_cast<std::int64_t>(i);
+      std::fprintf(stderr,
+                   "mixpa: error: the output depends on the schedule: seed %llu differs from seed %llu first at "
+                   "out[%lld, %lld, %lld]: %.9g vs %.9g\n  reproduce: --schedule random --schedule-seed %llu\n",
+                   static_cast<unsigned long long>(options.sim.schedule_seed),
+                   static_cast<unsigned long long>(first_seed), static_cast<long long>(flat / (heads * dim)),
+                   static_cast<long long>(flat / dim % heads), static_cast<long long>(flat % dim), out[i],
+                   first_out[i], static_cast<unsigned long long>(options.sim.schedule_seed));
+      return kExitSimCheck;
+    }
   }
+  if (a.schedule_seeds > 0)
+    std::printf("schedule: %d random schedules (seeds %llu-%llu) gave identical bits\n", a.schedule_seeds,
+                static_cast<unsigned long long>(first_seed),
+                static_cast<unsigned long long>(first_seed + static_cast<std::uint64_t>(a.schedule_seeds) - 1));
   const double t = median(ms);
   const double gbs = static_cast<double>(c.kv_bytes_read()) / (t * 1e-3) / 1e9;
   // Which kernels ran matters for the figure: cpu picks its flavour per machine by measurement
@@ -172,7 +237,7 @@ int run_command(RunArgs& a) {
   }
   const std::string kernels = choice != nullptr ? " (" + std::string(cpu::isa_name(choice->isa)) + " kernels)" : "";
   std::printf("executor %s%s: %.3f ms (median of %d), KV read %.1f MB, effective %.1f GB/s\n",
-              std::string(executor.name).c_str(), kernels.c_str(), t, a.repeat, c.kv_bytes_read() / 1e6, gbs);
+              std::string(executor.name).c_str(), kernels.c_str(), t, runs, c.kv_bytes_read() / 1e6, gbs);
   if (choice != nullptr) std::printf("cpu kernels: %s\n", choice->reason.c_str());
 
   int status = 0;

@@ -20,6 +20,8 @@ struct RunArgs {
   bool no_verify = false, verify = false;
   int repeat = 1;
   std::vector<double> swimlane_window;
+  std::string schedule;    // sim: threads, turns, random
+  int schedule_seeds = 0;  // sim: compare this many random schedules
   Options options;
 };
 

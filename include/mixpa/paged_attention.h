@@ -52,6 +52,19 @@ struct SimOptions {
   double swimlane_to_us = -1;   //   vectors finish 8 pages of their first logical block
   double watchdog_seconds = 10; // no progress for this long = deadlock report
   bool single_thread = false;   // deterministic single-OS-thread scheduling
+  // The sim as a MIX debugging tool (docs/sim.md):
+  bool check = false;           // shadow state per pipe slot and local tile; a finding throws SimCheckError
+  bool explicit_free = false;   // pipes free on TFREE (the next generation) instead of at pop
+  bool random_schedule = false; // seeded random turn interleavings (implies single_thread)
+  std::uint64_t schedule_seed = 0;
+  std::string inject;           // test hook: run with one injected bug, e.g. "lane-half0"; "" = none
+};
+
+// Thrown by executor "sim" when SimOptions::check finds a synchronisation error; what() is the
+// report (several lines). The CLI exits 4 on it.
+class SimCheckError : public Error {
+ public:
+  using Error::Error;
 };
 
 struct Options {

@@ -22,30 +22,63 @@ const char* core_name(CoreRole role) {
   return "?";
 }
 
-TurnScheduler::TurnScheduler(int workers) : done_(static_cast<std::size_t>(workers), false) {}
+TurnScheduler::TurnScheduler(int workers)
+    : turn_cv_(static_cast<std::size_t>(workers)), done_(static_cast<std::size_t>(workers), false),
+      stalled_at_(static_cast<std::size_t>(workers), kRunnable) {}
+
+void TurnScheduler::set_random(std::uint64_t seed) {
+  random_ = true;
+  rng_ = seed;
+}
+
+// splitmix64: a fixed, portable sequence per seed (a standard distribution may differ by library).
+std::uint64_t TurnScheduler::draw_locked() {
+  std::uint64_t z = (rng_ += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
 
 void TurnScheduler::begin(int worker) {
   tl_worker = worker;
   std::unique_lock lock(mutex_);
-  turn_cv_.wait(lock, [&] { return current_ == worker || aborted_; });
+  turn_cv_[worker].wait(lock, [&] { return current_ == worker || aborted_; });
 }
 
-void TurnScheduler::pass_turn_locked(int from) {
+bool TurnScheduler::pass_turn_locked(int from) {
   const int n = static_cast<int>(done_.size());
-  for (int k = 1; k <= n; ++k) {
-    const int next = (from + k) % n;
-    if (!done_[next]) {
-      current_ = next;
-      break;
-    }
+  const std::uint64_t progress = progress_.load();
+  auto runnable = [&](int w) { return !done_[w] && stalled_at_[w] != progress; };
+  int next = -1;
+  if (random_) {
+    candidates_.clear();
+    for (int w = 0; w < n; ++w)
+      if (w != from && runnable(w)) candidates_.push_back(w);
+    if (!candidates_.empty()) next = candidates_[draw_locked() % candidates_.size()];
+  } else {
+    for (int k = 1; k < n && next < 0; ++k)
+      if (runnable((from + k) % n)) next = (from + k) % n;
   }
-  turn_cv_.notify_all();
+  if (next < 0) return false;
+  current_ = next;
+  turn_cv_[next].notify_one();
+  return true;
+}
+
+void TurnScheduler::deadlock_locked() {
+  deadlocked_ = true;
+  aborted_ = true;
+  for (auto& cv : turn_cv_) cv.notify_all();
 }
 
 void TurnScheduler::finish(int worker) {
   std::lock_guard lock(mutex_);
   done_[worker] = true;
-  pass_turn_locked(worker);
+  if (aborted_) return;
+  bool live = false;
+  for (bool d : done_) live = live || !d;
+  // Workers remain but every one of them waits on something nobody can change any more.
+  if (!pass_turn_locked(worker) && live) deadlock_locked();
 }
 
 void TurnScheduler::notify(std::condition_variable& cv) {
@@ -62,25 +95,38 @@ void TurnScheduler::wait(std::unique_lock<std::mutex>& pipe_lock, std::condition
     {
       std::unique_lock lock(mutex_);
       if (aborted_) throw Error("simulation aborted");
-      pass_turn_locked(me);
-      turn_cv_.wait(lock, [&] { return current_ == me || aborted_; });
-      if (aborted_) throw Error("simulation aborted");
-      // The turn went round every live worker and nobody pushed or popped: a deadlock.
-      if (progress_.load() == seen) {
-        deadlocked_ = true;
-        aborted_ = true;
-        turn_cv_.notify_all();
-        throw Error("deadlock");
+      stalled_at_[me] = seen;
+      // Nobody else can run and nothing changed since this wait looked: a deadlock.
+      if (!pass_turn_locked(me)) {
+        if (progress_.load() == seen) {
+          deadlock_locked();
+          throw Error("deadlock");
+        }
+        current_ = me;  // progress since the look: look again
       }
+      turn_cv_[me].wait(lock, [&] { return current_ == me || aborted_; });
+      if (aborted_) throw Error("simulation aborted");
+      stalled_at_[me] = kRunnable;
     }
     pipe_lock.lock();
   }
 }
 
+void TurnScheduler::yield_point() {
+  const int me = tl_worker;
+  if (!random_ || me < 0) return;
+  std::unique_lock lock(mutex_);
+  if (aborted_) throw Error("simulation aborted");
+  if (draw_locked() % 4 != 0) return;  // preempt at about one pipe call in four
+  if (!pass_turn_locked(me)) return;
+  turn_cv_[me].wait(lock, [&] { return current_ == me || aborted_; });
+  if (aborted_) throw Error("simulation aborted");
+}
+
 void TurnScheduler::abort() {
   std::lock_guard lock(mutex_);
   aborted_ = true;
-  turn_cv_.notify_all();
+  for (auto& cv : turn_cv_) cv.notify_all();
 }
 
 void launch_mix(int block_num, bool single_thread, TurnScheduler* scheduler,

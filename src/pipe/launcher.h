@@ -6,7 +6,11 @@
 //  - threaded: every worker runs when its pipes let it;
 //  - single-thread (deterministic): exactly one worker runs at a time and the turn passes in
 //    a fixed round-robin order whenever the running worker would block, so a run is the same
-//    interleaving every time; a full round without progress is a deadlock, detected at once.
+//    interleaving every time; when every live worker waits and nobody made progress since it
+//    last looked, that is a deadlock, detected at once;
+//  - random turns (`set_random(seed)`): the same, but the next worker is drawn from the
+//    runnable ones by a seeded generator and a running worker may be preempted at any pipe
+//    call, so each seed is one reproducible interleaving out of many.
 #pragma once
 
 #include <atomic>
@@ -36,21 +40,34 @@ struct CoreContext {
 class TurnScheduler final : public PipeWaiter {
  public:
   explicit TurnScheduler(int workers);
+  // Seeded random interleavings; call before the launch.
+  void set_random(std::uint64_t seed);
   void begin(int worker);   // blocks until it is this worker's turn
   void finish(int worker);  // this worker is done: the turn moves on
   void wait(std::unique_lock<std::mutex>& lock, std::condition_variable& cv,
             const std::function<bool()>& ready) override;
   void notify(std::condition_variable& cv) override;
+  void yield_point() override;  // random turns: maybe hand the turn to another runnable worker
   void abort();  // wakes everyone; waits throw
   bool deadlocked() const { return deadlocked_; }
 
  private:
-  void pass_turn_locked(int from);
+  static constexpr std::uint64_t kRunnable = ~std::uint64_t{0};
+  // Hands the turn to the next runnable worker other than `from` (round-robin, or drawn at
+  // random); false if there is none. A worker is runnable unless it is done or found its wait
+  // unready at the current progress count (then nothing it waits for has changed).
+  bool pass_turn_locked(int from);
+  void deadlock_locked();
+  std::uint64_t draw_locked();
   std::mutex mutex_;
-  std::condition_variable turn_cv_;
+  std::vector<std::condition_variable> turn_cv_;  // one per worker: only the next one wakes
   int current_ = 0;
   std::vector<bool> done_;
+  std::vector<std::uint64_t> stalled_at_;
+  std::vector<int> candidates_;
   std::atomic<std::uint64_t> progress_{0};
+  bool random_ = false;
+  std::uint64_t rng_ = 0;
   bool aborted_ = false;
   std::atomic<bool> deadlocked_{false};
 };

@@ -46,13 +46,19 @@ class CubeProgram {
       if (i + 1 < n) load_k(i + 1);
       qk(i);
       w_.tpush(*w_.pipes().sij, s_.data(), s_.size() * sizeof(float));
-      if (i > 0) pv_step(i - 1);
+      if (i > 0) pv_step_and_free(i - 1);
     }
-    pv_step(n - 1);
+    pv_step_and_free(n - 1);
+  }
+
+  // pv_step with its explicit free (a no-op when the pipes free at pop): pij[i] is dead once
+  // PV[i] is pushed.
+  void pv_step_and_free(std::int64_t i) {
+    pv_step(i);
+    w_.tfree(*w_.pipes().pij);
   }
 
  private:
-
   void load_q() {
     std::fill(q_.begin(), q_.end(), 0.0f);  // rows past the tile's valid rows stay zero (masked)
     for (int r = 0; r < lb_.rows; ++r) {
@@ -150,18 +156,26 @@ class VectorProgram {
       running_max_[r] = -std::numeric_limits<float>::infinity();
     }
     // SF-first: SF[0]; SF[i], UP[i-1]; ...; UP[n-1]. No visible token touches no pipe.
+    // Explicit frees (no-ops when the pipes free at pop): a tile is dead once its stage ends.
     for (std::int64_t i = 0; i < n; ++i) {
       sf(i);
-      if (i > 0) up(i - 1);
+      w_.tfree(*w_.pipes().sij, lane_);
+      if (i > 0) {
+        up(i - 1);
+        w_.tfree(*w_.pipes().oi, lane_);
+      }
     }
-    if (n > 0) up(n - 1);
+    if (n > 0) {
+      up(n - 1);
+      w_.tfree(*w_.pipes().oi, lane_);
+    }
     finalize();
   }
 
  private:
   void sf(std::int64_t i) {
+    w_.stage(Stage::kSF, lb_.index, i);  // before the pop: the pop is SF[i]'s (for --check)
     w_.tpop(*w_.pipes().sij, s_.data(), s_.size() * sizeof(float), lane_);
-    w_.stage(Stage::kSF, lb_.index, i);
     const PageSpan& pg = pages_[i];  // columns outside [begin, end) are masked (-inf)
     const Variant& var = pr_.variant;
     const std::int64_t pos = pr_.position(lb_.batch);
@@ -190,8 +204,8 @@ class VectorProgram {
   }
 
   void up(std::int64_t i) {
-    w_.tpop(*w_.pipes().oi, oi_.data(), oi_.size() * sizeof(float), lane_);
     w_.stage(Stage::kUP, lb_.index, i);
+    w_.tpop(*w_.pipes().oi, oi_.data(), oi_.size() * sizeof(float), lane_);
     for (int r = 0; r < kRows; ++r) {
       const auto [m_i, l_i] = pending_[i % 2][r];
       state_[r].merge(o_.data() + r * dim_, oi_.data() + r * dim_, m_i, l_i, dim_);

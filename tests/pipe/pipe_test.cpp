@@ -178,6 +178,103 @@ TEST(TilePipe, SimulatedTimesFollowTheHandOff) {
   EXPECT_EQ(pipe.tpush(&v, sizeof v, kWholeTile, 3.0), 5.0);  // slot freed at max(2, 5)
 }
 
+// ---- Faults (the sim's mutation tests) and the split pop ----------------------------------
+
+PipeConfig faulty(PipeDirection dir, int depth, PipeFault fault, FreeMode mode = FreeMode::kAtPop) {
+  PipeConfig c = config(dir, LaneSplit::kUpDown, depth, 64, mode);
+  c.fault = fault;
+  return c;
+}
+
+TEST(TilePipeFault, PopSkipsWaitReadsWhatTheSlotHolds) {
+  TilePipe pipe(faulty(PipeDirection::kC2V, 2, PipeFault::kPopSkipsWait));
+  int half = -1;
+  pipe.tpop(&half, sizeof half, 0);  // nothing pushed: returns at once with the slot's zeros
+  EXPECT_EQ(half, 0);
+}
+
+TEST(TilePipeFault, PushSkipsWaitOverwritesAFullSlot) {
+  TilePipe pipe(faulty(PipeDirection::kC2V, 1, PipeFault::kPushSkipsWait));
+  int a[2] = {1, 2}, b[2] = {3, 4}, half = 0;
+  pipe.tpush(a, sizeof a);
+  pipe.tpush(b, sizeof b);  // depth 1, nothing popped: would block without the fault
+  pipe.tpop(&half, sizeof half, 0);
+  EXPECT_EQ(half, 3);
+}
+
+TEST(TilePipeFault, PopHalfZeroGivesBothLanesTheUpperHalf) {
+  TilePipe pipe(faulty(PipeDirection::kC2V, 2, PipeFault::kPopHalfZero));
+  int tile[2] = {7, 8}, up = 0, down = 0;
+  pipe.tpush(tile, sizeof tile);
+  pipe.tpop(&up, sizeof up, 0);
+  pipe.tpop(&down, sizeof down, 1);
+  EXPECT_EQ(up, 7);
+  EXPECT_EQ(down, 7);
+}
+
+TEST(TilePipeFault, PopNoSplitWaitsForAndReleasesLane0Only) {
+  TilePipe pipe(faulty(PipeDirection::kV2C, 2, PipeFault::kPopNoSplit));
+  int whole[2] = {}, v = 5;
+  pipe.tpush(&v, sizeof v, 0);
+  pipe.tpop(whole, sizeof whole);  // completes with lane 1's half missing
+  EXPECT_EQ(whole[0], 5);
+  EXPECT_EQ(whole[1], 0);
+  pipe.tpush(&v, sizeof v, 1);
+  pipe.tpush(&v, sizeof v, 1);  // lane 1's two slots: fine
+  std::atomic<bool> pushed{false};
+  std::thread lane1([&] {
+    try {
+      pipe.tpush(&v, sizeof v, 1);  // its third push: the cube's free released lane 0's half only
+      pushed = true;
+    } catch (const Error&) {
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  EXPECT_FALSE(pushed.load()) << "lane 1's slot was released by an unsplit free";
+  pipe.close();
+  lane1.join();
+}
+
+TEST(TilePipeFault, LocalStrideIsReportedToTheObserver) {
+  struct Seen final : PipeObserver {
+    std::vector<PipeAccess> pops;
+    void on_access(const TilePipe&, const PipeAccess& a) override {
+      if (a.kind == PipeAccess::kPop) pops.push_back(a);
+    }
+  };
+  for (PipeFault fault : {PipeFault::kNone, PipeFault::kLocalStrideFullSlot}) {
+    TilePipe pipe(faulty(PipeDirection::kC2V, 2, fault));
+    Seen seen;
+    pipe.set_observer(&seen);
+    std::vector<int> tile(16), half(8);
+    for (int i = 0; i < 2; ++i) {
+      pipe.tpush(tile.data(), 64);
+      pipe.tpop(half.data(), 32, 0);
+      pipe.tpop(half.data(), 32, 1);
+    }
+    ASSERT_EQ(seen.pops.size(), 4u);
+    EXPECT_EQ(seen.pops[1].offset, 32u);  // lane 1's half of the slot
+    EXPECT_EQ(seen.pops[2].local_slot, 1);
+    EXPECT_EQ(seen.pops[2].local_offset, fault == PipeFault::kNone ? 32u : 64u);  // a lane's share, or a whole slot
+  }
+}
+
+TEST(TilePipe, SplitPopCopiesWhatTheSlotHoldsAtTheCopy) {
+  TilePipe pipe(config(PipeDirection::kC2V, LaneSplit::kNoSplit, 1, 64, FreeMode::kExplicit));
+  int a = 1, b = 2, v = 0;
+  pipe.tpush(&a, sizeof a);
+  const PopTicket t = pipe.consumer_wait(sizeof v);
+  EXPECT_EQ(t.tile, 0);
+  pipe.tfree();  // too early: the producer may reuse the slot before the copy
+  pipe.tpush(&b, sizeof b);
+  pipe.copy_out(t, &v);
+  EXPECT_EQ(v, 2);
+  expect_error([] {
+    TilePipe p(config(PipeDirection::kC2V, LaneSplit::kNoSplit, 1));
+    p.consumer_wait(4);
+  }, "needs explicit free");
+}
+
 TEST(Launcher, EveryWorkerKnowsItsPlace) {
   std::vector<int> seen(12, 0);
   std::mutex m;
@@ -222,6 +319,45 @@ TEST(Launcher, SingleThreadDetectsADeadlockAtOnce) {
     if (c.role == CoreRole::kVector0) a.tpop(&v, sizeof v);    // ...which waits for the cube
   }, [&] { a.close(); b.close(); }), Error);
   EXPECT_TRUE(sched.deadlocked());
+}
+
+// Random turns: which worker starts after worker 0 blocks, per seed.
+std::vector<int> random_order(std::uint64_t seed) {
+  TurnScheduler sched(9);
+  sched.set_random(seed);
+  TilePipe pipe(config(PipeDirection::kC2V, LaneSplit::kNoSplit, 32), &sched);  // never full
+  std::vector<int> order;
+  launch_mix(3, true, &sched, [&](const CoreContext& c) {
+    int v = c.worker;
+    for (int i = 0; i < 2; ++i) {
+      order.push_back(c.worker);
+      pipe.tpush(&v, sizeof v);  // a pipe call: a point where the turn may move
+    }
+  }, [] {});
+  return order;
+}
+
+TEST(Launcher, RandomTurnsAreReproducibleAndDifferBySeed) {
+  EXPECT_EQ(random_order(1), random_order(1));
+  bool differs = false;
+  for (std::uint64_t seed = 2; seed < 10 && !differs; ++seed) differs = random_order(seed) != random_order(1);
+  EXPECT_TRUE(differs);
+  EXPECT_EQ(random_order(1).size(), 18u);
+}
+
+TEST(Launcher, RandomTurnsDetectADeadlockAtOnce) {
+  for (std::uint64_t seed = 0; seed < 4; ++seed) {
+    TurnScheduler sched(3);
+    sched.set_random(seed);
+    TilePipe a(config(PipeDirection::kC2V, LaneSplit::kNoSplit, 1), &sched);
+    TilePipe b(config(PipeDirection::kV2C, LaneSplit::kNoSplit, 1), &sched);
+    EXPECT_THROW(launch_mix(1, true, &sched, [&](const CoreContext& c) {
+      int v = 0;
+      if (c.role == CoreRole::kCube) b.tpop(&v, sizeof v);
+      if (c.role == CoreRole::kVector0) a.tpop(&v, sizeof v);
+    }, [&] { a.close(); b.close(); }), Error);
+    EXPECT_TRUE(sched.deadlocked());
+  }
 }
 
 }  // namespace
