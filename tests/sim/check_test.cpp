@@ -175,7 +175,7 @@ void expect_lane1_push_stalls(bool single_thread) {
   Options o = turns("pop-no-split");
   o.sim.check = false;
   o.sim.single_thread = single_thread;
-  o.sim.watchdog_seconds = 0.3;
+  o.sim.watchdog_seconds = 1.0;  // the minimum (issue 15)
   try {
     run_case(mutation_case(), "sim", o);
     ADD_FAILURE() << "no hang reported";
@@ -209,7 +209,7 @@ TEST(SimMutation, EveryInjectionIsCaughtThreadedToo) {
   for (const char* inject : {"lane-half0", "free-before-copy", "swap-order", "pop-no-split", "slot-stride"}) {
     Options o = sim_options(std::string(inject) == "free-before-copy" ? 1 : 2, false, 2);
     o.sim.inject = inject;
-    o.sim.watchdog_seconds = 0.3;
+    o.sim.watchdog_seconds = 1.0;  // the minimum (issue 15)
     EXPECT_THROW(run_case(c, "sim", o), Error) << inject;
   }
 }
