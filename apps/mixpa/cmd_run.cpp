@@ -169,18 +169,19 @@ int run_command(RunArgs& a) {
   options.report = [](std::string_view line) { std::printf("%.*s\n", static_cast<int>(line.size()), line.data()); };
 
   // Validate everything (and resolve the executor) before any work or output.
-  const ExecutorEntry& executor = find_executor(options.executor);
+  const ExecutorEntry& named = find_executor(options.executor);
   const bool sim_debugging = options.sim.check || !options.sim.inject.empty() || options.sim.explicit_free ||
                              !a.schedule.empty() || a.schedule_seeds > 0;
-  if (sim_debugging && executor.name != "sim")
+  if (sim_debugging && named.name != "sim")
     throw Error("run: --check, --inject, --explicit-free and --schedule* apply to --executor sim only (got " +
-                std::string(executor.name) + ")");
+                std::string(named.name) + ")");
   std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_elements(), 0)));
   std::vector<float> lse(static_cast<std::size_t>(std::max<std::int64_t>(c.spec.batch * c.spec.num_heads, 0)));
   const Inputs inputs = c.inputs();
   const OutputView view{out.data(), {inputs.query.shape[0], inputs.query.shape[1], inputs.query.shape[2]},
                         lse.empty() ? nullptr : lse.data()};
   const Problem problem = validate(inputs, options, view);
+  const ExecutorEntry& executor = executor_for(options.executor, problem);
   print_shape(c, problem.scale);
 
   // The sim's debugging runs: turns, random turns, K seeds compared bit for bit.

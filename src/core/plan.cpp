@@ -6,14 +6,14 @@
 
 namespace mixpa {
 
-int choose_q_tile(std::int64_t group) { return group >= kLargeQTile ? kLargeQTile : kSmallQTile; }
+int choose_q_tile(std::int64_t rows) { return rows >= kLargeQTile ? kLargeQTile : kSmallQTile; }
 
 Plan make_plan(const Shape& shape, float scale, int hw_blocks, int pipe_depth) {
   Plan p;
   p.shape = shape;
   p.scale = scale;
-  p.q_tile = choose_q_tile(shape.group());
-  p.tiles_per_kv_head = (shape.group() + p.q_tile - 1) / p.q_tile;
+  p.q_tile = choose_q_tile(shape.rows_per_kv_head());
+  p.tiles_per_kv_head = (shape.rows_per_kv_head() + p.q_tile - 1) / p.q_tile;
   p.q_loop = shape.num_kv_heads * p.tiles_per_kv_head;
   p.total_logical_blocks = shape.batch * p.q_loop;
   p.hw_blocks = hw_blocks;
@@ -32,8 +32,9 @@ LogicalBlock Plan::logical_block(std::int64_t i) const {
   lb.kv_head = tile / tiles_per_kv_head;
   const std::int64_t tile_in_group = tile % tiles_per_kv_head;
   const std::int64_t group = shape.group();
-  lb.head_begin = lb.kv_head * group + tile_in_group * q_tile;
-  lb.rows = static_cast<int>(std::min<std::int64_t>(q_tile, group - tile_in_group * q_tile));
+  lb.row_begin = tile_in_group * q_tile;
+  lb.head_begin = lb.kv_head * group + lb.row_begin;
+  lb.rows = static_cast<int>(std::min<std::int64_t>(q_tile, shape.rows_per_kv_head() - lb.row_begin));
   return lb;
 }
 
@@ -47,7 +48,7 @@ std::string Plan::to_json() const {
   s << "{\"batch\": " << shape.batch << ", \"num_heads\": " << shape.num_heads
     << ", \"num_kv_heads\": " << shape.num_kv_heads << ", \"head_dim\": " << shape.head_dim
     << ", \"num_blocks\": " << shape.num_blocks << ", \"block_size\": " << shape.block_size
-    << ", \"max_blocks_per_req\": " << shape.max_blocks_per_req << ", \"scale\": " << scale
+    << ", \"max_blocks_per_req\": " << shape.max_blocks_per_req << ", \"q_len\": " << shape.q_len << ", \"scale\": " << scale
     << ", \"q_tile\": " << q_tile << ", \"q_loop\": " << q_loop
     << ", \"total_logical_blocks\": " << total_logical_blocks << ", \"hw_blocks\": " << hw_blocks
     << ", \"pipe_depth\": " << pipes.depth << ", \"sij_slot_bytes\": " << pipes.sij_slot_bytes

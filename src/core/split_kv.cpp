@@ -5,7 +5,7 @@
 
 namespace mixpa {
 
-SplitKvPlan plan_split_kv(const Plan& plan, const std::int32_t* context_lens, std::int64_t target_items,
+SplitKvPlan plan_split_kv(const Plan& plan, IndexView context_lens, std::int64_t target_items,
                           std::int64_t min_chunk_tokens, std::int64_t window_left) {
   SplitKvPlan sp;
   const std::int64_t blocks = plan.total_logical_blocks;
@@ -16,7 +16,7 @@ SplitKvPlan plan_split_kv(const Plan& plan, const std::int32_t* context_lens, st
     sp.first.push_back(static_cast<std::int64_t>(sp.chunks.size()));
     Variant window;
     window.window_left = window_left;
-    const TokenRange seen = visible_tokens(window, context_lens[i / plan.q_loop]);
+    const TokenRange seen = visible_tokens(window, context_lens[i / plan.q_loop], plan.shape.q_len);
     const std::int64_t first_page = seen.empty() ? 0 : seen.begin / bs;
     const std::int64_t pages = seen.empty() ? 0 : (seen.end + bs - 1) / bs - first_page;
     const std::int64_t by_length = std::max<std::int64_t>(1, seen.size() / std::max<std::int64_t>(1, min_chunk_tokens));

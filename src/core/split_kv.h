@@ -34,7 +34,7 @@ struct SplitKvPlan {
 // The visible tokens of request b come from context_lens[b] and the window (window_left >= 0:
 // only the last window_left + 1 tokens; the pages before them are skipped entirely). A request
 // with no visible token still gets one (empty) chunk so its output is written (zeros).
-SplitKvPlan plan_split_kv(const Plan& plan, const std::int32_t* context_lens,
+SplitKvPlan plan_split_kv(const Plan& plan, IndexView context_lens,
                           std::int64_t target_items = kSplitTargetItems,
                           std::int64_t min_chunk_tokens = kSplitMinChunkTokens, std::int64_t window_left = -1);
 

@@ -68,8 +68,9 @@ struct Variant {
   }
 };
 
-// The tokens [begin, end) a query row sees, for a request of `context_len` tokens whose new
-// token is the last one (q_len 1): pos = context_len - 1. Empty for context 0.
+// The tokens [begin, end) the query rows of a request of `context_len` tokens see, together:
+// row p of q_len sits at pos = context_len - q_len + p and sees [first_visible(pos), pos], so
+// the union is [first_visible(context_len - q_len), context_len). Empty for context 0.
 struct TokenRange {
   std::int64_t begin = 0;
   std::int64_t end = 0;
@@ -77,9 +78,9 @@ struct TokenRange {
   bool empty() const { return end <= begin; }
 };
 
-inline TokenRange visible_tokens(const Variant& v, std::int64_t context_len) {
+inline TokenRange visible_tokens(const Variant& v, std::int64_t context_len, std::int64_t q_len = 1) {
   if (context_len <= 0) return {};
-  return {v.first_visible(context_len - 1), context_len};
+  return {v.first_visible(std::max<std::int64_t>(0, context_len - q_len)), context_len};
 }
 
 }  // namespace mixpa

@@ -107,7 +107,7 @@ void merge_block(const Problem& pr, const Plan& plan, ExecPlan& ep, std::int64_t
 bool same_shape(const Shape& a, const Shape& b) {
   return a.batch == b.batch && a.num_heads == b.num_heads && a.num_kv_heads == b.num_kv_heads &&
          a.head_dim == b.head_dim && a.num_blocks == b.num_blocks && a.block_size == b.block_size &&
-         a.max_blocks_per_req == b.max_blocks_per_req;
+         a.max_blocks_per_req == b.max_blocks_per_req && a.q_len == b.q_len;
 }
 
 }  // namespace
@@ -143,7 +143,8 @@ void prepare_with(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads
   ep.unit_begin = work_units(plan, ep.sp, ep.order, grouping, ep.threads);
   ep.shape = pr.shape;
   ep.window_left = pr.variant.window_left;  // the window decides the chunks
-  ep.context_lens.assign(pr.context_lens, pr.context_lens + pr.shape.batch);
+  ep.context_lens.resize(static_cast<std::size_t>(pr.shape.batch));
+  for (std::int64_t b = 0; b < pr.shape.batch; ++b) ep.context_lens[b] = pr.context_len(b);
   ep.kernel = kernel;
 }
 
@@ -161,11 +162,16 @@ void run_with_kernels(const Problem& pr, const Plan& plan, const Options& option
   execute(ep, pr, plan, out, options.cancelled);
 }
 
+static bool same_context_lens(const ExecPlan& ep, const Problem& pr) {
+  if (!pr.context_lens.wide)  // the common case, one memcmp-like pass
+    return std::equal(ep.context_lens.begin(), ep.context_lens.end(), static_cast<const std::int32_t*>(pr.context_lens.data));
+  return std::equal(ep.context_lens.begin(), ep.context_lens.end(), static_cast<const std::int64_t*>(pr.context_lens.data));
+}
+
 bool matches(const ExecPlan& ep, const Problem& pr, const Plan& plan, int threads, Isa isa) {
   return ep.kernel != nullptr && ep.isa == isa && ep.threads == std::max(1, threads) && ep.q_tile == plan.q_tile &&
-         same_shape(ep.shape, pr.shape) && ep.window_left == pr.variant.window_left && static_cast<std::int64_t>(ep.context_lens.size()) == pr.shape.batch &&
-         (pr.shape.batch == 0 ||
-          std::memcmp(ep.context_lens.data(), pr.context_lens, pr.shape.batch * sizeof(std::int32_t)) == 0);
+         same_shape(ep.shape, pr.shape) && ep.window_left == pr.variant.window_left &&
+         static_cast<std::int64_t>(ep.context_lens.size()) == pr.shape.batch && same_context_lens(ep, pr);
 }
 
 void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& out,

@@ -43,7 +43,7 @@ struct ExecPlan {
   // What it was made for (matches()).
   Shape shape;
   int q_tile = 0;
-  std::vector<std::int32_t> context_lens;
+  std::vector<std::int64_t> context_lens;
   std::int64_t window_left = -1;
   // For the benchmark: when set, execute() adds the CPU time (ns, every thread) spent inside
   // kernels to it, so a call's fixed cost (its time - kernel time / threads) can be told apart.

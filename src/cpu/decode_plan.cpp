@@ -51,8 +51,11 @@ DecodePlan::DecodePlan(const Inputs& inputs, const Options& options) : impl_(std
   float unused = 0;  // validate() checks the output view's shape and pointer, never writes it
   m.problem = validate(inputs, options, OutputView{&unused, m.out_shape});
   const TensorView &bt = inputs.block_table, &cl = inputs.context_lens;
-  m.block_table.assign(m.problem.block_table, m.problem.block_table + bt.numel());
-  m.context_lens.assign(m.problem.context_lens, m.problem.context_lens + cl.numel());
+  // int32 copies whatever the inputs' index dtype (validate() checked the values fit).
+  m.block_table.resize(static_cast<std::size_t>(bt.numel()));
+  for (std::int64_t i = 0; i < bt.numel(); ++i) m.block_table[i] = static_cast<std::int32_t>(m.problem.block_table[i]);
+  m.context_lens.resize(static_cast<std::size_t>(cl.numel()));
+  for (std::int64_t i = 0; i < cl.numel(); ++i) m.context_lens[i] = static_cast<std::int32_t>(m.problem.context_lens[i]);
   m.problem.block_table = m.block_table.data();
   m.problem.context_lens = m.context_lens.data();
   const std::int64_t heads = m.problem.shape.num_heads;
@@ -64,6 +67,7 @@ DecodePlan::DecodePlan(const Inputs& inputs, const Options& options) : impl_(std
     m.sinks.assign(m.problem.variant.sinks, m.problem.variant.sinks + heads);
     m.problem.variant.sinks = m.sinks.data();
   }
+  m.executor = &executor_for(options.executor, m.problem);
   m.query = inputs.query;
   m.key_cache = inputs.key_cache;
   m.value_cache = inputs.value_cache;

@@ -110,7 +110,7 @@ void DeviceBuffer::zero() {
   }
 }
 
-DevicePlan::DevicePlan(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options,
+DevicePlan::DevicePlan(const Plan& plan, IndexView host_context_lens, const WorkPlanOptions& options,
                        const Variant& variant)
     : plan_(plan),
       softcap_(variant.softcap),
@@ -202,7 +202,13 @@ void run_cuda(const Problem& pr, const Plan& plan, const Options& options, const
   const DeviceBuffer k = upload_cache(sh, pr.key_cache, pr.k_strides, t.k_strides);
   const DeviceBuffer v = upload_cache(sh, pr.value_cache, pr.v_strides, t.v_strides);
   DeviceBuffer table(static_cast<std::size_t>(sh.batch * sh.max_blocks_per_req) * sizeof(std::int32_t));
-  table.upload(pr.block_table, table.bytes());
+  std::vector<std::int32_t> narrow_table;  // int64 tables go to the device as int32 (validated to fit)
+  if (pr.block_table.wide) {
+    narrow_table.resize(static_cast<std::size_t>(sh.batch * sh.max_blocks_per_req));
+    for (std::size_t i = 0; i < narrow_table.size(); ++i)
+      narrow_table[i] = static_cast<std::int32_t>(pr.block_table[static_cast<std::int64_t>(i)]);
+  }
+  table.upload(pr.block_table.wide ? narrow_table.data() : pr.block_table.data, table.bytes());
   const std::size_t head_bytes = static_cast<std::size_t>(sh.num_heads) * sizeof(float);
   DeviceBuffer slopes(pr.variant.has_alibi() ? head_bytes : 0), sinks(pr.variant.has_sinks() ? head_bytes : 0);
   if (pr.variant.has_alibi()) slopes.upload(pr.variant.alibi_slopes, head_bytes);

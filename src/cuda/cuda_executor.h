@@ -67,7 +67,7 @@ class DevicePlan {
   // uploads the work list and allocates the partials and merge counters. host_context_lens
   // must be the values the device copy will hold. Of `variant`, the soft-cap and the window
   // are taken here; slopes and sinks are device pointers given to run().
-  DevicePlan(const Plan& plan, const std::int32_t* host_context_lens, const WorkPlanOptions& options = {},
+  DevicePlan(const Plan& plan, IndexView host_context_lens, const WorkPlanOptions& options = {},
              const Variant& variant = {});
 
   // Enqueues the kernel on `stream`; writes out[batch, num_heads, head_dim] (device, fp32)

@@ -24,7 +24,7 @@ std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, doubl
   return std::max(logical_blocks, static_cast<std::int64_t>(items_per_sm * sm_count + 0.5));
 }
 
-std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_lens, const SplitKvPlan& split, int sm_count) {
+std::int64_t estimate_makespan(const Plan& plan, IndexView context_lens, const SplitKvPlan& split, int sm_count) {
   const std::int64_t items = static_cast<std::int64_t>(split.chunks.size());
   const std::int64_t grid = std::max<std::int64_t>(1, std::min<std::int64_t>(items, sm_count));
   const std::int64_t bs = plan.shape.block_size;
@@ -38,7 +38,7 @@ std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_len
   return *std::max_element(load.begin(), load.end()) + (any_split ? kMergeOverheadTokens : 0);
 }
 
-std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_lens, int sm_count,
+std::int64_t choose_split_target(const Plan& plan, IndexView context_lens, int sm_count,
                                  std::int64_t min_chunk_tokens, std::int64_t window_left) {
   const std::int64_t blocks = plan.total_logical_blocks;
   std::int64_t best_target = blocks, best_cost = -1;
@@ -58,7 +58,7 @@ std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_l
 namespace {
 
 // WorkPlanOptions::balance_pages: one equal run of pages per CTA (an empty block counts one).
-void plan_balanced(const Plan& plan, const std::int32_t* context_lens, int sm_count, std::int64_t window_left,
+void plan_balanced(const Plan& plan, IndexView context_lens, int sm_count, std::int64_t window_left,
                    WorkPlan& w) {
   const std::int64_t blocks = plan.total_logical_blocks, bs = plan.shape.block_size;
   Variant window;
@@ -66,7 +66,7 @@ void plan_balanced(const Plan& plan, const std::int32_t* context_lens, int sm_co
   std::vector<TokenRange> seen(blocks);
   std::vector<std::int64_t> first_page(blocks, 0), units(blocks, 1), unit0(blocks + 1, 0);
   for (std::int64_t blk = 0; blk < blocks; ++blk) {
-    seen[blk] = visible_tokens(window, context_lens[plan.logical_block(blk).batch]);
+    seen[blk] = visible_tokens(window, context_lens[plan.logical_block(blk).batch], plan.shape.q_len);
     if (!seen[blk].empty()) {
       first_page[blk] = seen[blk].begin / bs;
       units[blk] = (seen[blk].end + bs - 1) / bs - first_page[blk];
@@ -125,7 +125,7 @@ void plan_balanced(const Plan& plan, const std::int32_t* context_lens, int sm_co
 
 }  // namespace
 
-WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
+WorkPlan plan_work(const Plan& plan, IndexView context_lens, const DeviceLimits& limits,
                    const WorkPlanOptions& options, std::int64_t window_left) {
   const Shape& s = plan.shape;
   WorkPlan w;

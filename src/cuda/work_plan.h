@@ -64,18 +64,18 @@ std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, doubl
 
 // The persistent grid's makespan for a split plan: item i runs on CTA i % min(items, SMs);
 // the busiest CTA's tokens + per-item overheads, + the merge when any block is split.
-std::int64_t estimate_makespan(const Plan& plan, const std::int32_t* context_lens, const SplitKvPlan& split, int sm_count);
+std::int64_t estimate_makespan(const Plan& plan, IndexView context_lens, const SplitKvPlan& split, int sm_count);
 
 // The split target (items handed to plan_split_kv) with the smallest estimated makespan over
 // 1..kMaxSplitsPerBlock splits per block; ties keep fewer items. Pure in shapes, lengths, SMs.
-std::int64_t choose_split_target(const Plan& plan, const std::int32_t* context_lens, int sm_count,
+std::int64_t choose_split_target(const Plan& plan, IndexView context_lens, int sm_count,
                                  std::int64_t min_chunk_tokens, std::int64_t window_left = -1);
 
 // The whole launch plan. context_lens are host values (they fix the chunks); each must lie in
 // [0, max_blocks_per_req * block_size] (throws mixpa::Error naming the request otherwise).
 // window_left >= 0: each request's items cover only its last window_left + 1 tokens (the
 // pages before them are never read). Throws for a head_dim or q_tile the kernels do not have.
-WorkPlan plan_work(const Plan& plan, const std::int32_t* context_lens, const DeviceLimits& limits,
+WorkPlan plan_work(const Plan& plan, IndexView context_lens, const DeviceLimits& limits,
                    const WorkPlanOptions& options = {}, std::int64_t window_left = -1);
 
 // The launch parameters a plan fixes (shape, scale and soft-cap in log2 units, block shift,
