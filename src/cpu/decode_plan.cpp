@@ -74,10 +74,8 @@ DecodePlan::DecodePlan(const Inputs& inputs, const Options& options) : impl_(std
   m.plan = make_plan(m.problem.shape, m.problem.scale, options.hw_blocks, options.pipe_depth);
   m.cpu = m.executor->name == "cpu";
   if (m.cpu) {
-    const int rows = static_cast<int>(std::min<std::int64_t>(m.plan.q_tile, m.problem.shape.group()));
-    const cpu::FlavourChoice& choice = cpu::auto_choice(cpu::tile_class_of_rows(rows));
-    m.reason = choice.reason;
-    cpu::prepare(m.exec, m.problem, m.plan, cpu::threads_for(options), choice.isa);
+    m.reason = cpu::kernels_reason(m.problem, m.plan);
+    cpu::prepare(m.exec, m.problem, m.plan, cpu::threads_for(options), cpu::isa_for(m.problem, m.plan));
   }
 }
 
@@ -101,9 +99,15 @@ void DecodePlan::run(const LayerInputs& layer, OutputView out) {
     only_sinks.sinks = layer.sinks;
     problem.variant.sinks = resolve_variant(only_sinks, m.options, problem.shape).sinks;  // checks it
   }
-  problem.query = layer.query.as<bf16>();
-  problem.key_cache = layer.key_cache.as<bf16>();
-  problem.value_cache = layer.value_cache.as<bf16>();
+  // The layer's tensors (dtypes checked equal to the plan's): the typed views every kernel reads,
+  // and the bf16 ones of the bf16-only kernels.
+  problem.query_data = layer.query.data;
+  problem.key_data = layer.key_cache.data;
+  problem.value_data = layer.value_cache.data;
+  const bool bf16_query = problem.query_dtype == DType::kBF16, bf16_kv = problem.kv_dtype == DType::kBF16;
+  problem.query = bf16_query ? static_cast<const bf16*>(layer.query.data) : nullptr;
+  problem.key_cache = bf16_kv ? static_cast<const bf16*>(layer.key_cache.data) : nullptr;
+  problem.value_cache = bf16_kv ? static_cast<const bf16*>(layer.value_cache.data) : nullptr;
   const Results results{out.data, out.lse};
   if (m.cpu) cpu::execute(m.exec, problem, m.plan, results);
   else m.executor->run(problem, m.plan, m.options, results);

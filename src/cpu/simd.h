@@ -62,6 +62,14 @@ inline typename D::V exp_bf16(typename D::V x) {
   return D::scale_pow2(live, D::round_to_7_bits(p), n);
 }
 
+// P = fp16(exp(x)) for x <= 0, kept in fp32 (SPEC §6: P rounded to fp16 when the cache is F16):
+// exp_neg's fp32 value rounded to the nearest fp16 (ties to even, subnormal halves kept, as
+// round_to_f16). Needs D::round_to_f16 (avx2: F16C's vcvtps2ph / vcvtph2ps).
+template <class D>
+inline typename D::V exp_f16(typename D::V x) {
+  return D::round_to_f16(exp_neg<D>(x));
+}
+
 // tanh(y), relative error ~2e-7 (tested against double): |y| < 0.625 an odd polynomial
 // (Cephes tanhf's), else (1 - e) / (1 + e) with e = exp(-2|y|) <= 0.287 (no cancellation), the
 // sign copied back. Saturates to +-1 (e = 0) for |y| > 43.6.
