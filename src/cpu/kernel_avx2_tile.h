@@ -85,17 +85,24 @@ struct CacheRow<f16> {
   }
 };
 
+// fp8 rows, 16 elements per step: the bytes unpacked below zero bytes into 16-bit lanes
+// w = byte << 8 (elements 0-7, then 8-15), half(w) the fp16 bits, each 8 to fp32.
+template <class Row>
+inline void widen16_fp8(const std::uint8_t* src, float* dst) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i z = _mm_setzero_si128();
+  _mm256_store_ps(dst, _mm256_cvtph_ps(Row::half(_mm_unpacklo_epi8(z, x))));
+  _mm256_store_ps(dst + 8, _mm256_cvtph_ps(Row::half(_mm_unpackhi_epi8(z, x))));
+}
+
 template <>
 struct CacheRow<e5m2> {
   static constexpr float kFactor = 1.0f;
   static constexpr bool kF16P = false;
   static int position_dim(int p) { return p; }
-  static void widen16(const e5m2* src, float* dst) {
-    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-    const __m128i z = _mm_setzero_si128();
-    _mm256_store_ps(dst, _mm256_cvtph_ps(_mm_unpacklo_epi8(z, x)));
-    _mm256_store_ps(dst + 8, _mm256_cvtph_ps(_mm_unpackhi_epi8(z, x)));
-  }
+  // e5m2 is the high byte of an fp16.
+  static __m128i half(__m128i w) { return w; }
+  static void widen16(const e5m2* src, float* dst) { widen16_fp8<CacheRow>(&src->bits, dst); }
 };
 
 template <>
@@ -104,17 +111,12 @@ struct CacheRow<e4m3> {
   static constexpr bool kF16P = false;
   static int position_dim(int p) { return p; }
   // w = byte << 8 per 16-bit lane -> the fp16 of value / 256 (NaN for 0x7f / 0xff).
-  static __m256 half(__m128i w) {
+  static __m128i half(__m128i w) {
     const __m128i h = _mm_and_si128(_mm_srai_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xbf80)));
     const __m128i nan = _mm_cmpeq_epi16(_mm_slli_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xfe00)));
-    return _mm256_cvtph_ps(_mm_or_si128(h, nan));
+    return _mm_or_si128(h, nan);
   }
-  static void widen16(const e4m3* src, float* dst) {
-    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-    const __m128i z = _mm_setzero_si128();
-    _mm256_store_ps(dst, half(_mm_unpacklo_epi8(z, x)));
-    _mm256_store_ps(dst + 8, half(_mm_unpackhi_epi8(z, x)));
-  }
+  static void widen16(const e4m3* src, float* dst) { widen16_fp8<CacheRow>(&src->bits, dst); }
 };
 
 // dst[0, d) = the row src widened (d a multiple of 16; DT when DT != 0).
