@@ -22,7 +22,7 @@ struct ChunkJob {
   std::int64_t head_begin = 0;  // first query head of the tile
   int rows = 0;                 // heads in the tile (<= 64)
   TokenRange tokens;            // tokens [begin, end) of the request: a split-KV chunk, starting
-                                // mid-page where a window starts; the kernel walks it with PageWalk
+                                // mid-page where a window starts; the chunk driver walks it (PageWalk)
 };
 
 // Unnormalised partial result: o[rows][head_dim] row-major, and per row the softmax state

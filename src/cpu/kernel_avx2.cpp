@@ -79,28 +79,6 @@ inline LineStream rows_of(const bf16* row0, std::int64_t stride_elems, std::int6
   return s;
 }
 
-// acc[a][v] += x[v] * broadcast(b[a * kStride]) for a < A, v < RV (both matmuls' FMA step).
-template <int RV, int A, int kStride>
-inline void fma_step(__m256 (&acc)[A][RV], const float* x, const float* b) {
-  __m256 xv[RV];
-#pragma GCC unroll 4
-  for (int v = 0; v < RV; ++v) xv[v] = _mm256_load_ps(x + v * kLanes);
-#pragma GCC unroll 16
-  for (int a = 0; a < A; ++a) {
-    const __m256 bc = _mm256_broadcast_ss(b + a * kStride);
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) acc[a][v] = _mm256_fmadd_ps(xv[v], bc, acc[a][v]);
-  }
-}
-
-template <int RV, int A>
-inline void zero(__m256 (&acc)[A][RV]) {
-#pragma GCC unroll 16
-  for (int a = 0; a < A; ++a)
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) acc[a][v] = _mm256_setzero_ps();
-}
-
 // One head tile of <= 32 rows (RV ymm of rows) as the driver's stages; F = the score features.
 template <int RV, int D, unsigned F>
 struct Avx2Tile {
@@ -116,11 +94,7 @@ struct Avx2Tile {
   float* s;   // [bs][W]  scores, then rounded P
   float* vf;  // [TB][D]  widened V rows of one PV block
   float* ot;  // [D][W]   running O, position order
-  alignas(32) float m[32], l[32];
-  __m256 alpha[RV], l_i[RV];
-  simd::Epilogue<D8> epi;  // score epilogue: soft-cap
-  __m256 slope[RV];        // ALiBi slope per row (0 without)
-  std::int64_t pos;        // the query's position (ALiBi)
+  simd::LaneRows<D8, RV> st;  // m, l, alpha, l_i and the score epilogue per row
 
   explicit Avx2Tile(const ChunkJob& j)
       : job(j), pr(*j.problem), bs(pr.shape.block_size), k_stride(pr.k_strides.row), v_stride(pr.v_strides.row) {
@@ -135,16 +109,7 @@ struct Avx2Tile {
       for (int p = 0; p < D; ++p) qt[p * W + r] = r < job.rows ? q_row[p] : 0.0f;
     }
     for (int i = 0; i < D * W; ++i) ot[i] = 0.0f;
-    for (int r = 0; r < W; ++r) {
-      m[r] = -__builtin_inff();
-      l[r] = 0.0f;
-    }
-    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
-    alignas(32) float sl[W];
-    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
-    for (int v = 0; v < RV; ++v) slope[v] = _mm256_load_ps(sl + v * kLanes);
-    epi = simd::epilogue_of<D8>(sp);
-    pos = sp.pos;
+    st.init(pr, job.batch, job.head_begin, job.rows);
   }
 
   const bf16* key(std::int64_t page, std::int64_t j) const { return pr.key_row(page, j, job.kv_head); }
@@ -156,24 +121,21 @@ struct Avx2Tile {
   void qk_tokens(std::int64_t page, std::int64_t j0, std::int64_t token0, __m256 scale, LineStream& next) {
     for (int j = 0; j < A; ++j) widen_row<D>(key(page, j0 + j), kf + j * D);
     __m256 acc[A][RV];
-    zero(acc);
+    simd::zero<D8>(acc);
     constexpr int kEvery = 32 / A;  // the next block's A * D / 32 lines over the D steps
 #pragma GCC unroll 2
     for (int p = 0; p < D; ++p) {
       if (p % kEvery == 0) next.issue();
-      fma_step<RV, A, D>(acc, qt + p * W, kf + p);
+      simd::fma_step<D8, RV, A, D>(acc, qt + p * W, kf + p);
     }
-    for (int j = 0; j < A; ++j) {
-      const __m256 delta = _mm256_set1_ps(static_cast<float>(token0 + j0 + j - pos));
+    for (int j = 0; j < A; ++j)
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v)
-        _mm256_store_ps(s + (j0 + j) * W + v * kLanes,
-                        (simd::score_epilogue<F, D8>(_mm256_mul_ps(acc[j][v], scale), epi, slope[v], delta)));
-    }
+        _mm256_store_ps(s + (j0 + j) * W + v * kLanes, st.template logit<F>(acc[j][v], scale, v, token0 + j0 + j));
   }
 
   void qk(const PageSpan& span) {
-    const __m256 scale = _mm256_set1_ps(pr.scale);
+    const __m256 scale = _mm256_set1_ps(pr.variant.scale);
     const std::int64_t end = span.end;
     std::int64_t j = span.begin;
     for (; j + NJ <= end; j += NJ) {
@@ -186,39 +148,8 @@ struct Avx2Tile {
     for (; j < end; ++j) qk_tokens<1>(span.page, j, span.token0, scale, none);
   }
 
-  // Vector SF: running max, P = bf16(exp(s - M)) in place, l_i, alpha = exp(M_old - M_new).
-  void softmax(const PageSpan& span) {
-    const std::int64_t begin = span.begin, end = span.end;
-    for (int v = 0; v < RV; ++v) {
-      const __m256 m_old = _mm256_load_ps(m + v * kLanes);
-      __m256 mx4[4] = {m_old, m_old, m_old, m_old};  // four chains: vmaxps latency, not throughput
-      std::int64_t j = begin;
-      for (; j + 4 <= end; j += 4)
-        for (int k = 0; k < 4; ++k) mx4[k] = _mm256_max_ps(mx4[k], _mm256_load_ps(s + (j + k) * W + v * kLanes));
-      for (; j < end; ++j) mx4[0] = _mm256_max_ps(mx4[0], _mm256_load_ps(s + j * W + v * kLanes));
-      const __m256 mx = _mm256_max_ps(_mm256_max_ps(mx4[0], mx4[1]), _mm256_max_ps(mx4[2], mx4[3]));
-      alpha[v] = simd::exp_neg<D8>(_mm256_sub_ps(m_old, mx));
-      __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
-      j = begin;
-      for (; j + 2 <= end; j += 2) {  // two independent exp chains
-        float* s0 = s + j * W + v * kLanes;
-        const __m256 p0 = simd::exp_bf16<D8>(_mm256_sub_ps(_mm256_load_ps(s0), mx));
-        const __m256 p1 = simd::exp_bf16<D8>(_mm256_sub_ps(_mm256_load_ps(s0 + W), mx));
-        _mm256_store_ps(s0, p0);
-        _mm256_store_ps(s0 + W, p1);
-        sum0 = _mm256_add_ps(sum0, p0);
-        sum1 = _mm256_add_ps(sum1, p1);
-      }
-      if (j < end) {
-        float* s0 = s + j * W + v * kLanes;
-        const __m256 p0 = simd::exp_bf16<D8>(_mm256_sub_ps(_mm256_load_ps(s0), mx));
-        _mm256_store_ps(s0, p0);
-        sum0 = _mm256_add_ps(sum0, p0);
-      }
-      _mm256_store_ps(m + v * kLanes, mx);
-      l_i[v] = _mm256_add_ps(sum0, sum1);
-    }
-  }
+  // Vector SF (simd.h): running max, P = bf16(exp(s - M)) in place, l_i, alpha.
+  void softmax(const PageSpan& span) { st.softmax(s, span.begin, span.end); }
 
   // Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1; per
   // block TD positions at a time (TD x RV accumulators in registers); UP fused into the first
@@ -237,13 +168,13 @@ struct Avx2Tile {
       const float* p_block = s + j0 * W;
       for (int p0 = 0; p0 < D; p0 += TD) {
         __m256 acc[TD][RV];
-        zero(acc);
+        simd::zero<D8>(acc);
         for (std::int64_t j = 0; j < n; ++j) {
           if (++tick == every) {
             tick = 0;
             next.issue();
           }
-          fma_step<RV, TD, 1>(acc, p_block + j * W, vf + j * D + p0);
+          simd::fma_step<D8, RV, TD, 1>(acc, p_block + j * W, vf + j * D + p0);
         }
 #pragma GCC unroll 8
         for (int d = 0; d < TD; ++d)
@@ -251,19 +182,18 @@ struct Avx2Tile {
           for (int v = 0; v < RV; ++v) {
             float* o = ot + (p0 + d) * W + v * kLanes;
             const __m256 old = _mm256_load_ps(o);
-            _mm256_store_ps(o, j0 == begin ? _mm256_fmadd_ps(alpha[v], old, acc[d][v]) : _mm256_add_ps(old, acc[d][v]));
+            _mm256_store_ps(o, j0 == begin ? simd::up<D8>(st.alpha[v], old, acc[d][v]) : _mm256_add_ps(old, acc[d][v]));
           }
       }
     }
-    for (int v = 0; v < RV; ++v)
-      _mm256_store_ps(l + v * kLanes, _mm256_fmadd_ps(alpha[v], _mm256_load_ps(l + v * kLanes), l_i[v]));
+    st.update_l();
   }
 
   void finish(const ChunkOut& out) {
     for (int r = 0; r < job.rows; ++r) {
       for (int p = 0; p < D; ++p) out.o[r * D + position_dim(p)] = ot[p * W + r];
-      out.m[r] = m[r];
-      out.l[r] = l[r];
+      out.m[r] = st.m[r];
+      out.l[r] = st.l[r];
     }
   }
 };
