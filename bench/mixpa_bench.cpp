@@ -10,16 +10,22 @@
 // of a call (context lengths all 0; and the case's wall time minus its kernel time) is printed
 // for mixpa::run and DecodePlan::run.
 //
-//   mixpa_bench [--cases Case1,Case2,SmallCase1,Decode32k] [--reps 7] [--threads 0]
+// A case may carry a sliding window, `NAME:window_left=N` (SPEC §6): it runs NAME's shapes and
+// data with that window and prints its time as a ratio to NAME's full-context time when NAME
+// ran earlier in the same run (the default list times Decode32k both ways).
+//
+//   mixpa_bench [--cases Case1,Case2,SmallCase1,Decode32k,Decode32k:window_left=4095] [--reps 7] [--threads 0]
 //               [--executor cpu] [--isas auto,avx2,...] [--no-peer] [--python python3]
 //               [--max-copy-mib 8192]
 #include <algorithm>
 #include <chrono>
+#include <numeric>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -41,7 +47,7 @@ namespace mixpa::bench {
 namespace {
 
 struct Args {
-  std::vector<std::string> cases{"Case1", "Case2", "SmallCase1", "Decode32k"};
+  std::vector<std::string> cases{"Case1", "Case2", "SmallCase1", "Decode32k", "Decode32k:window_left=4095"};
   int reps = 7;
   int threads = 0;
   std::string executor = "cpu";
@@ -76,6 +82,39 @@ Args parse(int argc, char** argv) {
     else throw Error("mixpa_bench: unknown option '" + k + "' (see the header of bench/mixpa_bench.cpp)");
   }
   return a;
+}
+
+// A bench case: a case of the table, optionally with a sliding window ("NAME:window_left=N").
+struct BenchCase {
+  std::string base;            // the case table's name
+  std::int64_t window_left = -1;
+  std::string label() const { return window_left < 0 ? base : base + "/w" + std::to_string(window_left); }
+};
+
+BenchCase parse_case(const std::string& token) {
+  const std::size_t colon = token.find(':');
+  BenchCase b{token.substr(0, colon)};
+  if (colon == std::string::npos) return b;
+  const std::string key = "window_left=", rest = token.substr(colon + 1);
+  std::size_t used = 0;
+  try {
+    if (rest.rfind(key, 0) == 0) b.window_left = std::stoll(rest.substr(key.size()), &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || key.size() + used != rest.size() || b.window_left < 0)
+    throw Error("mixpa_bench: case '" + token + "': the only case option is window_left=N with N >= 0");
+  return b;
+}
+
+// The tokens the case's requests see (a window cuts each to its last window_left + 1), and the
+// K and V bytes of those tokens: what a kernel must read.
+std::int64_t visible_token_count(const Case& c) {
+  std::int64_t tokens = 0;
+  mixpa::Variant v;
+  v.window_left = c.window_left;
+  for (std::int32_t len : c.context_lens) tokens += visible_tokens(v, len).size();
+  return tokens;
 }
 
 double median(std::vector<double> v) {
@@ -267,11 +306,16 @@ int bench_main(int argc, char** argv) {
       std::cout << "auto for " << cpu::tile_class_name(tile) << " tiles: " << cpu::auto_choice(tile).reason << '\n';
   }
   std::cout << "roofline compute term uses " << peak.instruction << " at the best peak seen so far in this run\n\n";
-  for (const std::string& name : a.cases) {
-    const Case c = generate_case(find_case(name), 1);
-    std::int64_t tokens = 0;
-    for (auto l : c.context_lens) tokens += l;
-    const double bytes = static_cast<double>(c.kv_bytes_read());
+  std::map<std::string, double> full_context_ms;  // auto's time of each case run without a window
+  for (const std::string& token : a.cases) {
+    const BenchCase bc = parse_case(token);
+    CaseSpec spec = find_case(bc.base);
+    spec.window_left = bc.window_left;
+    const std::string name = bc.label();
+    spec.name = name;
+    const Case c = generate_case(spec, 1);  // the same data as the case without its window
+    const std::int64_t tokens = visible_token_count(c);
+    const double bytes = static_cast<double>(tokens * c.spec.num_kv_heads * c.spec.head_dim * 2 /*bytes*/ * 2 /*K, V*/);
     const double flops = 4.0 * static_cast<double>(tokens) * c.spec.num_heads * c.spec.head_dim;
     const double kv_total = 2.0 * static_cast<double>(c.key_cache.size() * sizeof(bf16));
     const double kv_huge = huge_page_bytes(c.key_cache.data(), c.key_cache.size() * sizeof(bf16)) +
@@ -284,6 +328,7 @@ int bench_main(int argc, char** argv) {
       std::printf("%-10s  KV cache on 2 MiB pages: %.0f%% of %.0f MiB (include/mixpa/memory.h); %s\n", name.c_str(),
                   100.0 * kv_huge / kv_total, kv_total / (1 << 20), cold_note.c_str());
     Options o;
+    c.apply_variant(o);
     o.scale = c.scale;
     o.executor = a.executor;
     o.num_threads = a.threads;
@@ -341,9 +386,19 @@ int bench_main(int argc, char** argv) {
     if (auto_t > 0 && best < 1e30)
       std::printf("%-10s  auto / best flavour = %.3f (best: %s, auto ran %s)\n", name.c_str(), auto_t / best,
                   best_name.c_str(), variants[0].isa.c_str());
+    const double mine_t = auto_t > 0 ? auto_t : best;
+    if (bc.window_left < 0) {
+      full_context_ms[bc.base] = mine_t * 1e3;
+    } else if (const auto full = full_context_ms.find(bc.base); full != full_context_ms.end()) {
+      std::printf("%-10s  window_left %lld / full context (%s, same run): %.2f / %.2f ms = %.3fx (reads %lld of %lld"
+                  " tokens)\n", name.c_str(), static_cast<long long>(bc.window_left), bc.base.c_str(), mine_t * 1e3,
+                  full->second, mine_t * 1e3 / full->second, static_cast<long long>(tokens),
+                  static_cast<long long>(std::accumulate(c.context_lens.begin(), c.context_lens.end(), std::int64_t{0})));
+    }
     if (cpu_exec) print_fixed_cost(c, o, threads);
     std::fflush(stdout);
-    if (!a.peer) {
+    if (!a.peer || bc.window_left >= 0) {  // the torch peer computes full-context attention only
+      if (a.peer) std::printf("%-10s  torch peer skipped (it has no sliding window)\n", name.c_str());
       std::printf("\n");
       continue;
     }

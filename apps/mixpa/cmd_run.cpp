@@ -176,10 +176,13 @@ int run_command(RunArgs& a) {
     throw Error("run: --check, --inject, --explicit-free and --schedule* apply to --executor sim only (got " +
                 std::string(named.name) + ")");
   std::vector<float> out(static_cast<std::size_t>(std::max<std::int64_t>(c.out_elements(), 0)));
-  std::vector<float> lse(static_cast<std::size_t>(std::max<std::int64_t>(c.spec.batch * c.spec.num_heads, 0)));
+  std::vector<float> lse(static_cast<std::size_t>(std::max<std::int64_t>(c.lse_elements(), 0)));
   const Inputs inputs = c.inputs();
-  const OutputView view{out.data(), {inputs.query.shape[0], inputs.query.shape[1], inputs.query.shape[2]},
-                        lse.empty() ? nullptr : lse.data()};
+  // The output takes the query's shape ([batch, (q_len,) num_heads, head_dim]).
+  const auto& qs = inputs.query.shape;
+  const bool multi = inputs.query.rank == 4;
+  const OutputView view{out.data(), {qs[0], qs[multi ? 2 : 1], qs[multi ? 3 : 2]}, lse.empty() ? nullptr : lse.data(),
+                        multi ? qs[1] : 1};
   const Problem problem = validate(inputs, options, view);
   const ExecutorEntry& executor = executor_for(options.executor, problem);
   print_shape(c, problem.scale);

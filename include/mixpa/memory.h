@@ -50,5 +50,7 @@ struct HugePageAllocator {
 
 // The KV cache buffers mixpa allocates itself (generated cases, case files, the benchmark).
 using KvVector = std::vector<bf16, HugePageAllocator<bf16>>;
+// The same for caches of other dtypes (f16, e4m3, e5m2 elements as raw bytes).
+using KvBytes = std::vector<std::uint8_t, HugePageAllocator<std::uint8_t>>;
 
 }  // namespace mixpa

@@ -24,13 +24,17 @@ enum class KvLayout { kNHD, kHND };
 // "NHD" / "HND"; throws mixpa::Error naming `what` otherwise.
 KvLayout parse_kv_layout(std::string_view name, std::string_view what = "kv_layout");
 
-// The input tensors (shapes as SPEC §1 and §6):
-//   query        bf16 [batch, num_heads, head_dim]                            contiguous
-//   key_cache    bf16 [num_blocks, block_size, num_kv_heads, head_dim]        any strides, head_dim stride 1
+// The input tensors (shapes and dtypes as SPEC §1 and §6):
+//   query        bf16|f16 [batch, num_heads, head_dim] (q_len 1)              contiguous
+//                         or [batch, q_len, num_heads, head_dim], q_len 1..16 (multi-token decode)
+//   key_cache    bf16|f16|f8_e4m3|f8_e5m2 [num_blocks, block_size, num_kv_heads, head_dim]
 //                     ([num_blocks, num_kv_heads, block_size, head_dim] with kv_layout HND)
-//   value_cache  bf16 same shape as key_cache                                 any strides, head_dim stride 1
-//   block_table  i32  [batch, max_blocks_per_req]                              contiguous
-//   context_lens i32  [batch]                                                  contiguous
+//                                                                              any strides, head_dim stride 1
+//   value_cache  same dtype and shape as key_cache                            any strides, head_dim stride 1
+//   block_table  i32|i64 [batch, max_blocks_per_req]                           contiguous
+//   context_lens i32|i64 [batch] (same dtype as block_table)                   contiguous
+// head_dim: a multiple of 16 in 16..256; block_size 1..256. Context length n counts every token
+// of a request, its q_len new ones included: query row p sits at position n - q_len + p.
 //   alibi_slopes f32  [num_heads], optional: x += slope_h * (t - pos)         contiguous
 //   sinks        f32  [num_heads], optional: one extra softmax term e^sink_h   contiguous
 struct Inputs {
@@ -70,6 +74,10 @@ class SimCheckError : public Error {
 struct Options {
   std::optional<double> scale;   // softmax scale; default 1/sqrt(head_dim)
   double softcap = 0;            // > 0: logits soft-capped after the scale, c * tanh(x / c); 0 = none
+  // fp8 caches: K = k_scale * float(key_cache), V = v_scale * float(value_cache) (default 1,
+  // vLLM's convention); positive and finite; setting either on a bf16/f16 cache is an error.
+  std::optional<double> k_scale;
+  std::optional<double> v_scale;
   std::int64_t window_left = -1; // >= 0: each query sees itself and window_left tokens before; -1 = all
   KvLayout kv_layout = KvLayout::kNHD;
   std::string executor = "auto"; // "auto" = the fastest executor this build has
@@ -86,9 +94,9 @@ struct Options {
   std::function<bool()> cancelled;
 };
 
-// Validates everything, then computes attention into `out` (float32 [batch, num_heads, head_dim])
-// and, when out.lse is set, the log-sum-exp of each row's visible logits into it (float32
-// [batch, num_heads], natural log, -inf for a row that sees no token; sinks not included).
+// Validates everything, then computes attention into `out` (float32, the query's shape) and,
+// when out.lse is set, the log-sum-exp of each row's visible logits into it (float32
+// [batch, (q_len,) num_heads], natural log, -inf for a row that sees no token; sinks not included).
 // Throws mixpa::Error naming the input and the rule on invalid input; `out` is untouched then.
 void run(const Inputs& inputs, const Options& options, OutputView out);
 

@@ -33,12 +33,18 @@ struct TensorView {
   const T* as() const { return static_cast<const T*>(data); }
 };
 
-// The output: float32, contiguous [batch, num_heads, head_dim]; optionally the log-sum-exp of
-// each row, float32 contiguous [batch, num_heads] (nullptr = not wanted).
+// The output: float32, contiguous [batch, q_len, num_heads, head_dim] (the query's shape;
+// q_len 1 is [batch, num_heads, head_dim]); optionally the log-sum-exp of each row, float32
+// contiguous [batch, q_len, num_heads] (nullptr = not wanted). `shape` is
+// [batch, num_heads, head_dim]; q_len is the query's (SPEC §6: 1..16).
 struct OutputView {
   float* data = nullptr;
   std::array<std::int64_t, 3> shape{};
   float* lse = nullptr;
+  std::int64_t q_len = 1;
+
+  std::int64_t rows() const { return shape[0] * q_len * shape[1]; }
+  std::int64_t numel() const { return rows() * shape[2]; }
 };
 
 }  // namespace mixpa

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <thread>
 #include <sstream>
 
@@ -67,17 +68,18 @@ std::uint64_t draw(std::uint64_t seed, Stream stream, std::uint64_t index) {
   return splitmix64(splitmix64(seed * 4 + stream) ^ index);
 }
 
-// Uniform in [-range, range), then rounded to bf16.
-bf16 uniform_bf16(std::uint64_t bits, double range) {
+// Uniform in [-range, range), then rounded to the element type (bf16, f16, e4m3, e5m2).
+template <class T>
+T uniform_element(std::uint64_t bits, double range) {
   const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;  // [0, 1)
-  return bf16::from_float(static_cast<float>((2.0 * u - 1.0) * range));
+  return T::from_float(static_cast<float>((2.0 * u - 1.0) * range));
 }
 
-template <class Vector>
+template <class T, class Vector>
 void fill_uniform(Vector& v, std::uint64_t seed, Stream stream, double range,
                   const std::function<void(double)>& progress, std::atomic<std::int64_t>& done, std::int64_t total) {
   constexpr std::int64_t kChunk = 1 << 20;
-  const std::int64_t n = static_cast<std::int64_t>(v.size());
+  const std::int64_t n = static_cast<std::int64_t>(v.size() * sizeof(v[0]) / sizeof(T));
   const std::int64_t chunks = (n + kChunk - 1) / kChunk;
   // A reporter thread polls the shared counter while the workers fill.
   std::atomic<bool> finished{false};
@@ -90,7 +92,10 @@ void fill_uniform(Vector& v, std::uint64_t seed, Stream stream, double range,
       }
     });
   parallel_chunks(n, std::max<std::int64_t>(chunks, 1), hardware_threads(), [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t i = b; i < e; ++i) v[i] = uniform_bf16(draw(seed, stream, static_cast<std::uint64_t>(i)), range);
+    for (std::int64_t i = b; i < e; ++i) {
+      const T x = uniform_element<T>(draw(seed, stream, static_cast<std::uint64_t>(i)), range);
+      std::memcpy(&v[i * sizeof(T) / sizeof(v[0])], &x, sizeof(T));
+    }
     done += e - b;
   });
   finished = true;
@@ -138,6 +143,18 @@ void Case::apply_variant(Options& options) const {
   options.softcap = softcap;
   options.window_left = window_left;
   options.kv_layout = kv_layout;
+  if (spec.k_scale != 0) options.k_scale = spec.k_scale;
+  if (spec.v_scale != 0) options.v_scale = spec.v_scale;
+}
+
+const void* Case::query_data() const {
+  return spec.query_dtype == DType::kBF16 ? static_cast<const void*>(query.data()) : query_bytes.data();
+}
+const void* Case::key_data() const {
+  return spec.kv_dtype == DType::kBF16 ? static_cast<const void*>(key_cache.data()) : key_bytes.data();
+}
+const void* Case::value_data() const {
+  return spec.kv_dtype == DType::kBF16 ? static_cast<const void*>(value_cache.data()) : value_bytes.data();
 }
 
 Inputs Case::inputs() const {
@@ -148,35 +165,43 @@ Inputs Case::inputs() const {
 }
 
 Inputs Case::tensor_inputs() const {
+  const bool wide = spec.int64_indices;
+  const DType index = wide ? DType::kI64 : DType::kI32;
+  const void* table = wide ? static_cast<const void*>(block_table64.data()) : block_table.data();
+  const void* lens = wide ? static_cast<const void*>(context_lens64.data()) : context_lens.data();
   if (stored_shapes.size() == 5) {
     Inputs in;
-    in.query = stored_view("query", query.data(), DType::kBF16, stored_shapes[0]);
-    in.key_cache = stored_view("key_cache", key_cache.data(), DType::kBF16, stored_shapes[1]);
-    in.value_cache = stored_view("value_cache", value_cache.data(), DType::kBF16, stored_shapes[2]);
-    in.block_table = stored_view("block_table", block_table.data(), DType::kI32, stored_shapes[3]);
-    in.context_lens = stored_view("context_lens", context_lens.data(), DType::kI32, stored_shapes[4]);
+    in.query = stored_view("query", query_data(), spec.query_dtype, stored_shapes[0]);
+    in.key_cache = stored_view("key_cache", key_data(), spec.kv_dtype, stored_shapes[1]);
+    in.value_cache = stored_view("value_cache", value_data(), spec.kv_dtype, stored_shapes[2]);
+    in.block_table = stored_view("block_table", table, index, stored_shapes[3]);
+    in.context_lens = stored_view("context_lens", lens, index, stored_shapes[4]);
     return in;
   }
   const std::int64_t b = spec.batch, h = spec.num_heads, kvh = spec.num_kv_heads, d = spec.head_dim;
   Inputs in;
-  in.query = TensorView::contiguous(query.data(), DType::kBF16, {b, h, d});
-  in.key_cache = TensorView::contiguous(key_cache.data(), DType::kBF16, {num_blocks, spec.block_size, kvh, d});
-  in.value_cache = TensorView::contiguous(value_cache.data(), DType::kBF16, {num_blocks, spec.block_size, kvh, d});
-  in.block_table = TensorView::contiguous(block_table.data(), DType::kI32, {b, max_blocks_per_req});
-  in.context_lens = TensorView::contiguous(context_lens.data(), DType::kI32, {b});
+  in.query = spec.q_len == 1 ? TensorView::contiguous(query_data(), spec.query_dtype, {b, h, d})
+                             : TensorView::contiguous(query_data(), spec.query_dtype, {b, spec.q_len, h, d});
+  in.key_cache = TensorView::contiguous(key_data(), spec.kv_dtype, {num_blocks, spec.block_size, kvh, d});
+  in.value_cache = TensorView::contiguous(value_data(), spec.kv_dtype, {num_blocks, spec.block_size, kvh, d});
+  in.block_table = TensorView::contiguous(table, index, {b, max_blocks_per_req});
+  in.context_lens = TensorView::contiguous(lens, index, {b});
   return in;
 }
 
 std::int64_t Case::kv_bytes_read() const {
   std::int64_t tokens = 0;
   for (std::int32_t len : context_lens) tokens += len;
-  return tokens * spec.num_kv_heads * spec.head_dim * 2 /*bytes*/ * 2 /*K and V*/;
+  return tokens * spec.num_kv_heads * spec.head_dim * static_cast<std::int64_t>(dtype_size(spec.kv_dtype)) * 2 /*K and V*/;
 }
 
 Case generate_case(const CaseSpec& spec, std::uint64_t seed, const std::function<void(double)>& progress) {
   if (spec.batch < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 || spec.head_dim < 1 || spec.block_size < 1)
     throw Error("case " + spec.name + ": batch must be >= 0 and heads, head_dim, block_size >= 1");
   if (spec.context_lens.empty()) throw Error("case " + spec.name + ": context_lens is empty");
+  if (spec.query_dtype != DType::kBF16 && spec.query_dtype != DType::kF16)
+    throw Error("case " + spec.name + ": query_dtype must be BF16 or F16");
+  if (spec.q_len < 1) throw Error("case " + spec.name + ": q_len must be >= 1");
   Case c;
   c.spec = spec;
   c.scale = spec.scale;
@@ -198,21 +223,56 @@ Case generate_case(const CaseSpec& spec, std::uint64_t seed, const std::function
   c.num_blocks = spec.num_blocks > 0 ? spec.num_blocks : std::max<std::int64_t>(1, spec.batch * ((max_len + bs - 1) / bs));
 
   const std::int64_t kv_elems = c.num_blocks * bs * spec.num_kv_heads * spec.head_dim;
-  const std::int64_t q_elems = spec.batch * spec.num_heads * spec.head_dim;
-  c.query.resize(q_elems);
-  c.key_cache.resize(kv_elems);
-  c.value_cache.resize(kv_elems);
+  const std::int64_t q_elems = spec.batch * spec.q_len * spec.num_heads * spec.head_dim;
   std::atomic<std::int64_t> done{0};
   const std::int64_t total = q_elems + 2 * kv_elems;
-  fill_uniform(c.query, seed, kQuery, spec.qk_range, progress, done, total);
-  fill_uniform(c.key_cache, seed, kKey, spec.qk_range, progress, done, total);
-  fill_uniform(c.value_cache, seed, kValue, spec.v_range, progress, done, total);
+  if (spec.query_dtype == DType::kBF16) {
+    c.query.resize(q_elems);
+    fill_uniform<bf16>(c.query, seed, kQuery, spec.qk_range, progress, done, total);
+  } else {
+    c.query_bytes.resize(q_elems * sizeof(f16));
+    fill_uniform<f16>(c.query_bytes, seed, kQuery, spec.qk_range, progress, done, total);
+  }
+  // fp8 values are stored divided by their scale, so that k_scale * K keeps the spec's range.
+  const double k_range = spec.qk_range / (spec.k_scale != 0 ? spec.k_scale : 1.0);
+  const double v_range = spec.v_range / (spec.v_scale != 0 ? spec.v_scale : 1.0);
+  switch (spec.kv_dtype) {
+    case DType::kBF16:
+      c.key_cache.resize(kv_elems);
+      c.value_cache.resize(kv_elems);
+      fill_uniform<bf16>(c.key_cache, seed, kKey, spec.qk_range, progress, done, total);
+      fill_uniform<bf16>(c.value_cache, seed, kValue, spec.v_range, progress, done, total);
+      break;
+    case DType::kF16:
+      c.key_bytes.resize(kv_elems * 2);
+      c.value_bytes.resize(kv_elems * 2);
+      fill_uniform<f16>(c.key_bytes, seed, kKey, spec.qk_range, progress, done, total);
+      fill_uniform<f16>(c.value_bytes, seed, kValue, spec.v_range, progress, done, total);
+      break;
+    case DType::kF8E4M3:
+      c.key_bytes.resize(kv_elems);
+      c.value_bytes.resize(kv_elems);
+      fill_uniform<e4m3>(c.key_bytes, seed, kKey, k_range, progress, done, total);
+      fill_uniform<e4m3>(c.value_bytes, seed, kValue, v_range, progress, done, total);
+      break;
+    case DType::kF8E5M2:
+      c.key_bytes.resize(kv_elems);
+      c.value_bytes.resize(kv_elems);
+      fill_uniform<e5m2>(c.key_bytes, seed, kKey, k_range, progress, done, total);
+      fill_uniform<e5m2>(c.value_bytes, seed, kValue, v_range, progress, done, total);
+      break;
+    default: throw Error("case " + spec.name + ": kv_dtype must be BF16, F16, F8_E4M3 or F8_E5M2");
+  }
 
   // Page ids uniform in [0, num_blocks), drawn with replacement for every entry (SPEC §4).
   c.block_table.resize(spec.batch * c.max_blocks_per_req);
   for (std::size_t i = 0; i < c.block_table.size(); ++i) {
     const std::uint64_t r = draw(seed, kTable, i) >> 32;
     c.block_table[i] = static_cast<std::int32_t>((r * static_cast<std::uint64_t>(c.num_blocks)) >> 32);
+  }
+  if (spec.int64_indices) {
+    c.block_table64.assign(c.block_table.begin(), c.block_table.end());
+    c.context_lens64.assign(c.context_lens.begin(), c.context_lens.end());
   }
   if (progress) progress(1.0);
   return c;

@@ -35,6 +35,16 @@ struct CaseSpec {
   std::int64_t window_left = -1;
   std::vector<float> alibi_slopes;
   std::vector<float> sinks;
+  // Dtypes and shapes of SPEC §6. q_len > 1 stores the query as [batch, q_len, num_heads,
+  // head_dim] (q_len 1: [batch, num_heads, head_dim]); context lengths must be 0 or >= q_len.
+  std::int64_t q_len = 1;
+  DType query_dtype = DType::kBF16;  // kBF16 or kF16
+  DType kv_dtype = DType::kBF16;     // kBF16, kF16, kF8E4M3 or kF8E5M2
+  // fp8 caches only: the stored values are uniform / scale, so the dequantised values keep the
+  // ranges above; 0 = not given (1, and absent from a case file).
+  double k_scale = 0.0;
+  double v_scale = 0.0;
+  bool int64_indices = false;        // block_table / context_lens as int64
 };
 
 // The origin's cases (SPEC §4) and the benchmark shapes; the first three are the origin's.
@@ -42,14 +52,19 @@ std::span<const CaseSpec> case_table();
 // Looks a case up by name; throws mixpa::Error listing the known names.
 const CaseSpec& find_case(std::string_view name);
 
-// Owning tensors of one generated case.
+// Owning tensors of one generated case. The element storage used depends on the spec's dtypes:
+// bf16 tensors live in `query` / `key_cache` / `value_cache`, the others in the byte vectors
+// (the bf16 ones are then empty); query_data() / key_data() / value_data() point at either.
 struct Case {
   CaseSpec spec;
-  std::vector<bf16> query;        // [batch, num_heads, head_dim]
-  KvVector key_cache;    // [num_blocks, block_size, num_kv_heads, head_dim], on huge pages
+  std::vector<bf16> query;        // bf16 query: [batch, (q_len,) num_heads, head_dim]
+  KvVector key_cache;    // bf16 caches: [num_blocks, block_size, num_kv_heads, head_dim], on huge pages
   KvVector value_cache;  // same
-  std::vector<std::int32_t> block_table;   // [batch, max_blocks_per_req]
+  std::vector<std::uint8_t> query_bytes;  // F16 query (raw elements)
+  KvBytes key_bytes, value_bytes;         // F16 / F8 caches (raw elements), on huge pages
+  std::vector<std::int32_t> block_table;   // [batch, max_blocks_per_req] (int32 values, always filled)
   std::vector<std::int32_t> context_lens;  // [batch]
+  std::vector<std::int64_t> block_table64, context_lens64;  // spec.int64_indices: what inputs() hands out
   std::int64_t num_blocks = 0;
   std::int64_t max_blocks_per_req = 0;
   double scale = 1.0;
@@ -66,10 +81,19 @@ struct Case {
   std::vector<std::vector<std::int64_t>> stored_shapes;  // false for a case file without a "scale" entry: use 1/sqrt(head_dim)
 
   Inputs inputs() const;
-  // Sets options.softcap and options.window_left from the case (a CLI flag may override after).
+  // Sets options.softcap, window_left, kv_layout and (fp8) k_scale / v_scale from the case (a
+  // CLI flag may override after).
   void apply_variant(Options& options) const;
   Inputs tensor_inputs() const;  // the five tensors of SPEC §1 only
-  std::int64_t out_elements() const { return spec.batch * spec.num_heads * spec.head_dim; }
+  const void* query_data() const;
+  const void* key_data() const;
+  const void* value_data() const;
+  std::int64_t out_elements() const { return spec.batch * spec.q_len * spec.num_heads * spec.head_dim; }
+  std::int64_t lse_elements() const { return spec.batch * spec.q_len * spec.num_heads; }
+  // The output view shape: [batch, num_heads, head_dim] with q_len (OutputView).
+  OutputView output_view(float* out, float* lse = nullptr) const {
+    return OutputView{out, {spec.batch, spec.num_heads, spec.head_dim}, lse, spec.q_len};
+  }
   // Bytes of K and V a kernel must read: every used page's rows of every kv head (context only).
   std::int64_t kv_bytes_read() const;
 };

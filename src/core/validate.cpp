@@ -17,22 +17,23 @@ template <class... Parts>
   throw Error(s.str());
 }
 
-std::string set_string(const auto& values) {
-  std::ostringstream s;
-  s << '{';
-  bool first = true;
-  for (auto v : values) {
-    s << (first ? "" : ", ") << v;
-    first = false;
-  }
-  s << '}';
-  return s.str();
+std::string dtype_set(std::initializer_list<DType> dtypes) {
+  std::string s;
+  for (DType d : dtypes) s += (s.empty() ? "" : " or ") + std::string(dtype_name(d));
+  return s;
 }
 
-void require_tensor(const TensorView& t, const char* name, DType dtype, int rank, const char* dims) {
-  if (!t.present()) fail(name, ": missing (expected ", dtype_name(dtype), ' ', dims, ')');
-  if (t.dtype != dtype) fail(name, ": dtype is ", dtype_name(t.dtype), ", expected ", dtype_name(dtype));
-  if (t.rank != rank) fail(name, ": rank is ", t.rank, " (shape ", t.shape_string(), "), expected ", rank, ' ', dims);
+void require_tensor(const TensorView& t, const char* name, std::initializer_list<DType> dtypes, int rank,
+                    const char* dims, int alt_rank = -1, const char* alt_dims = nullptr) {
+  if (!t.present()) fail(name, ": missing (expected ", dtype_set(dtypes), ' ', dims, ')');
+  if (std::find(dtypes.begin(), dtypes.end(), t.dtype) == dtypes.end())
+    fail(name, ": dtype is ", dtype_name(t.dtype), ", expected ", dtype_set(dtypes));
+  if (t.rank != rank && t.rank != alt_rank) {
+    if (alt_rank > 0)
+      fail(name, ": rank is ", t.rank, " (shape ", t.shape_string(), "), expected ", rank, ' ', dims, " or ", alt_rank,
+           ' ', alt_dims);
+    fail(name, ": rank is ", t.rank, " (shape ", t.shape_string(), "), expected ", rank, ' ', dims);
+  }
   // Dimensions are bounded so that every product of them fits in 64 bits.
   __int128 total = 1;
   for (int d = 0; d < rank; ++d) {
@@ -75,10 +76,11 @@ bool overlap(const Extent& a, const Extent& b) { return !a.empty() && !b.empty()
 // one of them, or with the other output, would corrupt it mid-computation. Shapes are
 // validated (the output's against the query's) before this is called.
 void require_disjoint_outputs(const Inputs& in, const OutputView& out) {
-  const std::int64_t out_strides[3] = {out.shape[1] * out.shape[2], out.shape[2], 1};
-  const std::int64_t lse_shape[2] = {out.shape[0], out.shape[1]}, lse_strides[2] = {out.shape[1], 1};
-  const Extent o = extent_of(out.data, sizeof(float), out.shape.data(), out_strides, 3);
-  const Extent l = out.lse ? extent_of(out.lse, sizeof(float), lse_shape, lse_strides, 2) : Extent{};
+  // Both outputs are contiguous: [rows, head_dim] and [rows].
+  const std::int64_t out_shape[2] = {out.rows(), out.shape[2]}, out_strides[2] = {out.shape[2], 1};
+  const std::int64_t lse_shape[1] = {out.rows()}, lse_strides[1] = {1};
+  const Extent o = extent_of(out.data, sizeof(float), out_shape, out_strides, 2);
+  const Extent l = out.lse ? extent_of(out.lse, sizeof(float), lse_shape, lse_strides, 1) : Extent{};
   if (overlap(o, l)) fail("lse: overlaps the memory of out");
   const std::pair<const TensorView*, const char*> inputs[] = {
       {&in.query, "query"},         {&in.key_cache, "key_cache"},       {&in.value_cache, "value_cache"},
@@ -104,7 +106,7 @@ CacheStrides cache_strides(const TensorView& t, const char* name, KvLayout layou
 // An optional f32 [num_heads] vector of finite values (ALiBi slopes, sinks).
 const float* head_vector(const TensorView& t, const char* name, std::int64_t num_heads) {
   if (!t.present()) return nullptr;
-  require_tensor(t, name, DType::kF32, 1, "[num_heads]");
+  require_tensor(t, name, {DType::kF32}, 1, "[num_heads]");
   require_contiguous(t, name);
   if (t.shape[0] != num_heads) fail(name, ": shape ", t.shape_string(), ", expected [", num_heads, "] (num_heads)");
   const float* v = t.as<float>();
@@ -128,6 +130,24 @@ Variant resolve_variant(const Inputs& in, const Options& options, const Shape& s
   v.alibi_slopes = head_vector(in.alibi_slopes, "alibi_slopes", s.num_heads);
   v.sinks = head_vector(in.sinks, "sinks", s.num_heads);
   return v;
+}
+
+void resolve_kv_scales(const Options& options, DType kv_dtype, Problem& p) {
+  const bool fp8 = kv_dtype == DType::kF8E4M3 || kv_dtype == DType::kF8E5M2;
+  const std::pair<const std::optional<double>*, const char*> scales[] = {{&options.k_scale, "k_scale"},
+                                                                         {&options.v_scale, "v_scale"}};
+  for (const auto& [value, name] : scales) {
+    if (!value->has_value()) continue;
+    if (!fp8)
+      fail(name, ": given for a ", dtype_name(kv_dtype), " cache; k_scale/v_scale apply to F8_E4M3 / F8_E5M2 caches only");
+    const double v = **value;
+    if (!std::isfinite(v) || !(v > 0)) fail(name, ": ", v, " must be a positive finite number");
+    const float f = static_cast<float>(v);
+    if (!std::isfinite(f) || f < std::numeric_limits<float>::min())
+      fail(name, ": ", v, " is outside float32's positive normal range");
+  }
+  p.k_scale = options.k_scale ? static_cast<float>(*options.k_scale) : 1.0f;
+  p.v_scale = options.v_scale ? static_cast<float>(*options.v_scale) : 1.0f;
 }
 
 float resolve_scale(const Options& options, std::int64_t head_dim) {
@@ -180,19 +200,29 @@ Shape validate_shapes(const Inputs& in, KvLayout layout) {
   const bool nhd = layout == KvLayout::kNHD;
   const char* cache_dims = nhd ? "[num_blocks, block_size, num_kv_heads, head_dim]"
                                : "[num_blocks, num_kv_heads, block_size, head_dim] (kv_layout HND)";
-  require_tensor(in.query, "query", DType::kBF16, 3, "[batch, num_heads, head_dim]");
-  require_tensor(in.key_cache, "key_cache", DType::kBF16, 4, cache_dims);
-  require_tensor(in.value_cache, "value_cache", DType::kBF16, 4, cache_dims);
-  require_tensor(in.block_table, "block_table", DType::kI32, 2, "[batch, max_blocks_per_req]");
-  require_tensor(in.context_lens, "context_lens", DType::kI32, 1, "[batch]");
+  const std::initializer_list<DType> kCacheDtypes = {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2};
+  require_tensor(in.query, "query", {DType::kBF16, DType::kF16}, 3, "[batch, num_heads, head_dim]", 4,
+                 "[batch, q_len, num_heads, head_dim]");
+  require_tensor(in.key_cache, "key_cache", kCacheDtypes, 4, cache_dims);
+  require_tensor(in.value_cache, "value_cache", kCacheDtypes, 4, cache_dims);
+  require_tensor(in.block_table, "block_table", {DType::kI32, DType::kI64}, 2, "[batch, max_blocks_per_req]");
+  require_tensor(in.context_lens, "context_lens", {DType::kI32, DType::kI64}, 1, "[batch]");
   require_contiguous(in.query, "query");
   require_contiguous(in.block_table, "block_table");
   require_contiguous(in.context_lens, "context_lens");
+  if (in.value_cache.dtype != in.key_cache.dtype)
+    fail("value_cache: dtype is ", dtype_name(in.value_cache.dtype), " but key_cache is ", dtype_name(in.key_cache.dtype),
+         " (the caches must share a dtype)");
+  if (in.context_lens.dtype != in.block_table.dtype)
+    fail("context_lens: dtype is ", dtype_name(in.context_lens.dtype), " but block_table is ",
+         dtype_name(in.block_table.dtype), " (the index tensors must share a dtype)");
 
   Shape s;
+  const bool multi = in.query.rank == 4;
   s.batch = in.query.shape[0];
-  s.num_heads = in.query.shape[1];
-  s.head_dim = in.query.shape[2];
+  s.q_len = multi ? in.query.shape[1] : 1;
+  s.num_heads = in.query.shape[multi ? 2 : 1];
+  s.head_dim = in.query.shape[multi ? 3 : 2];
   s.num_blocks = in.key_cache.shape[0];
   s.block_size = in.key_cache.shape[nhd ? 1 : 2];
   s.num_kv_heads = in.key_cache.shape[nhd ? 2 : 1];
@@ -208,15 +238,17 @@ Shape validate_shapes(const Inputs& in, KvLayout layout) {
     fail("block_table: batch is ", in.block_table.shape[0], " but query batch is ", s.batch);
   if (in.context_lens.shape[0] != s.batch)
     fail("context_lens: batch is ", in.context_lens.shape[0], " but query batch is ", s.batch);
+  if (s.q_len < kMinQLen || s.q_len > kMaxQLen)
+    fail("query: q_len is ", s.q_len, " (shape ", in.query.shape_string(), "), must be in ", kMinQLen, "..", kMaxQLen);
   if (s.num_heads < 1) fail("query: num_heads is ", s.num_heads, ", must be >= 1");
   if (s.num_kv_heads < 1) fail("key_cache: num_kv_heads is ", s.num_kv_heads, ", must be >= 1");
   if (s.num_heads % s.num_kv_heads != 0)
     fail("num_heads % num_kv_heads: num_heads ", s.num_heads, " is not a multiple of num_kv_heads ", s.num_kv_heads);
-  if (std::find(kSupportedHeadDims.begin(), kSupportedHeadDims.end(), s.head_dim) == kSupportedHeadDims.end())
-    fail("query: head_dim ", s.head_dim, " is not supported, expected one of ", set_string(kSupportedHeadDims));
-  if (std::find(kSupportedBlockSizes.begin(), kSupportedBlockSizes.end(), s.block_size) == kSupportedBlockSizes.end())
-    fail("key_cache: block_size ", s.block_size, " is not supported, expected one of ",
-         set_string(kSupportedBlockSizes));
+  if (s.head_dim < kMinHeadDim || s.head_dim > kMaxHeadDim || s.head_dim % kHeadDimMultiple != 0)
+    fail("query: head_dim ", s.head_dim, " is not supported, expected a multiple of ", kHeadDimMultiple, " in ",
+         kMinHeadDim, "..", kMaxHeadDim);
+  if (s.block_size < kMinBlockSize || s.block_size > kMaxBlockSize)
+    fail("key_cache: block_size ", s.block_size, " is not supported, expected ", kMinBlockSize, "..", kMaxBlockSize);
   cache_strides(in.key_cache, "key_cache", layout);
   cache_strides(in.value_cache, "value_cache", layout);
   return s;
@@ -225,9 +257,13 @@ Shape validate_shapes(const Inputs& in, KvLayout layout) {
 Problem validate(const Inputs& in, const Options& options, const OutputView& out) {
   Problem p = validate_inputs(in, options);
   const Shape& s = p.shape;
-  if (out.shape[0] != s.batch || out.shape[1] != s.num_heads || out.shape[2] != s.head_dim)
+  if (out.shape[0] != s.batch || out.shape[1] != s.num_heads || out.shape[2] != s.head_dim || out.q_len != s.q_len) {
+    if (out.q_len != 1 || s.q_len != 1)
+      fail("out: shape [", out.shape[0], ", ", out.q_len, ", ", out.shape[1], ", ", out.shape[2], "], expected [", s.batch,
+           ", ", s.q_len, ", ", s.num_heads, ", ", s.head_dim, "] (the query's)");
     fail("out: shape [", out.shape[0], ", ", out.shape[1], ", ", out.shape[2], "], expected [", s.batch, ", ",
          s.num_heads, ", ", s.head_dim, "]");
+  }
   if (out.data == nullptr && s.batch > 0) fail("out: data pointer is null");
   if (out.lse != nullptr && out.lse == out.data) fail("lse: must not alias out");
   require_disjoint_outputs(in, out);
@@ -242,27 +278,45 @@ Problem validate_inputs(const Inputs& in, const Options& options) {
   p.variant = resolve_variant(in, options, s);
   p.scale = p.variant.scale;
 
-  p.query = in.query.as<bf16>();
-  p.key_cache = in.key_cache.as<bf16>();
-  p.value_cache = in.value_cache.as<bf16>();
+  p.query_dtype = in.query.dtype;
+  p.query_data = in.query.data;
+  p.kv_dtype = in.key_cache.dtype;
+  p.key_data = in.key_cache.data;
+  p.value_data = in.value_cache.data;
+  resolve_kv_scales(options, p.kv_dtype, p);
+  if (p.query_dtype == DType::kBF16) p.query = in.query.as<bf16>();
+  if (p.kv_dtype == DType::kBF16) {
+    p.key_cache = in.key_cache.as<bf16>();
+    p.value_cache = in.value_cache.as<bf16>();
+  }
   p.k_strides = cache_strides(in.key_cache, "key_cache", options.kv_layout);
   p.v_strides = cache_strides(in.value_cache, "value_cache", options.kv_layout);
-  p.block_table = in.block_table.as<std::int32_t>();
-  p.context_lens = in.context_lens.as<std::int32_t>();
+  const bool wide = in.block_table.dtype == DType::kI64;
+  p.block_table = wide ? IndexView(in.block_table.as<std::int64_t>()) : IndexView(in.block_table.as<std::int32_t>());
+  p.context_lens = wide ? IndexView(in.context_lens.as<std::int64_t>()) : IndexView(in.context_lens.as<std::int32_t>());
 
+  constexpr std::int64_t kI32Max = std::numeric_limits<std::int32_t>::max();
+  constexpr std::int64_t kI32Min = std::numeric_limits<std::int32_t>::min();
   const std::int64_t max_tokens = s.max_blocks_per_req * s.block_size;
   for (std::int64_t b = 0; b < s.batch; ++b) {
     const std::int64_t len = p.context_lens[b];
+    if (wide && (len > kI32Max || len < kI32Min))
+      fail("context_lens[", b, "] = ", len, " is outside int32 range");
     if (len < 0) fail("context_lens[", b, "] = ", len, " is negative");
     if (len > max_tokens)
       fail("context_lens[", b, "] = ", len, " exceeds max_blocks_per_req * block_size = ", s.max_blocks_per_req,
            " * ", s.block_size, " = ", max_tokens);
+    if (len > 0 && len < s.q_len)
+      fail("context_lens[", b, "] = ", len, " is below q_len ", s.q_len,
+           " (the context counts the new tokens too; 0 = an empty request)");
     // The pages a request uses: those holding its visible tokens (a window skips the rest).
     const TokenRange seen = p.visible(b);
     const std::int64_t first = seen.empty() ? 0 : seen.begin / s.block_size;
     const std::int64_t pages = p.num_pages(b);
     for (std::int64_t j = first; j < pages; ++j) {
       const std::int64_t page = p.page(b, j);
+      if (wide && (page > kI32Max || page < kI32Min))
+        fail("block_table[", b, "][", j, "] = ", page, " is outside int32 range");
       if (page < 0 || page >= s.num_blocks)
         fail("block_table[", b, "][", j, "] = ", page, " is outside [0, ", s.num_blocks, ") (page ", j,
              " of request ", b, " with context length ", len, ")");

@@ -6,6 +6,15 @@
 
 namespace mixpa {
 
+// SPEC §6 shapes: head_dim a multiple of 16 in 16..256, block_size 1..256, q_len 1..16.
+inline constexpr std::int64_t kMinHeadDim = 16;
+inline constexpr std::int64_t kMaxHeadDim = 256;
+inline constexpr std::int64_t kHeadDimMultiple = 16;
+inline constexpr std::int64_t kMinBlockSize = 1;
+inline constexpr std::int64_t kMaxBlockSize = 256;
+inline constexpr std::int64_t kMinQLen = 1;
+inline constexpr std::int64_t kMaxQLen = 16;
+// The origin's shapes (SPEC §1), which every executor has fast paths for.
 inline constexpr std::array<std::int64_t, 3> kSupportedHeadDims{64, 128, 256};
 inline constexpr std::array<std::int64_t, 4> kSupportedBlockSizes{16, 32, 64, 128};
 
@@ -37,6 +46,9 @@ float resolve_scale(const Options& options, std::int64_t head_dim);
 // The variant of SPEC §6 (scale, softcap, window_left, alibi_slopes, sinks) checked against
 // the shape: finite values, [num_heads] vectors.
 Variant resolve_variant(const Inputs& inputs, const Options& options, const Shape& shape);
+
+// k_scale / v_scale (SPEC §6): only on fp8 caches, positive finite float32; into p.k_scale/v_scale.
+void resolve_kv_scales(const Options& options, DType kv_dtype, Problem& p);
 
 // Option checks shared by all executors (hw_blocks, pipe_depth, num_threads and the sim's
 // watchdog and swimlane), with the bounds above.

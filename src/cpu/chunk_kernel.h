@@ -22,7 +22,7 @@ struct ChunkJob {
   std::int64_t head_begin = 0;  // first query head of the tile (q_len 1)
   int rows = 0;                 // rows in the tile (<= 64)
   TokenRange tokens;            // tokens [begin, end) of the request: a split-KV chunk, starting
-                                // mid-page where a window starts; the kernel walks it with PageWalk
+                                // mid-page where a window starts; the chunk driver walks it (PageWalk)
   std::int64_t row_begin = 0;   // first (new token, group head) pair of the tile (LogicalBlock::row_begin)
 };
 

@@ -7,6 +7,8 @@
 //   PV  O[16 rows x 16 positions] += P [16 rows x 32 tokens] (P pairs transposed, 16x16 words)
 //                                    . V pairs [16 x 16 x 2] (two V rows interleaved)
 //   UP  O rows rescaled by alpha before PV accumulates into them (tileloadd / tilestored).
+// The page loop is the chunk driver's (chunk_driver.h); the state and SF are shared with the
+// avx512bf16 kernel (kernel_avx512bf16_parts.h).
 // Narrow tiles (GQA groups < 16) run here too, with idle columns: measured faster than the
 // narrow AVX-512 kernel (Decode32k with the cache hot: 1.72 vs 2.43 us per page per core).
 #include <immintrin.h>
@@ -14,7 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "core/page_walk.h"
+#include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
@@ -27,7 +29,6 @@
 namespace mixpa::cpu {
 namespace {
 
-using avx512::dim_of_position;
 using avx512::interleave_v;
 using avx512::prefetch_rows;
 
@@ -66,197 +67,159 @@ inline void transpose16(__m512i* r) {
   }
 }
 
-struct Tile {
-  const ChunkJob* job;
-  const Problem* pr;
-  std::int64_t dim, bs, pairs_pad;  // pairs_pad: bs/2 rounded up to 16 (a PV k-step)
-  std::uint32_t* qt;   // [dim/2][W]       Q pairs, lanes = rows
-  float* s;            // [bs][W]          S^T
-  std::uint32_t* pp;   // [pairs_pad][W]   P pairs, lanes = rows
-  std::uint32_t* prm;  // [W][pairs_pad]   P pairs row-major (AMX A operand)
-  std::uint32_t* vi;   // [pairs_pad][dim] V pairs (AMX B operand)
-  float* o;            // [W][dim]         running O, unpack position order
-  float m[64], l[64];
-  __m512 slope[4];  // score epilogue: ALiBi slope per row (0 without)
-  simd::Epilogue<simd::Avx512> epi;
-  std::int64_t pos;  // the query's position
-};
-
-// Cube QK on the tile unit: S^T for every 16-token block holding valid tokens. Rows of the last
-// block past `valid` are still inside the page; their scores are never read.
+// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features.
+// O is [W][dim] (the AMX accumulator's layout), unpack position order.
 template <int RV, unsigned F>
-void qk_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t token0, std::int64_t next) {
-  constexpr int W = RV * kLanes;
-  const std::int64_t kstride = t.pr->k_strides.row * 2;
-  for (std::int64_t j0 = 0; j0 < valid; j0 += 16) {
-    prefetch_rows(t.pr, t.job->kv_head, t.dim, next, j0 * t.bs / valid, (j0 + 16) * t.bs / valid, 1);
-    const bf16* k = t.pr->key_row(page, j0, t.job->kv_head);
-    // Accumulators in tiles 0..RV-1; K alternates between tiles 4/5 and Q between 6/7 so the
-    // next load never waits for the tdpbf16ps still reading the previous one. (Tile numbers
-    // must be literals: the intrinsics stringize them.)
-    const std::uint32_t* q = t.qt;
-    auto step4 = [&](std::int64_t c) {
-      _tile_loadd(4, k + 32 * c, kstride);
-      _tile_loadd(6, q + 16 * c * W, W * 4);
-      _tile_dpbf16ps(0, 4, 6);
-      if constexpr (RV > 1) { _tile_loadd(7, q + 16 * c * W + 16, W * 4); _tile_dpbf16ps(1, 4, 7); }
-      if constexpr (RV > 2) { _tile_loadd(6, q + 16 * c * W + 32, W * 4); _tile_dpbf16ps(2, 4, 6); }
-      if constexpr (RV > 3) { _tile_loadd(7, q + 16 * c * W + 48, W * 4); _tile_dpbf16ps(3, 4, 7); }
-    };
-    auto step5 = [&](std::int64_t c) {
-      _tile_loadd(5, k + 32 * c, kstride);
-      _tile_loadd(7, q + 16 * c * W, W * 4);
-      _tile_dpbf16ps(0, 5, 7);
-      if constexpr (RV > 1) { _tile_loadd(6, q + 16 * c * W + 16, W * 4); _tile_dpbf16ps(1, 5, 6); }
-      if constexpr (RV > 2) { _tile_loadd(7, q + 16 * c * W + 32, W * 4); _tile_dpbf16ps(2, 5, 7); }
-      if constexpr (RV > 3) { _tile_loadd(6, q + 16 * c * W + 48, W * 4); _tile_dpbf16ps(3, 5, 6); }
-    };
-    _tile_zero(0);
-    if constexpr (RV > 1) _tile_zero(1);
-    if constexpr (RV > 2) _tile_zero(2);
-    if constexpr (RV > 3) _tile_zero(3);
-    for (std::int64_t c = 0; c < t.dim / 32; c += 2) {  // head_dim / 32 is even (64, 128, 256)
-      step4(c);
-      step5(c + 1);
-    }
-    float* out = t.s + j0 * W;
-    _tile_stored(0, out, W * 4);
-    if constexpr (RV > 1) _tile_stored(1, out + 16, W * 4);
-    if constexpr (RV > 2) _tile_stored(2, out + 32, W * 4);
-    if constexpr (RV > 3) _tile_stored(3, out + 48, W * 4);
+struct AmxTile : avx512::PairRows<RV> {
+  using Base = avx512::PairRows<RV>;
+  using Base::W, Base::job, Base::pr, Base::dim, Base::bs, Base::qt, Base::s, Base::pp, Base::vi, Base::o, Base::st;
+  std::int64_t pairs_pad;  // bs/2 rounded up to 16 (a PV k-step)
+  std::uint32_t* prm;      // [W][pairs_pad]  P pairs row-major (AMX A operand)
+
+  static std::int64_t padded_pairs(const ChunkJob& j) { return (j.problem->shape.block_size / 2 + 15) / 16 * 16; }
+
+  explicit AmxTile(const ChunkJob& j) : Base(j, padded_pairs(j)), pairs_pad(padded_pairs(j)) {
+    prm = static_cast<std::uint32_t*>(scratch(5, W * pairs_pad * 4));
+    const TileConfig config;
+    _tile_loadconfig(&config);
   }
-  const __m512 scale = _mm512_set1_ps(t.pr->scale);
-  if constexpr (F == kScorePlain) {
-    for (std::int64_t j = 0; j < valid * RV; ++j) _mm512_store_ps(t.s + j * kLanes, _mm512_mul_ps(_mm512_load_ps(t.s + j * kLanes), scale));
-  } else {  // the score epilogue on the span's tokens (rows before `begin` are never read)
-    for (std::int64_t j = begin; j < valid; ++j) {
-      const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j - t.pos));
+
+  // The first page's K and V rows into L2 before its QK.
+  void first(const PageSpan& span) { prefetch_rows(pr, job.kv_head, dim, span.page, 0, bs); }
+
+  // Cube QK on the tile unit: S^T for every 16-token block holding span tokens, from row 0 (rows
+  // before `begin` and those of the last block past `end` are still inside the page; their scores
+  // are never read).
+  void qk(const PageSpan& span) {
+    const std::int64_t page = span.page, begin = span.begin, valid = span.end, next = span.next_page;
+    const std::int64_t kstride = pr->k_strides.row * 2;
+    for (std::int64_t j0 = 0; j0 < valid; j0 += 16) {
+      prefetch_rows(pr, job.kv_head, dim, next, j0 * bs / valid, (j0 + 16) * bs / valid, 1);
+      const bf16* k = pr->key_row(page, j0, job.kv_head);
+      // Accumulators in tiles 0..RV-1; K alternates between tiles 4/5 and Q between 6/7 so the
+      // next load never waits for the tdpbf16ps still reading the previous one. (Tile numbers
+      // must be literals: the intrinsics stringize them.)
+      const std::uint32_t* q = qt;
+      auto step4 = [&](std::int64_t c) {
+        _tile_loadd(4, k + 32 * c, kstride);
+        _tile_loadd(6, q + 16 * c * W, W * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        if constexpr (RV > 1) { _tile_loadd(7, q + 16 * c * W + 16, W * 4); _tile_dpbf16ps(1, 4, 7); }
+        if constexpr (RV > 2) { _tile_loadd(6, q + 16 * c * W + 32, W * 4); _tile_dpbf16ps(2, 4, 6); }
+        if constexpr (RV > 3) { _tile_loadd(7, q + 16 * c * W + 48, W * 4); _tile_dpbf16ps(3, 4, 7); }
+      };
+      auto step5 = [&](std::int64_t c) {
+        _tile_loadd(5, k + 32 * c, kstride);
+        _tile_loadd(7, q + 16 * c * W, W * 4);
+        _tile_dpbf16ps(0, 5, 7);
+        if constexpr (RV > 1) { _tile_loadd(6, q + 16 * c * W + 16, W * 4); _tile_dpbf16ps(1, 5, 6); }
+        if constexpr (RV > 2) { _tile_loadd(7, q + 16 * c * W + 32, W * 4); _tile_dpbf16ps(2, 5, 7); }
+        if constexpr (RV > 3) { _tile_loadd(6, q + 16 * c * W + 48, W * 4); _tile_dpbf16ps(3, 5, 6); }
+      };
+      _tile_zero(0);
+      if constexpr (RV > 1) _tile_zero(1);
+      if constexpr (RV > 2) _tile_zero(2);
+      if constexpr (RV > 3) _tile_zero(3);
+      for (std::int64_t c = 0; c < dim / 32; c += 2) {  // head_dim / 32 is even (64, 128, 256)
+        step4(c);
+        step5(c + 1);
+      }
+      float* out = s + j0 * W;
+      _tile_stored(0, out, W * 4);
+      if constexpr (RV > 1) _tile_stored(1, out + 16, W * 4);
+      if constexpr (RV > 2) _tile_stored(2, out + 32, W * 4);
+      if constexpr (RV > 3) _tile_stored(3, out + 48, W * 4);
+    }
+    const __m512 scale = _mm512_set1_ps(pr->variant.scale);
+    if constexpr (F == kScorePlain) {
+      for (std::int64_t j = 0; j < valid * RV; ++j) _mm512_store_ps(s + j * kLanes, _mm512_mul_ps(_mm512_load_ps(s + j * kLanes), scale));
+    } else {  // the score epilogue on the span's tokens (rows before `begin` are never read)
+      for (std::int64_t j = begin; j < valid; ++j)
+        for (int v = 0; v < RV; ++v) {
+          float* x = s + (j * RV + v) * kLanes;
+          _mm512_store_ps(x, st.template logit<F>(_mm512_load_ps(x), scale, v, span.token0 + j));
+        }
+    }
+  }
+
+  // Vector SF (shared with the avx512bf16 kernel), then the P pairs row-major for the tile unit:
+  // pairs before the span and past the page's pairs are P = 0.
+  void softmax(const PageSpan& span) {
+    this->softmax_pairs(span.begin, span.end);
+    for (std::int64_t jp = 0; jp < span.begin / 2; ++jp)
+      for (int v = 0; v < RV; ++v) _mm512_store_si512(pp + jp * W + v * kLanes, _mm512_setzero_si512());
+    const std::int64_t pairs = (span.end + 1) / 2;
+    for (std::int64_t jp = pairs; jp < pairs_pad; ++jp)
+      for (int v = 0; v < RV; ++v) _mm512_store_si512(pp + jp * W + v * kLanes, _mm512_setzero_si512());
+    for (std::int64_t jp0 = 0; jp0 < pairs_pad; jp0 += 16)
       for (int v = 0; v < RV; ++v) {
-        float* x = t.s + (j * RV + v) * kLanes;
-        _mm512_store_ps(x, (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(_mm512_load_ps(x), scale), t.epi, t.slope[v], delta)));
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(pp + (jp0 + i) * W + v * kLanes);
+        transpose16(r);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_si512(prm + (v * kLanes + i) * pairs_pad + jp0, r[i]);
       }
-    }
   }
-}
 
-// P pairs [jp][rows] -> row-major [rows][jp], zero past the page's pairs.
-template <int RV>
-void transpose_p(Tile& t, std::int64_t pairs) {
-  constexpr int W = RV * kLanes;
-  for (std::int64_t jp = pairs; jp < t.pairs_pad; ++jp)
-    for (int v = 0; v < RV; ++v) _mm512_store_si512(t.pp + jp * W + v * kLanes, _mm512_setzero_si512());
-  for (std::int64_t jp0 = 0; jp0 < t.pairs_pad; jp0 += 16)
-    for (int v = 0; v < RV; ++v) {
-      __m512i r[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(t.pp + (jp0 + i) * W + v * kLanes);
-      transpose16(r);
-      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(t.prm + (v * kLanes + i) * t.pairs_pad + jp0, r[i]);
+  // Vector UP (O = alpha * O, per row) then cube PV accumulating P.V into O on the tile unit;
+  // then L = alpha * L + l_i.
+  void pv(const PageSpan& span) {
+    const std::int64_t pairs = (span.end + 1) / 2;
+    interleave_v(pr, job.kv_head, dim, vi, span.page, span.begin, span.end, 0, (pairs + 15) / 16 * 16, span.next_page);
+    alignas(64) float a[W];
+    for (int v = 0; v < RV; ++v) _mm512_store_ps(a + v * kLanes, st.alpha[v]);
+    for (int r = 0; r < W; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+      float* orow = o + r * dim;
+      for (std::int64_t d = 0; d < dim; d += 16) _mm512_store_ps(orow + d, _mm512_mul_ps(ar, _mm512_load_ps(orow + d)));
     }
-}
-
-// Vector UP (O = alpha * O, per row) then cube PV accumulating P.V into O on the tile unit.
-template <int RV>
-void pv_page(Tile& t, std::int64_t pairs, const __m512* alpha) {
-  constexpr int W = RV * kLanes;
-  alignas(64) float a[W];
-  for (int v = 0; v < RV; ++v) _mm512_store_ps(a + v * kLanes, alpha[v]);
-  for (int r = 0; r < W; ++r) {
-    const __m512 ar = _mm512_set1_ps(a[r]);
-    float* o = t.o + r * t.dim;
-    for (std::int64_t d = 0; d < t.dim; d += 16) _mm512_store_ps(o + d, _mm512_mul_ps(ar, _mm512_load_ps(o + d)));
-  }
-  // O tiles 0..RV-1 per 16 positions; V pairs alternate between tiles 4/5, P rows 6/7.
-  const std::int64_t steps = (pairs + 15) / 16, pstride = t.pairs_pad * 4, vstride = t.dim * 4;
-  for (std::int64_t pos = 0; pos < t.dim; pos += 16) {
-    float* o = t.o + pos;
-    const std::int64_t orow = kLanes * t.dim;  // 16 rows of O
-    _tile_loadd(0, o, vstride);
-    if constexpr (RV > 1) _tile_loadd(1, o + orow, vstride);
-    if constexpr (RV > 2) _tile_loadd(2, o + 2 * orow, vstride);
-    if constexpr (RV > 3) _tile_loadd(3, o + 3 * orow, vstride);
-    const std::uint32_t* p = t.prm;
-    const std::int64_t prow = kLanes * t.pairs_pad;
-    for (std::int64_t k = 0; k < steps; ++k) {
-      const std::uint32_t* v = t.vi + 16 * k * t.dim + pos;
-      const std::uint32_t* pk = p + 16 * k;
-      if (k % 2 == 0) {
-        _tile_loadd(4, v, vstride);
-        _tile_loadd(6, pk, pstride);
-        _tile_dpbf16ps(0, 6, 4);
-        if constexpr (RV > 1) { _tile_loadd(7, pk + prow, pstride); _tile_dpbf16ps(1, 7, 4); }
-        if constexpr (RV > 2) { _tile_loadd(6, pk + 2 * prow, pstride); _tile_dpbf16ps(2, 6, 4); }
-        if constexpr (RV > 3) { _tile_loadd(7, pk + 3 * prow, pstride); _tile_dpbf16ps(3, 7, 4); }
-      } else {
-        _tile_loadd(5, v, vstride);
-        _tile_loadd(7, pk, pstride);
-        _tile_dpbf16ps(0, 7, 5);
-        if constexpr (RV > 1) { _tile_loadd(6, pk + prow, pstride); _tile_dpbf16ps(1, 6, 5); }
-        if constexpr (RV > 2) { _tile_loadd(7, pk + 2 * prow, pstride); _tile_dpbf16ps(2, 7, 5); }
-        if constexpr (RV > 3) { _tile_loadd(6, pk + 3 * prow, pstride); _tile_dpbf16ps(3, 6, 5); }
+    // O tiles 0..RV-1 per 16 positions; V pairs alternate between tiles 4/5, P rows 6/7.
+    const std::int64_t steps = (pairs + 15) / 16, pstride = pairs_pad * 4, vstride = dim * 4;
+    for (std::int64_t pos = 0; pos < dim; pos += 16) {
+      float* ot = o + pos;
+      const std::int64_t orow = kLanes * dim;  // 16 rows of O
+      _tile_loadd(0, ot, vstride);
+      if constexpr (RV > 1) _tile_loadd(1, ot + orow, vstride);
+      if constexpr (RV > 2) _tile_loadd(2, ot + 2 * orow, vstride);
+      if constexpr (RV > 3) _tile_loadd(3, ot + 3 * orow, vstride);
+      const std::uint32_t* p = prm;
+      const std::int64_t prow = kLanes * pairs_pad;
+      for (std::int64_t k = 0; k < steps; ++k) {
+        const std::uint32_t* v = vi + 16 * k * dim + pos;
+        const std::uint32_t* pk = p + 16 * k;
+        if (k % 2 == 0) {
+          _tile_loadd(4, v, vstride);
+          _tile_loadd(6, pk, pstride);
+          _tile_dpbf16ps(0, 6, 4);
+          if constexpr (RV > 1) { _tile_loadd(7, pk + prow, pstride); _tile_dpbf16ps(1, 7, 4); }
+          if constexpr (RV > 2) { _tile_loadd(6, pk + 2 * prow, pstride); _tile_dpbf16ps(2, 6, 4); }
+          if constexpr (RV > 3) { _tile_loadd(7, pk + 3 * prow, pstride); _tile_dpbf16ps(3, 7, 4); }
+        } else {
+          _tile_loadd(5, v, vstride);
+          _tile_loadd(7, pk, pstride);
+          _tile_dpbf16ps(0, 7, 5);
+          if constexpr (RV > 1) { _tile_loadd(6, pk + prow, pstride); _tile_dpbf16ps(1, 6, 5); }
+          if constexpr (RV > 2) { _tile_loadd(7, pk + 2 * prow, pstride); _tile_dpbf16ps(2, 7, 5); }
+          if constexpr (RV > 3) { _tile_loadd(6, pk + 3 * prow, pstride); _tile_dpbf16ps(3, 6, 5); }
+        }
       }
+      _tile_stored(0, ot, vstride);
+      if constexpr (RV > 1) _tile_stored(1, ot + orow, vstride);
+      if constexpr (RV > 2) _tile_stored(2, ot + 2 * orow, vstride);
+      if constexpr (RV > 3) _tile_stored(3, ot + 3 * orow, vstride);
     }
-    _tile_stored(0, o, vstride);
-    if constexpr (RV > 1) _tile_stored(1, o + orow, vstride);
-    if constexpr (RV > 2) _tile_stored(2, o + 2 * orow, vstride);
-    if constexpr (RV > 3) _tile_stored(3, o + 3 * orow, vstride);
+    st.update_l();
   }
-}
+
+  void finish(const ChunkOut& out) {
+    _tile_release();
+    this->write_back(out, [d = dim](int r, std::int64_t pos) { return r * d + pos; });
+  }
+};
 
 template <int RV, unsigned F>
 void attend(const ChunkJob& job, const ChunkOut& out) {
-  constexpr int W = RV * kLanes;
-  const Problem& pr = *job.problem;
-  Tile t{&job, &pr, pr.shape.head_dim, pr.shape.block_size, 0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, {}, {}};
-  t.pairs_pad = (t.bs / 2 + 15) / 16 * 16;
-  t.qt = static_cast<std::uint32_t*>(scratch(0, t.dim / 2 * W * 4));
-  t.s = static_cast<float*>(scratch(1, t.bs * W * 4));
-  t.pp = static_cast<std::uint32_t*>(scratch(2, t.pairs_pad * W * 4));
-  t.vi = static_cast<std::uint32_t*>(scratch(3, t.pairs_pad * t.dim * 4));
-  t.o = static_cast<float*>(scratch(4, W * t.dim * 4));
-  t.prm = static_cast<std::uint32_t*>(scratch(5, W * t.pairs_pad * 4));
-  for (std::int64_t p = 0; p < t.dim / 2; ++p)
-    for (int r = 0; r < W; ++r) {
-      std::uint32_t w = 0;
-      if (r < job.rows) std::memcpy(&w, pr.query_row(job.batch, job.head_begin + r) + 2 * p, 4);
-      t.qt[p * W + r] = w;
-    }
-  for (std::int64_t i = 0; i < W * t.dim; ++i) t.o[i] = 0.0f;
-  for (int r = 0; r < W; ++r) {
-    t.m[r] = -__builtin_inff();
-    t.l[r] = 0.0f;
-  }
-  {
-    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
-    alignas(64) float sl[64];
-    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
-    for (int v = 0; v < RV; ++v) t.slope[v] = _mm512_load_ps(sl + v * kLanes);
-    t.epi = simd::epilogue_of<simd::Avx512>(sp);
-    t.pos = sp.pos;
-  }
-  const TileConfig config;
-  _tile_loadconfig(&config);
-  if (PageWalk first(pr, job.batch, job.tokens); first.is_valid())
-    avx512::prefetch_rows(&pr, job.kv_head, t.dim, first->page, 0, t.bs);
-  for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
-    const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
-    const std::int64_t pairs = (valid + 1) / 2;
-    __m512 alpha[RV], l_i[RV];
-    qk_page<RV, F>(t, page, begin, valid, w->token0, next);  // from row 0: rows before `begin` are never read
-    avx512::softmax_rows_in_lanes<RV>(t.s, t.m, t.pp, begin, valid, alpha, l_i);
-    for (std::int64_t jp = 0; jp < begin / 2; ++jp)  // pairs before the span: P = 0
-      for (int v = 0; v < RV; ++v) _mm512_store_si512(t.pp + jp * RV * kLanes + v * kLanes, _mm512_setzero_si512());
-    transpose_p<RV>(t, pairs);
-    interleave_v(t.pr, job.kv_head, t.dim, t.vi, page, begin, valid, 0, (pairs + 15) / 16 * 16, next);
-    pv_page<RV>(t, pairs, alpha);
-    for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
-      _mm512_storeu_ps(t.l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(t.l + v * kLanes), l_i[v]));
-  }
-  _tile_release();
-  for (int r = 0; r < job.rows; ++r) {
-    for (std::int64_t pos = 0; pos < t.dim; ++pos) out.o[r * t.dim + dim_of_position(pos)] = t.o[r * t.dim + pos];
-    out.m[r] = t.m[r];
-    out.l[r] = t.l[r];
-  }
+  AmxTile<RV, F> tile(job);
+  drive_chunk(tile, job, out);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "core/element.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/page_run.h"
 #include "cpu/scratch.h"

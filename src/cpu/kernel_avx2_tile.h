@@ -2,11 +2,13 @@
 // without AVX-512 (Zen 2/3, Haswell to Alder Lake). Each cache dtype is its own translation
 // unit (kernel_avx2.cpp: bf16 and the entry point; kernel_avx2_{f16,e4m3,e5m2}.cpp), which
 // includes this header after `#pragma GCC target("avx2,fma,f16c")` and after
-// cpu/page_run.h, cpu/chunk_kernel.h and cpu/scratch.h (library headers stay baseline code).
+// core/element.h, cpu/page_run.h, cpu/chunk_kernel.h and cpu/scratch.h (library headers stay
+// baseline code).
 //
 // The avx512 flavour's design at 8 lanes:
 //   rows of the head tile in SIMD lanes (8 per ymm, RV = 1, 2 or 4 ymm; tiles of more than 32
-//   rows run as 32-row sub-tiles), so m, l and alpha are plain vectors. A row is a (new token,
+//   rows run as 32-row sub-tiles), so m, l and alpha are plain vectors (simd::LaneRows: the SF
+//   and UP of every lane-rows flavour). A row is a (new token,
 //   head of the group) pair (SPEC §6 q_len 1..16): every row of a tile shares one read of each
 //   K/V row, and has its own position (causal limit) and window, applied in the score epilogue;
 //   QK  s[j] (lanes = rows) += Qt[pos] * bcst(Kf[j][pos])   vbroadcastss is a load, not an ALU op
@@ -153,38 +155,11 @@ inline LineStream rows_of(const char* const* rows, std::int64_t count, std::int6
   return s;
 }
 
-// acc[a][v] += x[v] * broadcast(b[a * stride]) for a < A, v < RV (both matmuls' FMA step).
-template <int RV, int A>
+// The FMA step of both matmuls (simd.h): the stride a template value for the fast head_dims.
+template <int RV, int A, int kStride>
 __attribute__((always_inline)) inline void fma_step(__m256 (&acc)[A][RV], const float* x, const float* b, int stride) {
-  __m256 xv[RV];
-#pragma GCC unroll 4
-  for (int v = 0; v < RV; ++v) xv[v] = _mm256_load_ps(x + v * kLanes);
-#pragma GCC unroll 16
-  for (int a = 0; a < A; ++a) {
-    const __m256 bc = _mm256_broadcast_ss(b + a * stride);
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) acc[a][v] = _mm256_fmadd_ps(xv[v], bc, acc[a][v]);
-  }
-}
-
-template <int RV, int A>
-inline void zero(__m256 (&acc)[A][RV]) {
-#pragma GCC unroll 16
-  for (int a = 0; a < A; ++a)
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) acc[a][v] = _mm256_setzero_ps();
-}
-
-// The query row of (b, p, h) in fp32, dim order.
-inline void query_floats(const Problem& pr, std::int64_t b, std::int64_t p, std::int64_t h, float* q) {
-  const std::int64_t dim = pr.shape.head_dim;
-  if (pr.query_dtype == DType::kF16) {
-    const f16* src = pr.query_row_as<f16>(b, p, h);
-    for (std::int64_t d = 0; d < dim; ++d) q[d] = src[d].to_float();
-  } else {
-    const bf16* src = pr.query_row_as<bf16>(b, p, h);
-    for (std::int64_t d = 0; d < dim; ++d) q[d] = src[d].to_float();
-  }
+  if constexpr (kStride != 0) simd::fma_step<D8, RV, A, kStride>(acc, x, b);
+  else simd::fma_step_strided<D8, RV, A>(acc, x, b, stride);
 }
 
 // One head tile of <= 32 rows (RV ymm of rows) as the run driver's stages; DT = head_dim (0:
@@ -205,10 +180,7 @@ struct Tile {
   float* s;   // [run][W] scores, then rounded P
   float* vf;  // [tb][d]  widened V rows of one PV block
   float* ot;  // [d][W]   running O, position order
-  alignas(32) float m[32], l[32];
-  __m256 alpha[RV], l_i[RV];
-  simd::Epilogue<D8> epi;  // score epilogue: soft-cap
-  __m256 slope[RV];        // ALiBi slope per row (0 without)
+  simd::LaneRows<D8, RV> st;  // m, l, alpha, l_i and the score epilogue per row (simd.h)
   // Positions relative to pos_base = n - q_len (row p sits at pos_base + p): per row its
   // position and first visible token, as int32 lanes (padding rows see everything).
   __m256i row_pos[RV], row_lo[RV];
@@ -238,38 +210,34 @@ struct Tile {
     ot = static_cast<float*>(scratch(4, D * W * 4));
     pos_base = pr.context_len(job.batch) - pr.shape.q_len;
     alignas(32) float q_row[256];
-    alignas(32) float sl[W];
     alignas(32) std::int32_t rp[W], rl[W];
+    std::int64_t heads[W], tokens[W];
     all_lo = -(std::int64_t{1} << 40);
     all_hi = std::int64_t{1} << 40;
     for (int r = 0; r < W; ++r) {
       if (r < job.rows) {
         const JobRow jr = job_row(job, r);
-        query_floats(pr, job.batch, jr.token, jr.head, q_row);
+        heads[r] = jr.head;
+        tokens[r] = jr.token;
+        mixpa::query_floats(pr, job.batch, jr.token, jr.head, q_row);  // core/element.h
         for (int p = 0; p < D; ++p) qt[p * W + r] = q_row[Row::position_dim(p)];
-        sl[r] = pr.variant.alibi_slopes != nullptr ? pr.variant.alibi_slopes[jr.head] : 0.0f;
         rp[r] = static_cast<std::int32_t>(jr.pos - pos_base);
         rl[r] = static_cast<std::int32_t>(jr.first_visible - pos_base);
         all_lo = std::max<std::int64_t>(all_lo, rl[r]);
         all_hi = std::min<std::int64_t>(all_hi, rp[r]);
       } else {
+        heads[r] = tokens[r] = 0;
         for (int p = 0; p < D; ++p) qt[p * W + r] = 0.0f;
-        sl[r] = 0.0f;
         rp[r] = std::numeric_limits<std::int32_t>::max();
         rl[r] = std::numeric_limits<std::int32_t>::min();
       }
     }
     for (int i = 0; i < D * W; ++i) ot[i] = 0.0f;
-    for (int r = 0; r < W; ++r) {
-      m[r] = -__builtin_inff();
-      l[r] = 0.0f;
-    }
+    st.init_rows(pr, job.batch, heads, tokens, job.rows);
     for (int v = 0; v < RV; ++v) {
-      slope[v] = _mm256_load_ps(sl + v * kLanes);
       row_pos[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rp + v * kLanes));
       row_lo[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rl + v * kLanes));
     }
-    epi = simd::epilogue_of<D8>(simd::ScoreParams{pr.variant.softcap, pos_base, pr.variant.alibi_slopes});
     const float sc = pr.scale * pr.k_scale;  // the formula of every flavour
     score_scale = _mm256_set1_ps(sc * Row::kFactor);
     out_scale = pr.v_scale * Row::kFactor;
@@ -291,21 +259,19 @@ struct Tile {
     const int D = dim();
     for (int j = 0; j < A; ++j) widen_row<KV, DT>(reinterpret_cast<const KV*>(kp[i0 + j]), kf + j * D, D);
     __m256 acc[A][RV];
-    zero(acc);
+    simd::zero<D8>(acc);
     constexpr int kEvery = 32 / A;  // the next block's A * D / 32 lines over the D steps
 #pragma GCC unroll 2
     for (int p = 0; p < D; ++p) {
       if (p % kEvery == 0) next.issue();
-      fma_step<RV, A>(acc, qt + p * W, kf + p, D);
+      fma_step<RV, A, DT>(acc, qt + p * W, kf + p, D);
     }
     const bool masked = rel[i0] < all_lo || rel[i0 + A - 1] > all_hi;
     for (int j = 0; j < A; ++j) {
-      const __m256 delta = _mm256_set1_ps(static_cast<float>(rel[i0 + j]));
       const __m256i t = _mm256_set1_epi32(rel[i0 + j]);
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v) {
-        __m256 x = simd::score_epilogue<F, D8>(_mm256_mul_ps(acc[j][v], score_scale), epi, slope[v],
-                                               _mm256_sub_ps(delta, _mm256_cvtepi32_ps(row_pos[v])));
+        __m256 x = st.template logit_rows<F>(acc[j][v], score_scale, v, pos_base + rel[i0 + j]);
         if (masked) {
           const __m256i hidden = _mm256_or_si256(_mm256_cmpgt_epi32(t, row_pos[v]), _mm256_cmpgt_epi32(row_lo[v], t));
           x = _mm256_blendv_ps(x, _mm256_set1_ps(-__builtin_inff()), _mm256_castsi256_ps(hidden));
@@ -335,46 +301,9 @@ struct Tile {
     for (; i < n; ++i) qk_tokens<1>(i, none);
   }
 
-  // Vector SF: running max, P = bf16(exp(s - M)) (fp16 for F16 caches) in place, l_i,
-  // alpha = exp(M_old - M_new). A row with no visible token so far keeps M = -inf and gets
-  // P = 0, alpha = 0 (exp of NaN lanes is 0).
-  static __m256 p_of(__m256 x) {
-    if constexpr (Row::kF16P) return simd::exp_f16<D8>(x);
-    else return simd::exp_bf16<D8>(x);
-  }
-
-  void softmax(const PageRun&) {
-    const int end = n;
-    for (int v = 0; v < RV; ++v) {
-      const __m256 m_old = _mm256_load_ps(m + v * kLanes);
-      __m256 mx4[4] = {m_old, m_old, m_old, m_old};  // four chains: vmaxps latency, not throughput
-      int j = 0;
-      for (; j + 4 <= end; j += 4)
-        for (int k = 0; k < 4; ++k) mx4[k] = _mm256_max_ps(mx4[k], _mm256_load_ps(s + (j + k) * W + v * kLanes));
-      for (; j < end; ++j) mx4[0] = _mm256_max_ps(mx4[0], _mm256_load_ps(s + j * W + v * kLanes));
-      const __m256 mx = _mm256_max_ps(_mm256_max_ps(mx4[0], mx4[1]), _mm256_max_ps(mx4[2], mx4[3]));
-      alpha[v] = simd::exp_neg<D8>(_mm256_sub_ps(m_old, mx));
-      __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0;
-      j = 0;
-      for (; j + 2 <= end; j += 2) {  // two independent exp chains
-        float* s0 = s + j * W + v * kLanes;
-        const __m256 p0 = p_of(_mm256_sub_ps(_mm256_load_ps(s0), mx));
-        const __m256 p1 = p_of(_mm256_sub_ps(_mm256_load_ps(s0 + W), mx));
-        _mm256_store_ps(s0, p0);
-        _mm256_store_ps(s0 + W, p1);
-        sum0 = _mm256_add_ps(sum0, p0);
-        sum1 = _mm256_add_ps(sum1, p1);
-      }
-      if (j < end) {
-        float* s0 = s + j * W + v * kLanes;
-        const __m256 p0 = p_of(_mm256_sub_ps(_mm256_load_ps(s0), mx));
-        _mm256_store_ps(s0, p0);
-        sum0 = _mm256_add_ps(sum0, p0);
-      }
-      _mm256_store_ps(m + v * kLanes, mx);
-      l_i[v] = _mm256_add_ps(sum0, sum1);
-    }
-  }
+  // Vector SF (simd.h): running max, P = bf16(exp(s - M)) (fp16 for F16 caches) in place, l_i,
+  // alpha. A row that sees none of the run's tokens so far keeps M = -inf, P = 0.
+  void softmax(const PageRun&) { st.template softmax<Row::kF16P>(s, 0, n); }
 
   // Cube PV then vector UP, in blocks of tb tokens whose widened V rows (16 KiB) stay in L1; per
   // block TD positions at a time (TD x RV accumulators in registers); UP fused into the first
@@ -398,13 +327,13 @@ struct Tile {
       const float* p_block = s + j0 * W;
       for (int p0 = 0; p0 < D; p0 += TD) {
         __m256 acc[TD][RV];
-        zero(acc);
+        simd::zero<D8>(acc);
         for (int j = 0; j < cnt; ++j) {
           if (++tick == every) {
             tick = 0;
             next.issue();
           }
-          fma_step<RV, TD>(acc, p_block + j * W, vf + j * D + p0, 1);
+          simd::fma_step<D8, RV, TD, 1>(acc, p_block + j * W, vf + j * D + p0);
         }
 #pragma GCC unroll 8
         for (int dd = 0; dd < TD; ++dd)
@@ -412,20 +341,19 @@ struct Tile {
           for (int v = 0; v < RV; ++v) {
             float* o = ot + (p0 + dd) * W + v * kLanes;
             const __m256 old = _mm256_load_ps(o);
-            _mm256_store_ps(o, j0 == 0 ? _mm256_fmadd_ps(alpha[v], old, acc[dd][v]) : _mm256_add_ps(old, acc[dd][v]));
+            _mm256_store_ps(o, j0 == 0 ? simd::up<D8>(st.alpha[v], old, acc[dd][v]) : _mm256_add_ps(old, acc[dd][v]));
           }
       }
     }
-    for (int v = 0; v < RV; ++v)
-      _mm256_store_ps(l + v * kLanes, _mm256_fmadd_ps(alpha[v], _mm256_load_ps(l + v * kLanes), l_i[v]));
+    st.update_l();
   }
 
   void finish(const ChunkOut& out) {
     const int D = dim();
     for (int r = 0; r < job.rows; ++r) {
       for (int p = 0; p < D; ++p) out.o[r * D + Row::position_dim(p)] = ot[p * W + r] * out_scale;
-      out.m[r] = m[r];
-      out.l[r] = l[r];
+      out.m[r] = st.m[r];
+      out.l[r] = st.l[r];
     }
   }
 };

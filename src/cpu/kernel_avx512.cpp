@@ -35,7 +35,6 @@ namespace mixpa::cpu {
 MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
-using avx512::exp512;
 using avx512::kLanes;
 using avx512::block_lines;
 using avx512::BlockStream;
@@ -45,30 +44,6 @@ using avx512::widen_row;
 
 constexpr int kMaxNJ = 16;
 constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
-
-// The one FMA step of both matmuls (rows in lanes): acc[a][v] += x[v] * broadcast(b[a * kStride])
-// for a < A, v < RV. QK: x = Q at one position, b = that position of A tokens' K rows; PV: x = P
-// of one token, b = A positions of its V row. Fully unrolled: the A x RV chains stay in registers.
-template <int RV, int A, int kStride>
-inline void fma_step(__m512 (&acc)[A][RV], const float* x, const float* b) {
-  __m512 xv[RV];
-#pragma GCC unroll 4
-  for (int v = 0; v < RV; ++v) xv[v] = _mm512_load_ps(x + v * kLanes);
-#pragma GCC unroll 16
-  for (int a = 0; a < A; ++a) {
-    const __m512 bc = _mm512_set1_ps(b[a * kStride]);
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) acc[a][v] = _mm512_fmadd_ps(xv[v], bc, acc[a][v]);
-  }
-}
-
-template <int RV, int A>
-inline void zero(__m512 (&acc)[A][RV]) {
-#pragma GCC unroll 16
-  for (int a = 0; a < A; ++a)
-#pragma GCC unroll 4
-    for (int v = 0; v < RV; ++v) acc[a][v] = _mm512_setzero_ps();
-}
 
 // One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features.
 template <int RV, int D, unsigned F>
@@ -82,11 +57,7 @@ struct Avx512Tile {
   float* s;   // [bs][W]    scaled scores, then the rounded P
   float* vf;  // [TB][dim]  widened V rows of one PV token block
   float* ot;  // [dim][W]   running unnormalised output, position order
-  float m[64], l[64];
-  __m512 alpha[RV], l_i[RV];
-  simd::Epilogue<simd::Avx512> epi;  // score epilogue: soft-cap
-  __m512 slope[RV];                  // ALiBi slope per row (0 without)
-  std::int64_t pos;       // the query's position (ALiBi)
+  simd::LaneRows<simd::Avx512, RV> st;  // m, l, alpha, l_i and the score epilogue per row
 
   explicit Avx512Tile(const ChunkJob& j) : job(j), pr(j.problem), bs(pr->shape.block_size) {
     qt = static_cast<float*>(scratch(0, D * W * 4));
@@ -101,19 +72,11 @@ struct Avx512Tile {
       for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = r < job.rows ? q_row[pos] : 0.0f;
     }
     for (std::int64_t i = 0; i < D * W; ++i) ot[i] = 0.0f;
-    for (int r = 0; r < W; ++r) {
-      m[r] = -__builtin_inff();
-      l[r] = 0.0f;
-    }
-    const simd::ScoreParams sp = simd::score_params(*pr, job.batch);
-    alignas(64) float sl[W];
-    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < job.rows ? sp.slopes[job.head_begin + r] : 0.0f;
-    for (int v = 0; v < RV; ++v) slope[v] = _mm512_load_ps(sl + v * kLanes);
-    epi = simd::epilogue_of<simd::Avx512>(sp);
-    pos = sp.pos;
-    PageWalk first(*pr, job.batch, job.tokens);
-    if (first.is_valid()) avx512::prefetch_rows(pr, job.kv_head, D, first->page, 0, bs);
+    st.init(*pr, job.batch, job.head_begin, job.rows);
   }
+
+  // The first page's K and V rows into L2 before its QK.
+  void first(const PageSpan& span) { avx512::prefetch_rows(pr, job.kv_head, D, span.page, 0, bs); }
 
   // Cube QK for NJ consecutive tokens from j0: widen their K rows, then NJ x RV chains.
   // Meanwhile the next block's rows stream into L1.
@@ -122,25 +85,22 @@ struct Avx512Tile {
     constexpr int kL1Every = NJ >= 16 ? 2 : 32 / NJ;  // NJ*D/32 lines over D steps
     for (int j = 0; j < NJ; ++j) widen_row(pr->key_row(page, j0 + j, job.kv_head), kf + j * D, D);
     __m512 acc[NJ][RV];
-    zero(acc);
+    simd::zero<simd::Avx512>(acc);
     for (std::int64_t pos = 0; pos < D; ++pos) {
       if (pos % kL1Every == 1) next_block.issue();
-      fma_step<RV, NJ, D>(acc, qt + pos * W, kf + pos);
+      simd::fma_step<simd::Avx512, RV, NJ, D>(acc, qt + pos * W, kf + pos);
     }
 #pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) {
-      const __m512 delta = _mm512_set1_ps(static_cast<float>(token0 + j0 + j - pos));
+    for (int j = 0; j < NJ; ++j)
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v)
-        _mm512_store_ps(s + (j0 + j) * W + v * kLanes,
-                        (simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(acc[j][v], scale), epi, slope[v], delta)));
-    }
+        _mm512_store_ps(s + (j0 + j) * W + v * kLanes, st.template logit<F>(acc[j][v], scale, v, token0 + j0 + j));
   }
 
   // Cube QK: scores of the span's tokens.
   void qk(const PageSpan& span) {
     constexpr int NJ = RV == 3 ? 5 : kMaxNJ / RV;
-    const __m512 scale = _mm512_set1_ps(pr->scale);
+    const __m512 scale = _mm512_set1_ps(pr->variant.scale);
     const std::int64_t page = span.page, end = span.end;
     std::int64_t j = span.begin;
     for (; j + NJ <= end; j += NJ) {
@@ -153,41 +113,8 @@ struct Avx512Tile {
     for (; j < end; ++j) qk_tokens<1>(page, j, span.token0, scale, none);
   }
 
-  // Vector SF: running max, P = bf16(exp(s - M)) in place, l_i = sum of the rounded P,
-  // alpha = exp(M_old - M_new).
-  void softmax(const PageSpan& span) {
-    const std::int64_t begin = span.begin, end = span.end;
-    for (int v = 0; v < RV; ++v) {
-      const __m512 m_old = _mm512_loadu_ps(m + v * kLanes);
-      __m512 mx4[4] = {m_old, m_old, m_old, m_old};  // four chains: vmaxps latency, not throughput
-      std::int64_t j4 = begin;
-      for (; j4 + 4 <= end; j4 += 4)
-        for (int k = 0; k < 4; ++k) mx4[k] = _mm512_max_ps(mx4[k], _mm512_load_ps(s + (j4 + k) * W + v * kLanes));
-      for (; j4 < end; ++j4) mx4[0] = _mm512_max_ps(mx4[0], _mm512_load_ps(s + j4 * W + v * kLanes));
-      const __m512 mx = _mm512_max_ps(_mm512_max_ps(mx4[0], mx4[1]), _mm512_max_ps(mx4[2], mx4[3]));
-      alpha[v] = exp512(_mm512_sub_ps(m_old, mx));
-      __m512 sum0 = _mm512_setzero_ps(), sum1 = sum0;
-      std::int64_t j = begin;
-      for (; j + 2 <= end; j += 2) {  // two independent exp chains
-        float* s0 = s + j * W + v * kLanes;
-        float* s1 = s0 + W;
-        const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
-        const __m512 p1 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s1), mx));
-        _mm512_store_ps(s0, p0);
-        _mm512_store_ps(s1, p1);
-        sum0 = _mm512_add_ps(sum0, p0);
-        sum1 = _mm512_add_ps(sum1, p1);
-      }
-      if (j < end) {
-        float* s0 = s + j * W + v * kLanes;
-        const __m512 p0 = exp_bf16(_mm512_sub_ps(_mm512_load_ps(s0), mx));
-        _mm512_store_ps(s0, p0);
-        sum0 = _mm512_add_ps(sum0, p0);
-      }
-      _mm512_storeu_ps(m + v * kLanes, mx);
-      l_i[v] = _mm512_add_ps(sum0, sum1);
-    }
-  }
+  // Vector SF (simd.h): running max, P = bf16(exp(s - M)) in place, l_i, alpha.
+  void softmax(const PageSpan& span) { st.softmax(s, span.begin, span.end); }
 
   // Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1:
   // per block, TD positions at a time so the TD x RV accumulators stay in registers; UP is fused
@@ -207,10 +134,10 @@ struct Avx512Tile {
                                              : block_lines(pr, job.kv_head, D, span.next_page, 1, 0, kMaxNJ, bs);
       for (std::int64_t pos0 = 0; pos0 < D; pos0 += TD) {
         __m512 acc[TD][RV];
-        zero(acc);
+        simd::zero<simd::Avx512>(acc);
         for (std::int64_t j = 0; j < n; ++j) {
           if (j % kL1Every == 1) next_block.issue();
-          fma_step<RV, TD, 1>(acc, p_block + j * W, vf + j * D + pos0);
+          simd::fma_step<simd::Avx512, RV, TD, 1>(acc, p_block + j * W, vf + j * D + pos0);
         }
 #pragma GCC unroll 16
         for (int d = 0; d < TD; ++d)
@@ -218,19 +145,18 @@ struct Avx512Tile {
           for (int v = 0; v < RV; ++v) {
             float* o = ot + (pos0 + d) * W + v * kLanes;
             const __m512 old = _mm512_load_ps(o);
-            _mm512_store_ps(o, j0 == begin ? _mm512_fmadd_ps(alpha[v], old, acc[d][v]) : _mm512_add_ps(old, acc[d][v]));
+            _mm512_store_ps(o, j0 == begin ? simd::up<simd::Avx512>(st.alpha[v], old, acc[d][v]) : _mm512_add_ps(old, acc[d][v]));
           }
       }
     }
-    for (int v = 0; v < RV; ++v)  // UP of the softmax state: L = alpha * L + l_i
-      _mm512_storeu_ps(l + v * kLanes, _mm512_fmadd_ps(alpha[v], _mm512_loadu_ps(l + v * kLanes), l_i[v]));
+    st.update_l();
   }
 
   void finish(const ChunkOut& out) {
     for (int r = 0; r < job.rows; ++r) {
       store_dim_order(ot + r, W, out.o + r * D, D);
-      out.m[r] = m[r];
-      out.l[r] = l[r];
+      out.m[r] = st.m[r];
+      out.l[r] = st.l[r];
     }
   }
 };

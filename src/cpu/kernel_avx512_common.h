@@ -1,5 +1,5 @@
 // AVX-512F pieces shared by every AVX-512 flavour (avx512, avx512bf16, amx): the vectorised
-// exp, the next-page prefetch and the token-reduction butterfly of the narrow kernels.
+// exp, the next-page prefetch, and the narrow kernels' token-reduction butterfly and state.
 // Include only after a `#pragma GCC target` that enables at least avx512f; everything here
 // has internal linkage.
 #pragma once
@@ -152,6 +152,78 @@ inline __m512 reduce_tokens(__m512* a) {
   if constexpr (C >= 2) reduce_level<C, C>(a);
   return a[0];
 }
+
+// x with every lane replaced by the max (or sum) over its aligned group of C lanes (xor butterfly).
+template <int K>
+inline __m512i xor_index() {
+  static constexpr LaneTable kTable = make_lane_table([](int lane) { return lane ^ K; });
+  return _mm512_load_si512(kTable.lane);
+}
+
+template <int C, bool kMax, int K = 1>
+inline __m512 over_row(__m512 x) {
+  if constexpr (K < C) {
+    const __m512 y = _mm512_permutexvar_ps(xor_index<K>(), x);
+    return over_row<C, kMax, 2 * K>(kMax ? _mm512_max_ps(x, y) : _mm512_add_ps(x, y));
+  } else {
+    return x;
+  }
+}
+
+// The running state of a narrow head tile (the narrow avx512 and avx512bf16 kernels): a zmm
+// holds 16 / C rows x C columns, lane r*C + c; every lane of a row carries the row's m and l.
+// Also the score epilogue's constants: scores come C tokens per row in a vector (lane r*C + t).
+template <int C>
+struct ColumnRows {
+  alignas(64) float m[16], l[16];  // per lane: its row's running max / sum of the rounded P
+  __m512 alpha, l_i;               // this page's rescale exp(M_old - M_new) and sum of P
+  __m512 slope, column;            // lane r*C + c: its row's ALiBi slope (0 without), and c
+  simd::Epilogue<simd::Avx512> epi;
+  std::int64_t pos = 0;  // the query's position (ALiBi)
+
+  void init(const Problem& pr, std::int64_t batch, std::int64_t head_begin, int rows) {
+    const simd::ScoreParams sp = simd::score_params(pr, batch);
+    alignas(64) float sl[16], col[16];
+    for (int lane = 0; lane < 16; ++lane) {
+      const int r = lane / C;
+      sl[lane] = sp.slopes != nullptr && r < rows ? sp.slopes[head_begin + r] : 0.0f;
+      col[lane] = static_cast<float>(lane % C);
+      m[lane] = -__builtin_inff();
+      l[lane] = 0.0f;
+    }
+    slope = _mm512_load_ps(sl);
+    column = _mm512_load_ps(col);
+    epi = simd::epilogue_of<simd::Avx512>(sp);
+    pos = sp.pos;
+  }
+
+  // The logits of C tokens from `first` (lane r*C + t: row r, token first + t) from their raw
+  // dot products.
+  template <unsigned F>
+  __m512 logit(__m512 dots, __m512 scale, std::int64_t first) const {
+    const __m512 delta = _mm512_add_ps(_mm512_set1_ps(static_cast<float>(first - pos)), column);
+    return simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(dots, scale), epi, slope, delta);
+  }
+
+  // SF's first half over score vectors s[g * 16] for g in [g0, groups): the running max of each
+  // row (butterfly over its C lanes), alpha = exp(M_old - M_new); m = M_new. Returns M_new.
+  __m512 running_max(const float* s, std::int64_t g0, std::int64_t groups) {
+    const __m512 m_old = _mm512_load_ps(m);
+    __m512 mx = m_old;
+    for (std::int64_t g = g0; g < groups; ++g) mx = _mm512_max_ps(mx, _mm512_load_ps(s + g * 16));
+    mx = over_row<C, true>(mx);
+    alpha = exp512(_mm512_sub_ps(m_old, mx));
+    _mm512_store_ps(m, mx);
+    return mx;
+  }
+
+  // UP of the softmax state after the page's PV: L = alpha * L + l_i.
+  void update_l() { _mm512_store_ps(l, simd::up<simd::Avx512>(alpha, _mm512_load_ps(l), l_i)); }
+
+  // Row r's m and l.
+  float m_of(int r) const { return m[r * C]; }
+  float l_of(int r) const { return l[r * C]; }
+};
 
 }  // namespace
 }  // namespace mixpa::cpu::avx512

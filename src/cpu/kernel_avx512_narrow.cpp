@@ -9,7 +9,9 @@
 //       V_j widened in registers (no stores), P a broadcast load straight from the scores'
 //       layout; R x kPass accumulators stay in registers over the whole page.
 // Kf is the K rows widened to fp32 (kernel_avx512_parts.h), read by broadcast loads. Every lane
-// does useful work: per token QK costs head_dim / C FMAs instead of head_dim.
+// does useful work: per token QK costs head_dim / C FMAs instead of head_dim. The page loop is
+// the chunk driver's (chunk_driver.h), with one group flavour for the kv heads of a request
+// (a single chunk is a group of one).
 #include "cpu/x86_intrinsics.h"
 
 #include <algorithm>
@@ -17,7 +19,7 @@
 #include <cstring>
 #include <span>
 
-#include "core/page_walk.h"
+#include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/scratch.h"
 
@@ -34,7 +36,6 @@ namespace mixpa::cpu {
 MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
-using avx512::exp512;
 using avx512::kLanes;
 using avx512::position_dim;
 using avx512::reduce_tokens;
@@ -63,41 +64,14 @@ inline __m512 bcst(const float* p) {
   }
 }
 
-// x with every lane replaced by the max (or sum) over its aligned group of C lanes (xor butterfly).
-template <int K>
-inline __m512i xor_index() {
-  static constexpr avx512::LaneTable kTable = avx512::make_lane_table([](int lane) { return lane ^ K; });
-  return _mm512_load_si512(kTable.lane);
-}
-
-template <int C, bool kMax, int K = 1>
-inline __m512 over_row(__m512 x) {
-  if constexpr (K < C) {
-    const __m512 y = _mm512_permutexvar_ps(xor_index<K>(), x);
-    return over_row<C, kMax, 2 * K>(kMax ? _mm512_max_ps(x, y) : _mm512_add_ps(x, y));
-  } else {
-    return x;
-  }
-}
-
+// One chunk of a group (one kv head's tile).
+template <int C>
 struct Tile {
   const ChunkJob* job;
-  const Problem* pr;
-  std::int64_t dim, bs;
   float* qt;  // [dim / C][16]        lane r*C + c = Q_r at position p*C + c
-  float* kf;  // [16][dim]            widened K rows of one token block (zeros past the context)
   float* s;   // [blocks*16 / C][16]  lane r*C + t = score of row r, token g*C + t; then its rounded P
   float* ot;  // [16 / C][dim]        O_r in position order
-  alignas(64) float m[kLanes], l[kLanes];
-  __m512 slope;  // ALiBi slope of lane r*C + c's row r (0 without ALiBi)
-};
-
-// Score epilogue constants shared by a group's tiles: lane r*C + c holds token first + c.
-template <int C>
-struct ScoreLanes {
-  simd::Epilogue<simd::Avx512> epi;
-  std::int64_t pos;  // the query's position
-  __m512 column;     // lane r*C + c: c
+  avx512::ColumnRows<C> st;  // m, l, alpha, l_i and the score epilogue per lane
 };
 
 // Rows of one kv head's K or V cache that a loop prefetches in step with its own rows: row j at
@@ -120,15 +94,15 @@ inline RowLines rows_of(const Problem& pr, std::int64_t kv_head, std::int64_t pa
 // -inf). Meanwhile the 16 rows of `next` stream into L1 (memory as in kernel_avx512.cpp): their
 // D/32 lines each over the D/C steps, C/2 lines a step.
 template <int C, int D, unsigned F>
-void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, std::int64_t valid, __m512 scale,
-              RowLines next, std::int64_t token0, const ScoreLanes<C>& sl) {
+void qk_block(Tile<C>& t, const Problem& pr, float* kf, std::int64_t page, std::int64_t j0, std::int64_t begin,
+              std::int64_t valid, __m512 scale, RowLines next, std::int64_t token0) {
   constexpr int kRowLines = D / 32, kStepLines = C / 2;
   constexpr int kStepsPerRow = kStepLines < kRowLines ? kRowLines / kStepLines : 1;
   constexpr int kRowsPerStep = kStepLines > kRowLines ? kStepLines / kRowLines : 1;
   constexpr int kLines = kStepLines < kRowLines ? kStepLines : kRowLines;  // per row and step
   for (int j = 0; j < kBlockTokens; ++j) {
-    float* dst = t.kf + j * D;
-    if (j0 + j >= begin && j0 + j < valid) widen_row(t.pr->key_row(page, j0 + j, t.job->kv_head), dst, D);
+    float* dst = kf + j * D;
+    if (j0 + j >= begin && j0 + j < valid) widen_row(pr.key_row(page, j0 + j, t.job->kv_head), dst, D);
     else
       for (std::int64_t d = 0; d < D; d += kLanes) _mm512_store_ps(dst + d, _mm512_setzero_ps());
   }
@@ -146,14 +120,12 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, s
       const std::int64_t p = p0 + u;
       const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
 #pragma GCC unroll 16
-      for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(t.kf + j * D + p * C), acc[j]);
+      for (int j = 0; j < kBlockTokens; ++j) acc[j] = _mm512_fmadd_ps(q, bcst<C>(kf + j * D + p * C), acc[j]);
     }
   }
   for (int g = 0; g < kBlockTokens / C; ++g) {
     const std::int64_t first = j0 + g * C;
-    const __m512 delta = _mm512_add_ps(_mm512_set1_ps(static_cast<float>(token0 + first - sl.pos)), sl.column);
-    const __m512 sc = simd::score_epilogue<F, simd::Avx512>(_mm512_mul_ps(reduce_tokens<C>(acc + g * C), scale), sl.epi,
-                                                            t.slope, delta);
+    const __m512 sc = t.st.template logit<F>(reduce_tokens<C>(acc + g * C), scale, token0 + first);
     __mmask16 live = 0xffff;  // lanes of tokens outside the span score -inf (only in a partial block)
     if (first + C > valid || first < begin) {
       live = 0;
@@ -166,20 +138,15 @@ void qk_block(Tile& t, std::int64_t page, std::int64_t j0, std::int64_t begin, s
 
 // Vector SF: running max per row, P rounded to bf16 in place of the scores, l_i.
 template <int C>
-void softmax_page(Tile& t, std::int64_t g0, std::int64_t groups, __m512& alpha, __m512& l_i) {
-  const __m512 m_old = _mm512_load_ps(t.m);
-  __m512 mx = m_old;
-  for (std::int64_t g = g0; g < groups; ++g) mx = _mm512_max_ps(mx, _mm512_load_ps(t.s + g * kLanes));
-  mx = over_row<C, true>(mx);
-  alpha = exp512(_mm512_sub_ps(m_old, mx));
+void softmax_page(Tile<C>& t, std::int64_t g0, std::int64_t groups) {
+  const __m512 mx = t.st.running_max(t.s, g0, groups);
   __m512 sum = _mm512_setzero_ps();
   for (std::int64_t g = g0; g < groups; ++g) {
     const __m512 p = exp_bf16(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx));
     sum = _mm512_add_ps(sum, p);
     _mm512_store_ps(t.s + g * kLanes, p);
   }
-  _mm512_store_ps(t.m, mx);
-  l_i = over_row<C, false>(sum);
+  t.st.l_i = avx512::over_row<C, false>(sum);
 }
 
 // Cube PV then vector UP for the page's valid tokens, positions in lanes: per row r of the
@@ -190,14 +157,14 @@ void softmax_page(Tile& t, std::int64_t g0, std::int64_t groups, __m512& alpha, 
 // Meanwhile the rows of `next` stream into L1, row j's lines of this pass with token j. V rows
 // past the context are never read.
 template <int C, int D>
-void pv_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid, const __m512& alpha, RowLines next) {
+void pv_page(Tile<C>& t, const Problem& pr, std::int64_t page, std::int64_t begin, std::int64_t valid, RowLines next) {
   constexpr int R = kLanes / C, kVecs = D / kLanes;
   // R x kPass accumulators plus kPass widened vectors stay in the 32 zmm registers.
   constexpr int kPass = std::min({kVecs, std::max(2, 16 / R), 8});
   alignas(64) float al[kLanes];
-  _mm512_store_ps(al, alpha);
-  const char* row0 = reinterpret_cast<const char*>(t.pr->value_row(page, 0, t.job->kv_head));
-  const std::int64_t stride = t.pr->v_strides.row * 2;
+  _mm512_store_ps(al, t.st.alpha);
+  const char* row0 = reinterpret_cast<const char*>(pr.value_row(page, 0, t.job->kv_head));
+  const std::int64_t stride = pr.v_strides.row * 2;
   for (int v0 = 0; v0 < kVecs; v0 += kPass) {
     __m512 acc[R][kPass];
 #pragma GCC unroll 8
@@ -236,7 +203,7 @@ void pv_page(Tile& t, std::int64_t page, std::int64_t begin, std::int64_t valid,
 #pragma GCC unroll 16
       for (int k = 0; k < kPass; ++k) {
         float* o = t.ot + r * D + (v0 + k) * kLanes;
-        _mm512_store_ps(o, _mm512_fmadd_ps(_mm512_set1_ps(al[r * C]), _mm512_load_ps(o), acc[r][k]));
+        _mm512_store_ps(o, simd::up<simd::Avx512>(_mm512_set1_ps(al[r * C]), _mm512_load_ps(o), acc[r][k]));
       }
   }
 }
@@ -256,76 +223,77 @@ inline avx512::LineStream<_MM_HINT_T1> streamer_starts(const Problem& pr, std::i
   return avx512::page_starts(lo, hi);
 }
 
-// Chunks of one request over the same pages for n kv heads (n = 1: a single chunk), page by
-// page: each page is read once for all n heads (contiguously when the heads are neighbours in
-// the cache), QK token block by token block across the heads, then SF and PV head by head.
-// Each head has its own scores and O, and its arithmetic is exactly that of computing its chunk
-// alone, in the same order.
+// Chunks of one request over the same pages for n kv heads (n = 1: a single chunk) as one
+// flavour of the chunk driver, page by page: each page is read once for all n heads
+// (contiguously when the heads are neighbours in the cache), QK token block by token block
+// across the heads, then SF and PV head by head. Each head has its own scores and O, and its
+// arithmetic is exactly that of computing its chunk alone, in the same order.
 template <int C, int D, unsigned F>
-void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
-  const ChunkJob& job = jobs[0];
-  const Problem& pr = *job.problem;
-  const std::int64_t bs = pr.shape.block_size, padded = (bs + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
-  const std::int64_t s_floats = padded / C * kLanes;
-  float* kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
-  float* s = static_cast<float*>(scratch(2, n * s_floats * 4));
-  float* qt = static_cast<float*>(scratch(0, n * D / C * 64));
-  float* ot = static_cast<float*>(scratch(4, n * D / C * 64));
-  Tile tiles[kMaxGroup];
-  for (int h = 0; h < n; ++h) {
-    Tile& t = tiles[h];
-    t = Tile{&jobs[h], &pr, D, bs, qt + h * D / C * kLanes, kf, s + h * s_floats, ot + h * D / C * kLanes, {}, {}, {}};
-    alignas(64) float slope[kLanes];
-    for (int lane = 0; lane < kLanes; ++lane) {
-      const int r = lane / C;
-      slope[lane] = pr.variant.has_alibi() && r < jobs[h].rows ? pr.variant.alibi_slopes[jobs[h].head_begin + r] : 0.0f;
+struct NarrowGroup {
+  const ChunkJob* jobs;
+  int n;
+  const Problem& pr;
+  std::int64_t bs;
+  float* kf;  // [16][dim]  widened K rows of one token block (zeros past the context)
+  Tile<C> tiles[kMaxGroup];
+  __m512 scale;
+  std::int64_t h_lo, h_hi;  // the group's kv heads span [h_lo, h_hi]
+  // This page's L2 streamer starts for the next page's K rows (during QK) and V rows (PV).
+  avx512::LineStream<_MM_HINT_T1> k_starts, v_starts;
+  std::int64_t v_per_head = 0;
+
+  NarrowGroup(const ChunkJob* j, int count) : jobs(j), n(count), pr(*j[0].problem), bs(pr.shape.block_size) {
+    const std::int64_t padded = (bs + kBlockTokens - 1) / kBlockTokens * kBlockTokens;
+    const std::int64_t s_floats = padded / C * kLanes;
+    kf = static_cast<float*>(scratch(1, kBlockTokens * D * 4));
+    float* s = static_cast<float*>(scratch(2, n * s_floats * 4));
+    float* qt = static_cast<float*>(scratch(0, n * D / C * 64));
+    float* ot = static_cast<float*>(scratch(4, n * D / C * 64));
+    for (int h = 0; h < n; ++h) {
+      Tile<C>& t = tiles[h];
+      t.job = &jobs[h];
+      t.qt = qt + h * D / C * kLanes;
+      t.s = s + h * s_floats;
+      t.ot = ot + h * D / C * kLanes;
+      t.st.init(pr, jobs[h].batch, jobs[h].head_begin, jobs[h].rows);
+      for (std::int64_t p = 0; p < D / C; ++p)
+        for (int lane = 0; lane < kLanes; ++lane) {
+          const int r = lane / C;
+          t.qt[p * kLanes + lane] =
+              r < jobs[h].rows ? pr.query_row(jobs[h].batch, jobs[h].head_begin + r)[position_dim(p * C + lane % C)].to_float()
+                               : 0.0f;
+        }
+      for (std::int64_t i = 0; i < D / C * kLanes; ++i) t.ot[i] = 0.0f;
     }
-    t.slope = _mm512_load_ps(slope);
-    for (std::int64_t p = 0; p < D / C; ++p)
-      for (int lane = 0; lane < kLanes; ++lane) {
-        const int r = lane / C;
-        t.qt[p * kLanes + lane] = r < jobs[h].rows
-                                      ? pr.query_row(job.batch, jobs[h].head_begin + r)[position_dim(p * C + lane % C)].to_float()
-                                      : 0.0f;
-      }
-    for (std::int64_t i = 0; i < D / C * kLanes; ++i) t.ot[i] = 0.0f;
-    for (int lane = 0; lane < kLanes; ++lane) {
-      t.m[lane] = -__builtin_inff();
-      t.l[lane] = 0.0f;
+    scale = _mm512_set1_ps(pr.variant.scale);
+    h_lo = h_hi = jobs[0].kv_head;
+    for (int h = 1; h < n; ++h) {
+      h_lo = std::min(h_lo, jobs[h].kv_head);
+      h_hi = std::max(h_hi, jobs[h].kv_head);
     }
   }
-  const __m512 scale = _mm512_set1_ps(pr.scale);
-  ScoreLanes<C> sl;
-  {
-    const simd::ScoreParams sp = simd::score_params(pr, job.batch);
-    sl.epi = simd::epilogue_of<simd::Avx512>(sp);
-    sl.pos = sp.pos;
-    alignas(64) float column[kLanes];
-    for (int lane = 0; lane < kLanes; ++lane) column[lane] = static_cast<float>(lane % C);
-    sl.column = _mm512_load_ps(column);
+
+  // The first page's K and V rows of every head into L2 before its QK.
+  void first(const PageSpan& span) {
+    for (int h = 0; h < n; ++h) avx512::prefetch_rows(&pr, jobs[h].kv_head, D, span.page, 0, bs);
   }
-  std::int64_t h_lo = jobs[0].kv_head, h_hi = jobs[0].kv_head;
-  for (int h = 1; h < n; ++h) {
-    h_lo = std::min(h_lo, jobs[h].kv_head);
-    h_hi = std::max(h_hi, jobs[h].kv_head);
-  }
-  if (PageWalk first(pr, job.batch, job.tokens); first.is_valid())
-    for (int h = 0; h < n; ++h) avx512::prefetch_rows(&pr, jobs[h].kv_head, D, first->page, 0, bs);
-  for (PageWalk w(pr, job.batch, job.tokens); w.is_valid(); ++w) {
-    const std::int64_t page = w->page, begin = w->begin, valid = w->end, next = w->next_page;
+
+  // Cube QK, block by block over the heads. Each (block, head) streams the K rows of the
+  // (block, head) kQkAhead steps later into L1 (two steps: one step's compute is shorter than
+  // the fill buffers need for a block from memory; Decode32k 4.98 -> 4.70 ms, bench medians);
+  // the last steps stream PV's first V rows instead.
+  void qk(const PageSpan& span) {
+    const std::int64_t page = span.page, begin = span.begin, valid = span.end;
     const std::int64_t b0 = begin / kBlockTokens, blocks = (valid + kBlockTokens - 1) / kBlockTokens;
     // The L2 streamer is started on every 4 KiB page of the next page's K rows during QK and on
     // its V rows during PV, spread evenly over the steps (Decode32k cold, 2 threads, min of 9-11
     // in four interleaved A/B runs: 4.16-4.40 -> 3.88-4.24 ms).
-    avx512::LineStream<_MM_HINT_T1> k_starts = streamer_starts(pr, next, h_lo, h_hi, D, 1);
-    avx512::LineStream<_MM_HINT_T1> v_starts = streamer_starts(pr, next, h_lo, h_hi, D, 2);
-    const std::int64_t k_per_step = (k_starts.left + (blocks - b0) * n - 1) / ((blocks - b0) * n), v_per_head = (v_starts.left + n - 1) / n;
-    // Cube QK, block by block over the heads. Each (block, head) streams the K rows of the
-    // (block, head) kQkAhead steps later into L1 (two steps: one step's compute is shorter than
-    // the fill buffers need for a block from memory; Decode32k 4.98 -> 4.70 ms, bench medians);
-    // the last steps stream PV's first V rows instead.
+    k_starts = streamer_starts(pr, span.next_page, h_lo, h_hi, D, 1);
+    v_starts = streamer_starts(pr, span.next_page, h_lo, h_hi, D, 2);
+    const std::int64_t k_per_step = (k_starts.left + (blocks - b0) * n - 1) / ((blocks - b0) * n);
+    v_per_head = (v_starts.left + n - 1) / n;
     std::int64_t ahead_block = b0 + kQkAhead / n;  // the (block, head) step kQkAhead after (b, h),
-    int ahead_head = kQkAhead % n;            // kept incrementally (no division per step)
+    int ahead_head = kQkAhead % n;                 // kept incrementally (no division per step)
     for (std::int64_t b = b0; b < blocks; ++b) {
       const std::int64_t j0 = b * kBlockTokens;
       for (int h = 0; h < n; ++h) {
@@ -334,7 +302,7 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
             ahead_block < blocks    ? rows_of(pr, ahead_head_kv, page, 1, ahead_block * kBlockTokens, kBlockTokens, kf)
             : ahead_block == blocks ? rows_of(pr, ahead_head_kv, page, 2, 0, kBlockTokens, kf)
                                     : rows_of(pr, 0, -1, 1, 0, 0, kf);
-        qk_block<C, D, F>(tiles[h], page, j0, begin, valid, scale, next_block, w->token0, sl);
+        qk_block<C, D, F>(tiles[h], pr, kf, page, j0, begin, valid, scale, next_block, span.token0);
         for (std::int64_t q = 0; q < k_per_step; ++q) k_starts.issue();
         if (++ahead_head == n) {
           ahead_head = 0;
@@ -342,25 +310,41 @@ void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
         }
       }
     }
-    // Vector SF, then cube PV and UP, head by head. Each head's PV streams the next head's V
-    // rows into L1; the last head's, the next page's first K rows.
-    __m512 alpha[kMaxGroup], l_i[kMaxGroup];
-    for (int h = 0; h < n; ++h) softmax_page<C>(tiles[h], b0 * kBlockTokens / C, blocks * kBlockTokens / C, alpha[h], l_i[h]);
+  }
+
+  // Vector SF, head by head.
+  void softmax(const PageSpan& span) {
+    const std::int64_t b0 = span.begin / kBlockTokens, blocks = (span.end + kBlockTokens - 1) / kBlockTokens;
+    for (int h = 0; h < n; ++h) softmax_page<C>(tiles[h], b0 * kBlockTokens / C, blocks * kBlockTokens / C);
+  }
+
+  // Cube PV and UP, head by head. Each head's PV streams the next head's V rows into L1; the
+  // last head's, the next page's first K rows. Then L = alpha * L + l_i for every head.
+  void pv(const PageSpan& span) {
+    const std::int64_t page = span.page, begin = span.begin, valid = span.end;
     for (int h = 0; h < n; ++h) {
       const RowLines next_rows = h + 1 < n ? rows_of(pr, tiles[h + 1].job->kv_head, page, 2, 0, valid, kf)
-                                           : rows_of(pr, tiles[0].job->kv_head, next, 1, 0, kBlockTokens, kf);
-      pv_page<C, D>(tiles[h], page, begin, valid, alpha[h], next_rows);
+                                           : rows_of(pr, tiles[0].job->kv_head, span.next_page, 1, 0, kBlockTokens, kf);
+      pv_page<C, D>(tiles[h], pr, page, begin, valid, next_rows);
       for (std::int64_t q = 0; q < v_per_head; ++q) v_starts.issue();
     }
-    for (int h = 0; h < n; ++h)  // UP of the softmax state
-      _mm512_store_ps(tiles[h].l, _mm512_fmadd_ps(alpha[h], _mm512_load_ps(tiles[h].l), l_i[h]));
+    for (int h = 0; h < n; ++h) tiles[h].st.update_l();
   }
-  for (int h = 0; h < n; ++h)
-    for (int r = 0; r < jobs[h].rows; ++r) {
-      store_dim_order(tiles[h].ot + r * D, 1, outs[h].o + r * D, D);
-      outs[h].m[r] = tiles[h].m[r * C];
-      outs[h].l[r] = tiles[h].l[r * C];
-    }
+
+  void finish(const GroupOut& out) {
+    for (int h = 0; h < n; ++h)
+      for (int r = 0; r < jobs[h].rows; ++r) {
+        store_dim_order(tiles[h].ot + r * D, 1, out.outs[h].o + r * D, D);
+        out.outs[h].m[r] = tiles[h].st.m_of(r);
+        out.outs[h].l[r] = tiles[h].st.l_of(r);
+      }
+  }
+};
+
+template <int C, int D, unsigned F>
+void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
+  NarrowGroup<C, D, F> group(jobs, n);
+  drive_chunk(group, jobs[0], GroupOut{outs, n});
 }
 
 // head_dim is a template value so every K/V row offset is a constant from one base register.

@@ -8,31 +8,13 @@
 #include <limits>
 #include <vector>
 
+#include "core/element.h"
 #include "core/softmax_state.h"
 #include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
 
 namespace mixpa::cpu {
 namespace {
-
-// Row `row` of `page` for the job's kv head, decoded exactly to fp32 (fp8: before k/v_scale).
-template <class T>
-void decode(const T* src, float* dst, std::int64_t dim) {
-  for (std::int64_t d = 0; d < dim; ++d) dst[d] = src[d].to_float();
-}
-void cache_row(const Problem& pr, bool key, std::int64_t page, std::int64_t row, std::int64_t kv_head, float* dst) {
-  const std::int64_t dim = pr.shape.head_dim;
-  switch (pr.kv_dtype) {
-    case DType::kF16:
-      return decode(key ? pr.key_row_as<f16>(page, row, kv_head) : pr.value_row_as<f16>(page, row, kv_head), dst, dim);
-    case DType::kF8E4M3:
-      return decode(key ? pr.key_row_as<e4m3>(page, row, kv_head) : pr.value_row_as<e4m3>(page, row, kv_head), dst, dim);
-    case DType::kF8E5M2:
-      return decode(key ? pr.key_row_as<e5m2>(page, row, kv_head) : pr.value_row_as<e5m2>(page, row, kv_head), dst, dim);
-    default:
-      return decode(key ? pr.key_row_as<bf16>(page, row, kv_head) : pr.value_row_as<bf16>(page, row, kv_head), dst, dim);
-  }
-}
 
 struct ScalarTile {
   const ChunkJob& job;
@@ -68,9 +50,7 @@ struct ScalarTile {
     for (int r = 0; r < job.rows; ++r) {
       const JobRow row = job_row(job, r);
       w.rows[r] = row;
-      float* q = &w.q[r * dim];
-      if (pr.query_dtype == DType::kF16) decode(pr.query_row_as<f16>(job.batch, row.token, row.head), q, dim);
-      else decode(pr.query_row_as<bf16>(job.batch, row.token, row.head), q, dim);
+      query_floats(pr, job.batch, row.token, row.head, &w.q[r * dim]);
     }
   }
 
@@ -78,7 +58,7 @@ struct ScalarTile {
   // of the span; -inf for tokens row r does not see (past its position, before its window).
   void qk(const PageSpan& span) {
     for (std::int64_t j = span.begin; j < span.end; ++j) {
-      cache_row(pr, true, span.page, j, job.kv_head, w.krow.data());
+      key_floats(pr, span.page, j, job.kv_head, w.krow.data());
       const std::int64_t t = span.token0 + j;
       for (int r = 0; r < job.rows; ++r) {
         const JobRow& row = w.rows[r];
@@ -97,14 +77,13 @@ struct ScalarTile {
   // SF: running max, P = bf16(exp(s - M)) (fp16 for F16 caches), l_i = sum of rounded P; M_i per
   // row in m_i. A row that sees none of the span's tokens (M = -inf) gets P = 0.
   void softmax(const PageSpan& span) {
-    const bool f16_p = pr.kv_dtype == DType::kF16;
     for (int r = 0; r < job.rows; ++r) {
       float mx = w.st[r].m;
       for (std::int64_t j = span.begin; j < span.end; ++j) mx = std::max(mx, w.s[r * bs + j]);
       float sum = 0.0f;
       for (std::int64_t j = span.begin; j < span.end; ++j) {
         const float e = mx == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(w.s[r * bs + j] - mx);
-        const float p = f16_p ? round_to_f16(e) : round_to_bf16(e);
+        const float p = round_p(pr.kv_dtype, e);
         w.p[r * bs + j] = p;
         sum += p;
       }
@@ -117,7 +96,7 @@ struct ScalarTile {
   void pv(const PageSpan& span) {
     std::fill(w.oi.begin(), w.oi.end(), 0.0f);
     for (std::int64_t j = span.begin; j < span.end; ++j) {
-      cache_row(pr, false, span.page, j, job.kv_head, w.krow.data());
+      value_floats(pr, span.page, j, job.kv_head, w.krow.data());
       for (int r = 0; r < job.rows; ++r) {
         const float p = w.p[r * bs + j];
         float* oi = &w.oi[r * dim];

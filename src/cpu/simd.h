@@ -137,5 +137,162 @@ inline void with_score_features(unsigned features, Fn&& fn) {
   return fn.template operator()<kScoreVariant>();
 }
 
+// The one FMA step of both fp32 matmuls with rows in lanes (avx2 and avx512 wide tiles):
+// acc[a][v] += x[v] * broadcast(b[a * kStride]) for a < A, v < RV. QK: x = Q at one position, b
+// = that position of A tokens' K rows; PV: x = P of one token, b = A positions of its V row.
+// Fully unrolled: the A x RV chains stay in registers.
+template <class D, int RV, int A, int kStride>
+inline void fma_step(typename D::V (&acc)[A][RV], const float* x, const float* b) {
+  typename D::V xv[RV];
+#pragma GCC unroll 4
+  for (int v = 0; v < RV; ++v) xv[v] = D::load(x + v * D::kLanes);
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a) {
+    const typename D::V bc = D::broadcast(b + a * kStride);
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[a][v] = D::fmadd(xv[v], bc, acc[a][v]);
+  }
+}
+
+template <class D, int RV, int A>
+inline void zero(typename D::V (&acc)[A][RV]) {
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a)
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[a][v] = D::zero();
+}
+
+// fma_step with the stride at run time (head_dims without a template instantiation).
+template <class D, int RV, int A>
+inline void fma_step_strided(typename D::V (&acc)[A][RV], const float* x, const float* b, std::int64_t stride) {
+  typename D::V xv[RV];
+#pragma GCC unroll 4
+  for (int v = 0; v < RV; ++v) xv[v] = D::load(x + v * D::kLanes);
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a) {
+    const typename D::V bc = D::broadcast(b + a * stride);
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[a][v] = D::fmadd(xv[v], bc, acc[a][v]);
+  }
+}
+
+// UP, the one update of the online softmax (SPEC §3): O = alpha * O + oi, L = alpha * L + l_i.
+template <class D>
+inline typename D::V up(typename D::V alpha, typename D::V old, typename D::V add) {
+  return D::fmadd(alpha, old, add);
+}
+
+// The running state of a head tile whose rows live in SIMD lanes (RV vectors of D::kLanes rows;
+// the avx2, avx512, avx512bf16 and amx wide tiles): m, l and alpha are plain vectors, so SF and
+// UP need no horizontal step. Also the score epilogue's constants per row.
+template <class D, int RV>
+struct LaneRows {
+  using V = typename D::V;
+  static constexpr int kLanes = D::kLanes, W = RV * kLanes;
+  alignas(64) float m[W], l[W];  // running max / sum of the rounded P, per row
+  V alpha[RV], l_i[RV];          // this page's rescale exp(M_old - M_new) and sum of P
+  V slope[RV];                   // ALiBi slope per row (0 without, and past the tile's rows)
+  Epilogue<D> epi;
+  std::int64_t pos = 0;  // the query's position (ALiBi)
+
+  // State init: m = -inf, l = 0, the epilogue's constants for query heads [head_begin, + rows).
+  void init(const Problem& pr, std::int64_t batch, std::int64_t head_begin, int rows) {
+    for (int r = 0; r < W; ++r) {
+      m[r] = -__builtin_inff();
+      l[r] = 0.0f;
+    }
+    const ScoreParams sp = score_params(pr, batch);
+    alignas(64) float sl[W];
+    for (int r = 0; r < W; ++r) sl[r] = sp.slopes != nullptr && r < rows ? sp.slopes[head_begin + r] : 0.0f;
+    for (int v = 0; v < RV; ++v) slope[v] = D::load(sl + v * kLanes);
+    epi = epilogue_of<D>(sp);
+    pos = sp.pos;
+  }
+
+  // The same for tiles whose rows are (new token, head) pairs (SPEC §6 q_len 1..16): row r is
+  // token tokens[r] of query head heads[r], at position pos - back_r (back_r = q_len - 1 -
+  // tokens[r]; pos is the last row's, context_len - 1).
+  V back[RV];
+  void init_rows(const Problem& pr, std::int64_t batch, const std::int64_t* heads, const std::int64_t* tokens,
+                 int rows) {
+    for (int r = 0; r < W; ++r) {
+      m[r] = -__builtin_inff();
+      l[r] = 0.0f;
+    }
+    const ScoreParams sp = score_params(pr, batch);
+    alignas(64) float sl[W], bk[W];
+    for (int r = 0; r < W; ++r) {
+      sl[r] = sp.slopes != nullptr && r < rows ? sp.slopes[heads[r]] : 0.0f;
+      bk[r] = r < rows ? static_cast<float>(pr.shape.q_len - 1 - tokens[r]) : 0.0f;
+    }
+    for (int v = 0; v < RV; ++v) {
+      slope[v] = D::load(sl + v * kLanes);
+      back[v] = D::load(bk + v * kLanes);
+    }
+    epi = epilogue_of<D>(sp);
+    pos = sp.pos;
+  }
+
+  // The logits of rows [v * kLanes, + kLanes) for one token from their raw dot products.
+  template <unsigned F>
+  V logit(V dot, V scale, int v, std::int64_t token) const {
+    return score_epilogue<F, D>(D::mul(dot, scale), epi, slope[v], D::set(static_cast<float>(token - pos)));
+  }
+  // The same after init_rows: ALiBi's t - pos_r = (t - pos) + back_r per row (q_len 1: + 0, exact).
+  template <unsigned F>
+  V logit_rows(V dot, V scale, int v, std::int64_t token) const {
+    return score_epilogue<F, D>(D::mul(dot, scale), epi, slope[v],
+                                D::add(D::set(static_cast<float>(token - pos)), back[v]));
+  }
+
+  // Vector SF on scores s[j * W + lane] of tokens j in [begin, end): running max, P =
+  // bf16(exp(s - M)) kept in fp32 in place (exp_bf16: one rounding; kF16P: fp16, exp_f16, for
+  // F16 caches), l_i = sum of the rounded P, alpha = exp(M_old - M_new). A row whose scores are
+  // all -inf so far (tokens it does not see) keeps M = -inf and gets P = 0, alpha = 0 (the exps
+  // of its NaN differences are masked to 0).
+  template <bool kF16P = false>
+  static V p_of(V x) {
+    if constexpr (kF16P) return exp_f16<D>(x);
+    else return exp_bf16<D>(x);
+  }
+  template <bool kF16P = false>
+  void softmax(float* s, std::int64_t begin, std::int64_t end) {
+    for (int v = 0; v < RV; ++v) {
+      const V m_old = D::loadu(m + v * kLanes);
+      V mx4[4] = {m_old, m_old, m_old, m_old};  // four chains: vmaxps latency, not throughput
+      std::int64_t j = begin;
+      for (; j + 4 <= end; j += 4)
+        for (int k = 0; k < 4; ++k) mx4[k] = D::max(mx4[k], D::load(s + (j + k) * W + v * kLanes));
+      for (; j < end; ++j) mx4[0] = D::max(mx4[0], D::load(s + j * W + v * kLanes));
+      const V mx = D::max(D::max(mx4[0], mx4[1]), D::max(mx4[2], mx4[3]));
+      alpha[v] = exp_neg<D>(D::sub(m_old, mx));
+      V sum0 = D::zero(), sum1 = sum0;
+      j = begin;
+      for (; j + 2 <= end; j += 2) {  // two independent exp chains
+        float* s0 = s + j * W + v * kLanes;
+        const V p0 = p_of<kF16P>(D::sub(D::load(s0), mx));
+        const V p1 = p_of<kF16P>(D::sub(D::load(s0 + W), mx));
+        D::store(s0, p0);
+        D::store(s0 + W, p1);
+        sum0 = D::add(sum0, p0);
+        sum1 = D::add(sum1, p1);
+      }
+      if (j < end) {
+        float* s0 = s + j * W + v * kLanes;
+        const V p0 = p_of<kF16P>(D::sub(D::load(s0), mx));
+        D::store(s0, p0);
+        sum0 = D::add(sum0, p0);
+      }
+      D::storeu(m + v * kLanes, mx);
+      l_i[v] = D::add(sum0, sum1);
+    }
+  }
+
+  // UP of the softmax state after the page's PV: L = alpha * L + l_i.
+  void update_l() {
+    for (int v = 0; v < RV; ++v) D::storeu(l + v * kLanes, up<D>(alpha[v], D::loadu(l + v * kLanes), l_i[v]));
+  }
+};
+
 }  // namespace
 }  // namespace mixpa::cpu::simd

@@ -20,6 +20,7 @@ struct Avx2 {
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_load_ps(p); }
   static V loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
   static void store(float* p, V x) { _mm256_store_ps(p, x); }
   static void storeu(float* p, V x) { _mm256_storeu_ps(p, x); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }

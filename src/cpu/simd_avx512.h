@@ -20,6 +20,7 @@ struct Avx512 {
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_load_ps(p); }
   static V loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static V broadcast(const float* p) { return _mm512_set1_ps(*p); }
   static void store(float* p, V x) { _mm512_store_ps(p, x); }
   static void storeu(float* p, V x) { _mm512_storeu_ps(p, x); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }

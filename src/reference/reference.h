@@ -14,8 +14,9 @@ namespace mixpa {
 // single-threaded: running max, P rounded to bf16, l = row sum of rounded P.
 void run_reference(const Problem& problem, const Plan& plan, const Options& options, const Results& out);
 
-// Exact attention in float64 over the bf16 inputs (two-pass softmax), the variant of SPEC §6
-// included. out: [batch, heads, head_dim]; lse (optional): [batch, heads], -inf for no token.
+// Exact attention in float64 over the dequantised inputs (k_scale * K, v_scale * V; two-pass
+// softmax), every variant, dtype and q_len of SPEC §6 included. out: the query's shape
+// [batch, (q_len,) heads, head_dim]; lse (optional): [batch, (q_len,) heads], -inf for no token.
 // Multi-threaded over requests; `progress` (may be empty) is called with the fraction done,
 // possibly from several threads at once.
 void exact_attention_f64(const Problem& problem, double* out, const std::function<void(double)>& progress = {},

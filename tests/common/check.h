@@ -21,7 +21,7 @@ namespace mixpa::testing {
 
 inline OutputView output_view(std::vector<float>& out, const Case& c) {
   out.assign(c.out_elements(), -12345.0f);
-  return OutputView{out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}};
+  return c.output_view(out.data());
 }
 
 // The case's scale and variant (soft-cap, window) unless `options` sets its own.
@@ -30,6 +30,8 @@ inline Options case_options(const Case& c, Options options) {
   if (options.softcap == 0) options.softcap = c.softcap;
   if (options.window_left == -1) options.window_left = c.window_left;
   if (options.kv_layout == KvLayout::kNHD) options.kv_layout = c.kv_layout;
+  if (!options.k_scale && c.spec.k_scale != 0) options.k_scale = c.spec.k_scale;
+  if (!options.v_scale && c.spec.v_scale != 0) options.v_scale = c.spec.v_scale;
   return options;
 }
 
@@ -41,7 +43,7 @@ inline std::vector<float> run_case(const Case& c, const std::string& executor, O
   std::vector<float> out;
   OutputView view = output_view(out, c);
   if (lse) {
-    lse->assign(c.spec.batch * c.spec.num_heads, -12345.0f);
+    lse->assign(c.lse_elements(), -12345.0f);
     view.lse = lse->data();
   }
   run(c.inputs(), options, view);
@@ -53,7 +55,7 @@ inline std::vector<double> exact(const Case& c, Options options = {}, std::vecto
   std::vector<float> dummy;
   const Problem p = validate(c.inputs(), options, output_view(dummy, c));
   std::vector<double> ref(c.out_elements());
-  if (lse) lse->assign(c.spec.batch * c.spec.num_heads, 0.0);
+  if (lse) lse->assign(c.lse_elements(), 0.0);
   exact_attention_f64(p, ref.data(), {}, lse ? lse->data() : nullptr);
   return ref;
 }

@@ -100,11 +100,18 @@ TEST(Validate, KvShapeMismatch) {
 }
 
 TEST(Validate, WrongDtypes) {
-  expect_rejected([](Fixture& f) { f.in.query.dtype = DType::kF32; }, {"query: dtype is F32, expected BF16"});
-  expect_rejected([](Fixture& f) { f.in.key_cache.dtype = DType::kF16; }, {"key_cache: dtype is F16"});
+  expect_rejected([](Fixture& f) { f.in.query.dtype = DType::kF32; }, {"query: dtype is F32, expected BF16 or F16"});
+  expect_rejected([](Fixture& f) { f.in.key_cache.dtype = DType::kF32; },
+                  {"key_cache: dtype is F32, expected BF16 or F16 or F8_E4M3 or F8_E5M2"});
   expect_rejected([](Fixture& f) { f.in.value_cache.dtype = DType::kF32; }, {"value_cache: dtype is F32"});
-  expect_rejected([](Fixture& f) { f.in.block_table.dtype = DType::kF64; }, {"block_table: dtype is F64, expected I32"});
+  // Each dtype of SPEC §6 is valid alone, but the caches (and the index tensors) must agree.
+  expect_rejected([](Fixture& f) { f.in.key_cache.dtype = DType::kF16; },
+                  {"value_cache: dtype is BF16 but key_cache is F16"});
+  expect_rejected([](Fixture& f) { f.in.block_table.dtype = DType::kF64; },
+                  {"block_table: dtype is F64, expected I32 or I64"});
   expect_rejected([](Fixture& f) { f.in.context_lens.dtype = DType::kBF16; }, {"context_lens: dtype is BF16"});
+  expect_rejected([](Fixture& f) { f.in.context_lens.dtype = DType::kI64; },
+                  {"context_lens: dtype is I64 but block_table is I32"});
 }
 
 TEST(Validate, WrongRank) {
@@ -127,15 +134,15 @@ TEST(Validate, NonFiniteScale) {
 
 TEST(Validate, UnsupportedHeadDim) {
   expect_rejected([](Fixture& f) {
-    f.in.query.shape[2] = 32; f.in.key_cache.shape[3] = 32; f.in.value_cache.shape[3] = 32;
-    f.in.query = TensorView::contiguous(f.c.query.data(), DType::kBF16, {3, 8, 32});
-    f.view.shape[2] = 32;
-  }, {"head_dim 32 is not supported", "{64, 128, 256}"});
+    f.in.query.shape[2] = 40; f.in.key_cache.shape[3] = 40; f.in.value_cache.shape[3] = 40;
+    f.in.query = TensorView::contiguous(f.c.query.data(), DType::kBF16, {3, 8, 40});
+    f.view.shape[2] = 40;
+  }, {"head_dim 40 is not supported", "a multiple of 16 in 16..256"});
 }
 
 TEST(Validate, UnsupportedBlockSize) {
-  expect_rejected([](Fixture& f) { f.in.key_cache.shape[1] = 8; f.in.value_cache.shape[1] = 8; },
-                  {"block_size 8 is not supported", "{16, 32, 64, 128}"});
+  expect_rejected([](Fixture& f) { f.in.key_cache.shape[1] = 257; f.in.value_cache.shape[1] = 257; },
+                  {"block_size 257 is not supported", "1..256"});
 }
 
 TEST(Validate, NonContiguousQuery) {

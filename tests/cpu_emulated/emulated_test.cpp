@@ -91,6 +91,46 @@ TEST(CpuEmulated, PrintsAndMatchesPinnedOutputs) {
   }
 }
 
+// Hashes of out and lse of every variant kind over variant_shapes() (one per kind: all shapes
+// hashed in turn), recorded on the kernels before the group and bf16 kernels moved onto the
+// chunk driver: every variant path (soft-cap, ALiBi, windows starting mid-page, sinks, split-KV)
+// must keep its bits through a restructure, not only the plain cases.
+TEST(CpuEmulated, PrintsAndMatchesPinnedVariantOutputs) {
+  std::vector<std::pair<std::string, testing::ExecutorFn>> runs;
+  for (const Flavour& f : emulated_flavours()) runs.emplace_back(f.name, executor(f));
+  for (cpu::Isa isa : {cpu::Isa::kAvx2, cpu::Isa::kScalar})
+    if (cpu::isa_supported(isa))
+      runs.emplace_back(std::string(cpu::isa_name(isa)),
+                        [isa](const Problem& p, const Plan& plan, const Options& o, const Results& r) {
+                          cpu::run_with_isa(p, plan, o, r, isa);
+                        });
+  const std::vector<Pinned> pinned = {
+#include "pinned_variant_hashes.inc"
+  };
+  for (const auto& [name, run] : runs) {
+    std::vector<std::uint64_t> got;
+    for (const testing::VariantSpec& v : testing::variant_kinds()) {
+      std::vector<float> all;
+      for (const CaseSpec& spec : testing::variant_shapes()) {
+        const testing::RunOutput r = testing::run_variant(testing::make_variant_case(spec, 5, v), run);
+        all.insert(all.end(), r.out.begin(), r.out.end());
+        all.insert(all.end(), r.lse.begin(), r.lse.end());
+      }
+      got.push_back(fnv(all));
+    }
+    std::string line = "{\"" + name + "\", {";
+    for (std::uint64_t h : got) line += std::to_string(h) + "ull, ";
+    std::cout << line << "}},\n";
+    bool found = false;
+    for (const Pinned& p : pinned)
+      if (name == p.flavour) {
+        found = true;
+        EXPECT_EQ(got, p.hashes) << name << " changed the bits of a variant";
+      }
+    EXPECT_TRUE(found) << name << " has no pinned variant hashes";
+  }
+}
+
 class Emulated : public ::testing::TestWithParam<Flavour> {};
 
 TEST_P(Emulated, PlainShapesAgreeWithExact) {
