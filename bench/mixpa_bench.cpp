@@ -220,7 +220,7 @@ void print_fixed_cost(const Case& c, const Options& o, int threads) {
   // one thread (what the caller's thread spends outside kernels: merge, bookkeeping) and on all
   // (adds the pool's hand-out, waiting for the last item and load imbalance).
   const Problem pr = validate(c.inputs(), o, view);
-  const Plan plan = make_plan(pr.shape, pr.scale);
+  const Plan plan = make_plan(pr.shape, pr.variant.scale);
   const int rows = static_cast<int>(std::min<std::int64_t>(plan.q_tile, pr.shape.group()));
   double fixed_at[2] = {0, 0};
   const int counts[2] = {1, threads};

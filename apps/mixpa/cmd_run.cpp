@@ -185,7 +185,7 @@ int run_command(RunArgs& a) {
                         multi ? qs[1] : 1};
   const Problem problem = validate(inputs, options, view);
   const ExecutorEntry& executor = executor_for(options.executor, problem);
-  print_shape(c, problem.scale);
+  print_shape(c, problem.variant.scale);
 
   // The sim's debugging runs: turns, random turns, K seeds compared bit for bit.
   if (a.schedule == "turns") options.sim.single_thread = true;

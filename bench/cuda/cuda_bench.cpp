@@ -112,7 +112,7 @@ void run_case(const Args& args, const std::string& name, double stream_bw) {
   options.scale = static_cast<float>(c.scale);
   std::vector<float> host_out(c.out_elements());
   const Problem pr = validate(c.inputs(), options, OutputView{host_out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}});
-  const Plan plan = make_plan(pr.shape, pr.scale);
+  const Plan plan = make_plan(pr.shape, pr.variant.scale);
   cuda::DevicePlan pa(plan, c.context_lens.data());
 
   cuda::DeviceBuffer q(c.query.size() * 2), k(c.key_cache.size() * 2), v(c.value_cache.size() * 2),

@@ -78,7 +78,7 @@ void run(const Inputs& inputs, const Options& options, OutputView out) {
   find_executor(options.executor);  // an unknown name is reported before the inputs
   const Problem problem = validate(inputs, options, out);
   const ExecutorEntry& executor = executor_for(options.executor, problem);
-  const Plan plan = make_plan(problem.shape, problem.scale, options.hw_blocks, options.pipe_depth);
+  const Plan plan = make_plan(problem.shape, problem.variant.scale, options.hw_blocks, options.pipe_depth);
   executor.run(problem, plan, options, Results{out.data, out.lse});
 }
 

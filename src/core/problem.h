@@ -59,7 +59,6 @@ struct Results {
 struct Problem {
   Shape shape;
   Variant variant;  // scale, soft-cap, window, ALiBi, sinks (SPEC §6)
-  float scale = 1.0f;  // == variant.scale
 
   // The query, contiguous [batch, q_len, num_heads, head_dim], of query_dtype (kBF16 or kF16).
   DType query_dtype = DType::kBF16;

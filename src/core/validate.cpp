@@ -276,7 +276,6 @@ Problem validate_inputs(const Inputs& in, const Options& options) {
   p.shape = validate_shapes(in, options.kv_layout);
   const Shape& s = p.shape;
   p.variant = resolve_variant(in, options, s);
-  p.scale = p.variant.scale;
 
   p.query_dtype = in.query.dtype;
   p.query_data = in.query.data;

@@ -71,7 +71,7 @@ DecodePlan::DecodePlan(const Inputs& inputs, const Options& options) : impl_(std
   m.query = inputs.query;
   m.key_cache = inputs.key_cache;
   m.value_cache = inputs.value_cache;
-  m.plan = make_plan(m.problem.shape, m.problem.scale, options.hw_blocks, options.pipe_depth);
+  m.plan = make_plan(m.problem.shape, m.problem.variant.scale, options.hw_blocks, options.pipe_depth);
   m.cpu = m.executor->name == "cpu";
   if (m.cpu) {
     m.reason = cpu::kernels_reason(m.problem, m.plan);

@@ -162,7 +162,7 @@ std::vector<FlavourRate> calibrate(std::span<const Isa> isas, TileClass tile, in
   std::vector<float> out(static_cast<std::size_t>(c.out_elements()));
   const Problem pr =
       validate(c.inputs(), options, OutputView{out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}});
-  const Plan plan = make_plan(pr.shape, pr.scale);
+  const Plan plan = make_plan(pr.shape, pr.variant.scale);
   double flops = 0;
   for (std::int64_t b = 0; b < c.spec.batch; ++b) flops += 4.0 * c.context_lens[b] * c.spec.num_heads * c.spec.head_dim;
   std::vector<ExecPlan> plans(isas.size());

@@ -77,7 +77,7 @@ inline RunOutput run_variant(const VariantCase& vc, const ExecutorFn& run, int t
   Options options = vc.options;
   options.num_threads = threads;
   const Problem p = validate(vc.inputs(), options, view);
-  const Plan plan = make_plan(p.shape, p.scale);
+  const Plan plan = make_plan(p.shape, p.variant.scale);
   run(p, plan, options, Results{r.out.data(), r.lse.data()});
   return r;
 }

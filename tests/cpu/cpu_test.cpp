@@ -37,7 +37,7 @@ std::vector<float> run_isa(const Case& c, Isa isa, int threads = 0) {
   std::vector<float> out;
   const OutputView view = testing::output_view(out, c);
   const Problem p = validate(c.inputs(), options, view);
-  const Plan plan = make_plan(p.shape, p.scale);
+  const Plan plan = make_plan(p.shape, p.variant.scale);
   cpu::run_with_isa(p, plan, options, out.data(), isa);
   return out;
 }
@@ -148,7 +148,7 @@ TEST_P(CpuIsa, GroupKernelMatchesChunkKernelBitwise) {
     options.scale = c.scale;
     std::vector<float> unused;
     const Problem p = validate(c.inputs(), options, testing::output_view(unused, c));
-    const Plan plan = make_plan(p.shape, p.scale);
+    const Plan plan = make_plan(p.shape, p.variant.scale);
     const std::int64_t floats = plan.q_tile * spec.head_dim;
     std::vector<cpu::ChunkJob> jobs;
     for (std::int64_t b = 0; b < plan.q_loop; ++b) {
@@ -234,7 +234,7 @@ TEST_P(CpuVariants, SharedVariantTableAgreesWithExact) {
     OutputView view = testing::output_view(out, c);
     view.lse = lse.data();
     const Problem p = validate(c.inputs(), options, view);
-    cpu::run_with_isa(p, make_plan(p.shape, p.scale), options, Results{out.data(), lse.data()}, GetParam());
+    cpu::run_with_isa(p, make_plan(p.shape, p.variant.scale), options, Results{out.data(), lse.data()}, GetParam());
     std::vector<double> ref_lse;
     const auto ref = exact(c, {}, &ref_lse);
     testing::expect_close_to_exact(c, out, ref);

@@ -44,7 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::int64_t work = 0;
     for (std::int64_t b = 0; b < shape.batch; ++b) work += problem.context_len(b);
     if (work * shape.num_heads * shape.head_dim > (1 << 20)) return 0;
-    run_reference(problem, make_plan(problem.shape, problem.scale), options, out.data());
+    run_reference(problem, make_plan(problem.shape, problem.variant.scale), options, out.data());
   } catch (const Error&) {
   }
   return 0;
