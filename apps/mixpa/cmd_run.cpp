@@ -239,7 +239,7 @@ int run_command(RunArgs& a) {
   const bool on_cpu = executor.name == "cpu";
   std::string kernels, reason;
   if (on_cpu) {
-    const Plan plan = make_plan(problem.shape, problem.scale);
+    const Plan plan = make_plan(problem.shape, problem.variant.scale);
     kernels = " (" + std::string(cpu::isa_name(cpu::isa_for(problem, plan))) + " kernels)";
     reason = cpu::kernels_reason(problem, plan);
   }

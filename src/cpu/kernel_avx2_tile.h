@@ -238,7 +238,7 @@ struct Tile {
       row_pos[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rp + v * kLanes));
       row_lo[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rl + v * kLanes));
     }
-    const float sc = pr.scale * pr.k_scale;  // the formula of every flavour
+    const float sc = pr.variant.scale * pr.k_scale;  // the formula of every flavour
     score_scale = _mm256_set1_ps(sc * Row::kFactor);
     out_scale = pr.v_scale * Row::kFactor;
   }

@@ -38,7 +38,7 @@ struct ScalarTile {
   explicit ScalarTile(const ChunkJob& j)
       : job(j), pr(*j.problem), dim(pr.shape.head_dim), bs(pr.shape.block_size), score(pr.variant),
         w(scratch_for_thread()) {
-    score.scale = pr.scale * pr.k_scale;
+    score.scale = pr.variant.scale * pr.k_scale;
     w.q.resize(job.rows * dim);
     w.krow.resize(dim);
     w.s.resize(job.rows * bs);

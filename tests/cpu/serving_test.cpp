@@ -110,7 +110,7 @@ testing::RunOutput run_isa(const Case& c, Isa isa, int threads = 0, const Option
   r.out.assign(c.out_elements(), -12345.0f);
   r.lse.assign(c.lse_elements(), -12345.0f);
   const Problem p = validate(c.inputs(), options, c.output_view(r.out.data(), r.lse.data()));
-  cpu::run_with_isa(p, make_plan(p.shape, p.scale), options, Results{r.out.data(), r.lse.data()}, isa);
+  cpu::run_with_isa(p, make_plan(p.shape, p.variant.scale), options, Results{r.out.data(), r.lse.data()}, isa);
   return r;
 }
 
@@ -371,7 +371,7 @@ TEST(CpuServing, DispatchSendsWhatAFlavourCannotComputeToOneThatCan) {
     const Case c = generate_case(probe.spec, 1);
     std::vector<float> out;
     const Problem p = problem_of(c, out);
-    const Plan plan = make_plan(p.shape, p.scale);
+    const Plan plan = make_plan(p.shape, p.variant.scale);
     for (Isa isa : {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512}) {
       EXPECT_EQ(cpu::beyond_flavour(isa, p), probe.beyond) << probe.spec.name << " " << cpu::isa_name(isa);
       EXPECT_EQ(cpu::flavour_computes(isa, p), std::string(probe.beyond).empty()) << probe.spec.name;
