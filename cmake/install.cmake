@@ -32,6 +32,7 @@ install(FILES ${PROJECT_BINARY_DIR}/cmake/mixpaConfig.cmake ${PROJECT_BINARY_DIR
 # pkg-config: static library, so everything it needs is in Libs. The prefix is found from the
 # .pc file's own place (${pcfiledir}), so `cmake --install --prefix` anywhere gives a working file.
 file(RELATIVE_PATH mixpa_pc_prefix /root/${CMAKE_INSTALL_LIBDIR}/pkgconfig /root)
+string(REGEX REPLACE "/$" "" mixpa_pc_prefix "${mixpa_pc_prefix}")
 set(MIXPA_PC_LIBS "-lmixpa")
 if(MIXPA_PACKAGE_HAS_CUDA)
   find_package(CUDAToolkit REQUIRED QUIET)  # its variables live in src/cuda's scope

@@ -140,8 +140,9 @@ def merge_states(o_a, lse_a, o_b, lse_b):
     """Merges two partial attention results over disjoint token sets of the same rows
     (cascade / shared-prefix attention, split-KV across devices): returns ``(o, lse)`` with
     ``lse = log(e^lse_a + e^lse_b)`` and ``o = e^(lse_a - lse) o_a + e^(lse_b - lse) o_b``;
-    -inf on both sides gives zeros and -inf. ``o_*`` float32 [..., head_dim], ``lse_*``
-    float32 [...] (the same leading shape), as returned by ``paged_attention(return_lse=True)``.
+    -inf on both sides gives zeros and -inf. ``o_*`` float32 [batch, num_heads, head_dim] and
+    ``lse_*`` float32 [batch, num_heads], as ``paged_attention(return_lse=True)`` returns them (any
+    leading shape works: o [..., head_dim] with lse [...]); NumPy arrays or torch tensors.
     """
     torch_in = _is_torch(o_a)
     arrs = [np.ascontiguousarray(x.detach().cpu().numpy() if _is_torch(x) else x, dtype=np.float32)
