@@ -9,7 +9,7 @@
 namespace mixpa::cli {
 
 void add_gen_command(CLI::App& app, GenArgs& a) {
-  CLI::App* gen = app.add_subcommand("gen", "Generate an origin case (SPEC §4) and write it as a case file");
+  CLI::App* gen = app.add_subcommand("gen", "Generate an origin case (docs/spec.md §4) and write it as a case file");
   gen->footer("\nExample:\n  mixpa gen --case SmallCase1 --output small.safetensors\n"
               "  mixpa run --input small.safetensors     (same output as: mixpa run --case SmallCase1)\n");
   gen->add_option("--case,-c", a.case_name, "Case name (Case1, Case2, SmallCase1, ...)")->required();

@@ -33,7 +33,7 @@ std::string executors_help() {
 
 std::string cases_help() {
   std::ostringstream s;
-  s << "Cases (--case NAME, SPEC §4; values U(-0.5,0.5) q/k, U(-1,1) v, bf16):\n";
+  s << "Cases (--case NAME, docs/spec.md §4; values U(-0.5,0.5) q/k, U(-1,1) v, bf16):\n";
   for (const CaseSpec& c : case_table())
     s << "  " << c.name << std::string(12 - std::min<std::size_t>(c.name.size(), 11), ' ') << "batch " << c.batch
       << ", heads " << c.num_heads << "/" << c.num_kv_heads << " kv, head_dim " << c.head_dim << ", block_size "

@@ -6,7 +6,7 @@
 //   pa.check_errors(stream);                // on demand: syncs, throws for a bad page id
 //
 // `inputs` holds DEVICE pointers with the shapes, dtypes and strides of mixpa::run's Inputs
-// (SPEC §1, §6: alibi_slopes and sinks optional, f32 [num_heads]); only their shapes are read
+// (docs/spec.md §1, §6: alibi_slopes and sinks optional, f32 [num_heads]); only their shapes are read
 // on the host; options.kv_layout (NHD or HND) says how the caches are laid out. The plan
 // depends on the shapes, the options (scale, softcap, window_left) and
 // the context lengths, so a run must see the context lengths the plan was made with; the

@@ -9,7 +9,10 @@ query bf16 [batch, num_heads, head_dim], key_cache / value_cache bf16 [num_block
 num_kv_heads, head_dim] (any strides with unit head_dim stride), block_table int32
 [batch, max_blocks_per_req], context_lens int32 [batch]; out float32 [batch, num_heads, head_dim].
 bf16 is torch.bfloat16 or NumPy's ml_dtypes.bfloat16. Invalid input raises ValueError with the
-same one-line message as the C++ library and the CLI.
+same one-line message as the C++ library and the CLI. The contract (operation, variants, accuracy,
+invalid inputs): docs/spec.md. ``import mixpa.torch_op`` registers ``torch.ops.mixpa.paged_attention``
+for torch.compile (this package itself never imports torch). ``__version__`` is the version of the
+C++ core, the one ``mixpa --version`` prints.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from . import _mixpa
 
 __all__ = ["Case", "DecodePlan", "case_names", "executors", "load_case", "make_case", "merge_states",
            "paged_attention", "save_case", "zeros_kv_cache"]
-__version__ = "0.1.0"
+__version__: str = _mixpa.__version__  # CMake's project(mixpa VERSION ...), compiled into _mixpa
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _TENSOR_NAMES = ("query", "key_cache", "value_cache", "block_table", "context_lens")
@@ -36,7 +39,8 @@ def executors() -> list[str]:
 
 
 def case_names() -> list[str]:
-    """Names of the built-in cases (SPEC §4 plus benchmark shapes), for make_case()."""
+    """Names of the built-in cases (the origin's cases of docs/spec.md §4 plus benchmark shapes),
+    for make_case()."""
     return list(_mixpa.case_names())
 
 
@@ -94,13 +98,17 @@ def paged_attention(query, key_cache, value_cache, block_table, context_lens, *,
     block_size 16/32/64/128, any strides with unit head_dim stride; block_table int32
     [batch, max_blocks_per_req]; context_lens int32 [batch].
 
-    Variants (SPEC §6, docs/spec.md): ``scale`` defaults to 1/sqrt(head_dim); ``softcap`` c > 0
+    Variants (docs/spec.md §6): ``scale`` defaults to 1/sqrt(head_dim); ``softcap`` c > 0
     soft-caps each logit after the scale (c * tanh(x / c), Gemma 2 / Grok); ``window_left`` >= 0
     lets each query see itself and that many tokens before (Mistral, Gemma); ``alibi_slopes``
     float32 [num_heads] adds slope_h * (t - pos); ``sinks`` float32 [num_heads] adds one
     softmax term e^sink_h to the denominator (gpt-oss). ``lse`` is float32 [batch, num_heads],
     the natural log-sum-exp of each row's visible logits (sinks not included, -inf for a row
     that sees no token); merge partial results with :func:`merge_states`.
+
+    ``executor``: "auto" (the fastest this build runs here), "cpu", "sim", "reference" (see
+    :func:`executors`); ``hw_blocks`` and ``pipe_depth`` shape the simulated MIX pipeline (sim);
+    ``num_threads`` 0 = all cores.
 
     ``out``, when given, must be a writable C-contiguous float32 array/tensor of that shape that
     shares no memory with the inputs, and is written in place and returned; otherwise a new
@@ -132,8 +140,9 @@ def merge_states(o_a, lse_a, o_b, lse_b):
     """Merges two partial attention results over disjoint token sets of the same rows
     (cascade / shared-prefix attention, split-KV across devices): returns ``(o, lse)`` with
     ``lse = log(e^lse_a + e^lse_b)`` and ``o = e^(lse_a - lse) o_a + e^(lse_b - lse) o_b``;
-    -inf on both sides gives zeros and -inf. ``o_*`` float32 [..., head_dim], ``lse_*``
-    float32 [...] (the same leading shape), as returned by ``paged_attention(return_lse=True)``.
+    -inf on both sides gives zeros and -inf. ``o_*`` float32 [batch, num_heads, head_dim] and
+    ``lse_*`` float32 [batch, num_heads], as ``paged_attention(return_lse=True)`` returns them (any
+    leading shape works: o [..., head_dim] with lse [...]); NumPy arrays or torch tensors.
     """
     torch_in = _is_torch(o_a)
     arrs = [np.ascontiguousarray(x.detach().cpu().numpy() if _is_torch(x) else x, dtype=np.float32)
@@ -157,6 +166,12 @@ class DecodePlan:
     step. ``run`` needs tensors of the same dtypes, shapes and strides as the ones the plan was
     made with (ValueError otherwise) and gives bitwise what paged_attention gives; it plans and
     allocates nothing (with ``out`` given), so its fixed cost is a few microseconds.
+
+    Shapes and dtypes as in :func:`paged_attention`: query bf16 [batch, num_heads, head_dim];
+    key_cache / value_cache bf16 [num_blocks, block_size, num_kv_heads, head_dim] (NHD) or
+    [num_blocks, num_kv_heads, block_size, head_dim] (``kv_layout="HND"``); block_table int32
+    [batch, max_blocks_per_req]; context_lens int32 [batch]; ``out`` float32 [batch, num_heads,
+    head_dim]. NumPy (ml_dtypes.bfloat16) or torch CPU tensors.
     """
 
     __slots__ = ("_plan", "_torch")
@@ -170,7 +185,9 @@ class DecodePlan:
         self._torch = _is_torch(query)
 
     def run(self, query, key_cache, value_cache, *, out=None):
-        """One layer; returns ``out`` (written in place) or a new float32 array / tensor."""
+        """One layer: query bf16 [batch, num_heads, head_dim], key_cache / value_cache bf16 with the
+        plan's shapes and strides; returns ``out`` (float32 [batch, num_heads, head_dim], written in
+        place) or a new float32 array (a torch tensor when the plan was made from torch tensors)."""
         mask = 0
         if type(query) is np.ndarray and query.dtype == _BF16:
             query, mask = query.view(np.uint16), 1
@@ -202,7 +219,10 @@ class DecodePlan:
 
 @dataclass
 class Case:
-    """One problem instance: NumPy arrays (bf16 through ml_dtypes) and its softmax scale."""
+    """One problem instance: NumPy arrays and its softmax scale. query ml_dtypes.bfloat16
+    [batch, num_heads, head_dim]; key_cache / value_cache ml_dtypes.bfloat16 [num_blocks,
+    block_size, num_kv_heads, head_dim]; block_table int32 [batch, max_blocks_per_req];
+    context_lens int32 [batch]."""
     query: np.ndarray
     key_cache: np.ndarray
     value_cache: np.ndarray

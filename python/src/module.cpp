@@ -23,6 +23,7 @@
 #include "mixpa/decode_plan.h"
 #include "mixpa/error.h"
 #include "mixpa/paged_attention.h"
+#include "mixpa/version.h"
 #include "tensor_import.h"
 #if MIXPA_PYTHON_HAVE_IO
 #include "io/safetensors.h"
@@ -333,6 +334,7 @@ NB_MODULE(_mixpa, m) {
       .def_prop_ro("executor", &PyDecodePlan::executor)
       .def_prop_ro("kernels", &PyDecodePlan::kernels)
       .def_prop_ro("kernels_reason", &PyDecodePlan::kernels_reason);
+  m.attr("__version__") = mixpa::version();  // CMake's project VERSION, as `mixpa --version` prints it
   m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
   m.def("case_names", &case_names);
   m.def("kv_buffer", &kv_buffer, "n"_a, "n zero bf16 bit patterns (uint16) on 2 MiB pages where Linux allows.");

