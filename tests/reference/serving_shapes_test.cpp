@@ -4,7 +4,9 @@
 // the invalid inputs of these keys.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -70,6 +72,86 @@ TEST_P(ServingShapes, ReferenceAgreesWithExact) {
 
 INSTANTIATE_TEST_SUITE_P(Spec6, ServingShapes, ::testing::ValuesIn(serving_specs()),
                          [](const auto& info) { return info.param.name; });
+
+// The sim computes every §6 dtype and shape bit for bit as the reference (out and lse), with
+// --check on (the pipes' slots, sized from the plan, are used cleanly) and a stride loop that
+// reuses the pipes across logical blocks.
+TEST_P(ServingShapes, SimIsBitwiseTheReferenceAndCheckClean) {
+  const Case c = generate_case(GetParam(), 11);
+  std::vector<float> lse_ref, lse_sim;
+  const std::vector<float> ref = run_case(c, "reference", {}, &lse_ref);
+  for (const int blocks : {3, 24}) {
+    Options o;
+    o.hw_blocks = blocks;
+    o.sim.check = true;
+    const std::vector<float> sim = run_case(c, "sim", o, &lse_sim);
+    ASSERT_EQ(ref.size(), sim.size());
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(ref[i]), std::bit_cast<std::uint32_t>(sim[i]))
+          << "hw_blocks " << blocks << " element " << i << ": " << ref[i] << " vs " << sim[i];
+    for (std::size_t i = 0; i < lse_ref.size(); ++i)
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(lse_ref[i]), std::bit_cast<std::uint32_t>(lse_sim[i]))
+          << "hw_blocks " << blocks << " lse row " << i;
+  }
+}
+
+// Shapes whose (token, head) rows cross a tile boundary (q_len * group > q_tile), with a window
+// per row, and NaN / Inf in the cache rows no query row sees (past the contexts and before
+// every row's window): the sim still equals the reference bit for bit, and both are finite.
+TEST(ServingShapes, SimTilesSplitAcrossTokensAndMaskedRowsStayUnread) {
+  std::vector<CaseSpec> specs = {
+      serving("q_len10_group8", DType::kBF16, DType::kBF16, 10, 64, 16, {10, 75}, 8, 1),
+      serving("q_len5_group3_f16", DType::kF16, DType::kF16, 5, 32, 4, {9, 5, 0}, 6, 2),
+      with_variant(serving("q_len7_group10_e4m3_window", DType::kF8E4M3, DType::kBF16, 7, 48, 5, {7, 60}, 20, 2), 0,
+                   3, true, true),
+  };
+  for (const CaseSpec& spec : specs) {
+    Case c = generate_case(spec, 4);
+    // Poison every cache row outside all rows' visible tokens.
+    Options o0 = case_options(c, {});
+    std::vector<float> dummy(c.out_elements());
+    const Problem pr = validate(c.inputs(), o0, c.output_view(dummy.data()));
+    std::vector<bool> used(static_cast<std::size_t>(c.num_blocks * spec.block_size), false);
+    for (std::int64_t b = 0; b < spec.batch; ++b)
+      for (std::int64_t p = 0; p < spec.q_len; ++p) {
+        const TokenRange seen = pr.row_visible(b, p);
+        for (std::int64_t t = seen.begin; t < seen.end; ++t)
+          used[pr.page(b, t / spec.block_size) * spec.block_size + t % spec.block_size] = true;
+      }
+    const std::int64_t row_elems = spec.num_kv_heads * spec.head_dim;
+    const std::size_t esize = dtype_size(spec.kv_dtype);
+    for (std::size_t r = 0; r < used.size(); ++r) {
+      if (used[r]) continue;
+      for (std::int64_t e = 0; e < row_elems; ++e) {
+        const std::size_t i = r * row_elems + e;
+        if (spec.kv_dtype == DType::kBF16) {
+          c.key_cache[i] = bf16::from_float(std::numeric_limits<float>::quiet_NaN());
+          c.value_cache[i] = bf16::from_float(e % 2 ? std::numeric_limits<float>::infinity() : std::nanf(""));
+        } else if (esize == 2) {
+          const f16 nan = f16::from_float(std::nanf("")), inf = f16::from_float(std::numeric_limits<float>::infinity());
+          std::memcpy(&c.key_bytes[2 * i], &nan, 2);
+          std::memcpy(&c.value_bytes[2 * i], e % 2 ? &inf : &nan, 2);
+        } else {
+          c.key_bytes[i] = 0x7f;  // e4m3 NaN
+          c.value_bytes[i] = 0xff;
+        }
+      }
+    }
+    std::vector<float> lse_ref, lse_sim;
+    const std::vector<float> ref = run_case(c, "reference", {}, &lse_ref);
+    Options o;
+    o.hw_blocks = 2;
+    o.sim.check = true;
+    const std::vector<float> sim = run_case(c, "sim", o, &lse_sim);
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(ref[i])) << spec.name << " element " << i;
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(ref[i]), std::bit_cast<std::uint32_t>(sim[i])) << spec.name << " element " << i;
+    }
+    for (std::size_t i = 0; i < lse_ref.size(); ++i)
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(lse_ref[i]), std::bit_cast<std::uint32_t>(lse_sim[i])) << spec.name << " lse " << i;
+    expect_close_to_exact(c, sim, exact(c));
+  }
+}
 
 // The causal limit of q_len > 1 is per row: row p of request b equals a q_len-1 request whose
 // context ends at its position (n - q_len + p + 1), bit for bit on the reference.
