@@ -6,12 +6,12 @@
 
 #include <bit>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "common/check.h"
+#include "common/poison.h"
 #include "core/element.h"
 
 namespace mixpa::testing {
@@ -107,36 +107,7 @@ TEST(ServingShapes, SimTilesSplitAcrossTokensAndMaskedRowsStayUnread) {
   };
   for (const CaseSpec& spec : specs) {
     Case c = generate_case(spec, 4);
-    // Poison every cache row outside all rows' visible tokens.
-    Options o0 = case_options(c, {});
-    std::vector<float> dummy(c.out_elements());
-    const Problem pr = validate(c.inputs(), o0, c.output_view(dummy.data()));
-    std::vector<bool> used(static_cast<std::size_t>(c.num_blocks * spec.block_size), false);
-    for (std::int64_t b = 0; b < spec.batch; ++b)
-      for (std::int64_t p = 0; p < spec.q_len; ++p) {
-        const TokenRange seen = pr.row_visible(b, p);
-        for (std::int64_t t = seen.begin; t < seen.end; ++t)
-          used[pr.page(b, t / spec.block_size) * spec.block_size + t % spec.block_size] = true;
-      }
-    const std::int64_t row_elems = spec.num_kv_heads * spec.head_dim;
-    const std::size_t esize = dtype_size(spec.kv_dtype);
-    for (std::size_t r = 0; r < used.size(); ++r) {
-      if (used[r]) continue;
-      for (std::int64_t e = 0; e < row_elems; ++e) {
-        const std::size_t i = r * row_elems + e;
-        if (spec.kv_dtype == DType::kBF16) {
-          c.key_cache[i] = bf16::from_float(std::numeric_limits<float>::quiet_NaN());
-          c.value_cache[i] = bf16::from_float(e % 2 ? std::numeric_limits<float>::infinity() : std::nanf(""));
-        } else if (esize == 2) {
-          const f16 nan = f16::from_float(std::nanf("")), inf = f16::from_float(std::numeric_limits<float>::infinity());
-          std::memcpy(&c.key_bytes[2 * i], &nan, 2);
-          std::memcpy(&c.value_bytes[2 * i], e % 2 ? &inf : &nan, 2);
-        } else {
-          c.key_bytes[i] = 0x7f;  // e4m3 NaN
-          c.value_bytes[i] = 0xff;
-        }
-      }
-    }
+    ASSERT_GT(poison_unused_cache_rows(c), 0) << spec.name;
     std::vector<float> lse_ref, lse_sim;
     const std::vector<float> ref = run_case(c, "reference", {}, &lse_ref);
     Options o;
