@@ -23,8 +23,7 @@ std::span<const ExecutorEntry> executor_table() {
 #endif
       {"cpu", "SIMD bf16 (AMX / AVX-512 BF16 / AVX-512F / AVX2 / scalar), all cores, split-KV", &run_cpu, nullptr,
        &beyond_origin_shapes},
-      {"sim", "the MIX pipeline simulated: 1 cube + 2 vector workers per block, tile pipes", &sim::run_sim, nullptr,
-       &beyond_origin_shapes},
+      {"sim", "the MIX pipeline simulated: 1 cube + 2 vector workers per block, tile pipes", &sim::run_sim},
       {"reference", "origin per-page online softmax, fp32, single-threaded (golden)", &run_reference},
   };
   return table;

@@ -101,9 +101,14 @@ void DecodePlan::run(const LayerInputs& layer, OutputView out) {
     only_sinks.sinks = layer.sinks;
     problem.variant.sinks = resolve_variant(only_sinks, m.options, problem.shape).sinks;  // checks it
   }
-  problem.query = layer.query.as<bf16>();
-  problem.key_cache = layer.key_cache.as<bf16>();
-  problem.value_cache = layer.value_cache.as<bf16>();
+  // The layer's tensors (dtypes as the plan's, checked above): the typed views every executor
+  // reads, and the bf16 ones of the bf16 kernels.
+  problem.query_data = layer.query.data;
+  problem.key_data = layer.key_cache.data;
+  problem.value_data = layer.value_cache.data;
+  problem.query = problem.query_dtype == DType::kBF16 ? layer.query.as<bf16>() : nullptr;
+  problem.key_cache = problem.kv_dtype == DType::kBF16 ? layer.key_cache.as<bf16>() : nullptr;
+  problem.value_cache = problem.kv_dtype == DType::kBF16 ? layer.value_cache.as<bf16>() : nullptr;
   const Results results{out.data, out.lse};
   if (m.cpu) cpu::execute(m.exec, problem, m.plan, results);
   else m.executor->run(problem, m.plan, m.options, results);
