@@ -14,11 +14,19 @@
 // data with that window and prints its time as a ratio to NAME's full-context time when NAME
 // ran earlier in the same run (the default list times Decode32k both ways).
 //
+// --serving times SPEC §6's serving shapes instead, each pair interleaved in the same run through
+// the cpu executor's reused plan (what a decode step's layers call), and prints the ratios:
+// Case1 and Decode32k with an e4m3 cache next to bf16 (goal >= 1.7x faster where memory-bound);
+// Decode32k with q_len 4 (GQA 32/8: 16 rows per kv head) next to 4 separate q_len-1 calls (goal
+// >= 3x cheaper); head_dim 96 next to 128 and block_size 1 next to 16, per byte read (goal >=
+// 0.5x).
+//
 //   mixpa_bench [--cases Case1,Case2,SmallCase1,Decode32k,Decode32k:window_left=4095] [--reps 7] [--threads 0]
 //               [--executor cpu] [--isas auto,avx2,...] [--no-peer] [--python python3]
-//               [--max-copy-mib 8192]
+//               [--max-copy-mib 8192] [--serving]
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <numeric>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +60,7 @@ struct Args {
   int threads = 0;
   std::string executor = "cpu";
   bool peer = true;
+  bool serving = false;  // the SPEC §6 comparisons instead of the cases
   std::string python = "python3";
   std::string script = MIXPA_BENCH_DIR "/peer_torch.py";
   std::vector<std::string> isas;  // empty: auto and every flavour this CPU runs
@@ -74,6 +83,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--threads") a.threads = std::stoi(value());
     else if (k == "--executor") a.executor = value();
     else if (k == "--no-peer") a.peer = false;
+    else if (k == "--serving") a.serving = true;
     else if (k == "--isas") {
       std::stringstream s(value());
       for (std::string c; std::getline(s, c, ',');) a.isas.push_back(c);
@@ -268,9 +278,134 @@ double time_peer(const Case& c, const std::vector<float>& out, const Args& a, in
   return secs;
 }
 
+// One timed problem of the serving comparisons: a generated case, validated and planned once (a
+// cpu ExecPlan, as DecodePlan keeps), run `calls` times per timing.
+struct ServingRun {
+  std::string label;
+  std::unique_ptr<Case> c;
+  Problem problem;
+  Plan plan;
+  cpu::ExecPlan ep;
+  std::vector<float> out, lse;
+  int calls = 1;
+  std::vector<double> seconds;
+  double seconds_median() const { return median(seconds); }
+  double bytes() const { return static_cast<double>(c->kv_bytes_read()) * calls; }
+};
+
+std::unique_ptr<ServingRun> serving_run(std::string label, const CaseSpec& spec, int threads, int calls = 1) {
+  auto r = std::make_unique<ServingRun>();
+  r->label = std::move(label);
+  r->calls = calls;
+  r->c = std::make_unique<Case>(generate_case(spec, 1));
+  Options o;
+  o.scale = r->c->scale;
+  if (spec.k_scale != 0) o.k_scale = spec.k_scale;
+  if (spec.v_scale != 0) o.v_scale = spec.v_scale;
+  r->out.assign(r->c->out_elements(), 0.0f);
+  r->lse.assign(r->c->lse_elements(), 0.0f);
+  r->problem = validate(r->c->inputs(), o, r->c->output_view(r->out.data(), r->lse.data()));
+  r->plan = make_plan(r->problem.shape, r->problem.variant.scale);
+  cpu::prepare(r->ep, r->problem, r->plan, threads, cpu::isa_for(r->problem, r->plan));
+  return r;
+}
+
+// Interleaved rounds (one warm-up each): a neighbour's burst hits one round, not one side.
+void time_interleaved(const std::vector<ServingRun*>& runs, int reps) {
+  auto once = [](ServingRun& r) {
+    const auto t0 = Clock::now();
+    for (int k = 0; k < r.calls; ++k) cpu::execute(r.ep, r.problem, r.plan, Results{r.out.data(), r.lse.data()});
+    return seconds_since(t0);
+  };
+  for (ServingRun* r : runs) once(*r);
+  for (int i = 0; i < reps; ++i)
+    for (ServingRun* r : runs) r->seconds.push_back(once(*r));
+}
+
+void print_run(const ServingRun& r) {
+  const double t = r.seconds_median();
+  std::printf("  %-34s %9.2f ms  KV %7.1f MB read  %6.2f GB/s  (%s kernels, median of %zu)
+", r.label.c_str(), t * 1e3,
+              r.bytes() / 1e6, r.bytes() / t / 1e9, std::string(cpu::isa_name(r.ep.isa)).c_str(), r.seconds.size());
+}
+
+int serving_main(const Args& a, int threads) {
+  std::printf("mixpa_bench --serving: SPEC §6 shapes through the cpu executor, %d threads, median of %d interleaved runs
+",
+              threads, a.reps);
+  for (cpu::TileClass tile : {cpu::TileClass::kWide, cpu::TileClass::kNarrow})
+    std::printf("auto for %s tiles: %s
+", cpu::tile_class_name(tile), cpu::auto_choice(tile).reason.c_str());
+  std::printf("(a shared machine is noisy: only the same-run ratios mean much)
+
+");
+  // 1. An e4m3 cache next to bf16: half the bytes.
+  for (const char* name : {"Case1", "Decode32k"}) {
+    CaseSpec bf = find_case(name), f8 = bf;
+    f8.kv_dtype = DType::kF8E4M3;
+    f8.k_scale = 1.0 / 64;  // stored values span the e4m3 range; dequantised they keep the case's
+    f8.v_scale = 1.0 / 128;
+    auto x = serving_run(std::string(name) + " bf16 cache", bf, threads);
+    auto y = serving_run(std::string(name) + " e4m3 cache", f8, threads);
+    time_interleaved({x.get(), y.get()}, a.reps);
+    std::printf("%s, F8_E4M3 cache next to BF16:
+", name);
+    print_run(*x);
+    print_run(*y);
+    std::printf("  => e4m3 / bf16 time %.3f: e4m3 is %.2fx faster (goal >= 1.7x where memory-bound)
+
+",
+                y->seconds_median() / x->seconds_median(), x->seconds_median() / y->seconds_median());
+  }
+  // 2. Multi-token decode: q_len 4 in one call (16 rows per kv head share every page read) next to
+  // 4 calls of q_len 1 over the same cache.
+  {
+    CaseSpec one = find_case("Decode32k"), four = one;
+    four.q_len = 4;
+    auto x = serving_run("Decode32k q_len 1, 4 calls", one, threads, 4);
+    auto y = serving_run("Decode32k q_len 4, 1 call", four, threads);
+    time_interleaved({x.get(), y.get()}, a.reps);
+    std::printf("Decode32k (GQA 32/8), q_len 4 in one call next to 4 separate q_len-1 calls:
+");
+    print_run(*x);
+    print_run(*y);
+    std::printf("  => 4 x q_len 1 / q_len 4 = %.2fx (goal >= 3x cheaper)
+
+", x->seconds_median() / y->seconds_median());
+  }
+  // 3. The general paths next to their fast neighbours, per byte read.
+  struct Pair {
+    const char* what;
+    std::int64_t head_dim, block_size;
+  };
+  for (const Pair& pair : {Pair{"head_dim 96 (general path) next to 128", 96, 64}, Pair{"block_size 1 next to 16", 128, 1}}) {
+    CaseSpec fast = find_case("Decode32k"), general = fast;
+    if (pair.block_size == 1) fast.block_size = 16;
+    general.head_dim = pair.head_dim;
+    general.block_size = pair.block_size;
+    general.scale = 1.0 / std::sqrt(static_cast<double>(pair.head_dim));
+    auto x = serving_run("Decode32k hd " + std::to_string(fast.head_dim) + " bs " + std::to_string(fast.block_size),
+                         fast, threads);
+    auto y = serving_run("Decode32k hd " + std::to_string(general.head_dim) + " bs " +
+                             std::to_string(general.block_size),
+                         general, threads);
+    time_interleaved({x.get(), y.get()}, a.reps);
+    std::printf("Decode32k, %s:
+", pair.what);
+    print_run(*x);
+    print_run(*y);
+    const double per_byte = (y->bytes() / y->seconds_median()) / (x->bytes() / x->seconds_median());
+    std::printf("  => bytes/s of the general shape / the fast one = %.2f (goal >= 0.5)
+
+", per_byte);
+  }
+  return 0;
+}
+
 int bench_main(int argc, char** argv) {
   const Args a = parse(argc, argv);
   const int threads = a.threads > 0 ? a.threads : hardware_threads();
+  if (a.serving) return serving_main(a, threads);
   const bool cpu_exec = a.executor == "cpu" || a.executor == "auto";
   std::vector<std::string> names = a.isas;
   if (names.empty()) {

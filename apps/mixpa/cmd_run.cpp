@@ -253,15 +253,18 @@ int run_command(RunArgs& a) {
   const double gbs = static_cast<double>(c.kv_bytes_read()) / (t * 1e-3) / 1e9;
   // Which kernels ran matters for the figure: cpu picks its flavour per machine by measurement
   // (MIXPA_CPU_ISA forces one), per tile width; the pick was made by the first run() above.
-  const cpu::FlavourChoice* choice = nullptr;
-  if (executor.name == "cpu") {
-    const std::int64_t rows = std::min<std::int64_t>(choose_q_tile(problem.shape.group()), problem.shape.group());
-    choice = &cpu::auto_choice(cpu::tile_class_of_rows(static_cast<int>(rows)));
+  // A flavour that cannot compute the problem (e.g. avx512 on an fp8 cache) hands it to avx2 or
+  // scalar; the reason line says so.
+  const bool on_cpu = executor.name == "cpu";
+  std::string kernels, reason;
+  if (on_cpu) {
+    const Plan plan = make_plan(problem.shape, problem.variant.scale);
+    kernels = " (" + std::string(cpu::isa_name(cpu::isa_for(problem, plan))) + " kernels)";
+    reason = cpu::kernels_reason(problem, plan);
   }
-  const std::string kernels = choice != nullptr ? " (" + std::string(cpu::isa_name(choice->isa)) + " kernels)" : "";
   std::printf("executor %s%s: %.3f ms (median of %d), KV read %.1f MB, effective %.1f GB/s\n",
               std::string(executor.name).c_str(), kernels.c_str(), t, runs, c.kv_bytes_read() / 1e6, gbs);
-  if (choice != nullptr) std::printf("cpu kernels: %s\n", choice->reason.c_str());
+  if (on_cpu) std::printf("cpu kernels: %s\n", reason.c_str());
 
   int status = 0;
   const bool verify = a.input.empty() ? !a.no_verify : a.verify;

@@ -19,11 +19,28 @@ struct ChunkJob {
   const Problem* problem = nullptr;
   std::int64_t batch = 0;
   std::int64_t kv_head = 0;
-  std::int64_t head_begin = 0;  // first query head of the tile
-  int rows = 0;                 // heads in the tile (<= 64)
+  std::int64_t head_begin = 0;  // first query head of the tile (q_len 1)
+  int rows = 0;                 // rows in the tile (<= 64)
   TokenRange tokens;            // tokens [begin, end) of the request: a split-KV chunk, starting
                                 // mid-page where a window starts; the chunk driver walks it (PageWalk)
+  std::int64_t row_begin = 0;   // first (new token, group head) pair of the tile (LogicalBlock::row_begin)
 };
+
+// Row r of a job's tile: new token p and query head h (Plan::tile_row's numbering), its
+// position n - q_len + p and the first token it sees (SPEC §6). q_len 1: head head_begin + r.
+struct JobRow {
+  std::int64_t token = 0, head = 0, pos = 0, first_visible = 0;
+};
+inline JobRow job_row(const ChunkJob& job, std::int64_t r) {
+  const Problem& pr = *job.problem;
+  const std::int64_t group = pr.shape.group(), k = job.row_begin + r;
+  JobRow row;
+  row.token = k / group;
+  row.head = job.kv_head * group + k % group;
+  row.pos = pr.position(job.batch, row.token);
+  row.first_visible = pr.variant.first_visible(row.pos);
+  return row;
+}
 
 // Unnormalised partial result: o[rows][head_dim] row-major, and per row the softmax state
 // (m = running max, l = sum of bf16-rounded P). An empty token range gives m = -inf, l = 0.
@@ -72,6 +89,8 @@ void tanh_avx2(const float* x, float* y, std::int64_t n);
 void tanh_avx512(const float* x, float* y, std::int64_t n);
 // The avx2 flavour's P = bf16(exp(x)) for x <= 0, as fp32 (for tests; n a multiple of 8).
 void exp_bf16_avx2(const float* x, float* p, std::int64_t n);
+// The avx2 flavour's P = fp16(exp(x)) for x <= 0 (F16 caches), as fp32 (for tests; n a multiple of 8).
+void exp_f16_avx2(const float* x, float* p, std::int64_t n);
 // AVX-512F with fp32 FMAs (no BF16 instructions); tiles of <= 8 rows go to the narrow kernel.
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out);

@@ -22,7 +22,7 @@ namespace {
 
 ChunkJob job_for(const Problem& pr, const Plan& plan, const KvChunk& c) {
   const LogicalBlock lb = plan.logical_block(c.logical_block);
-  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, c.tokens};
+  return {&pr, lb.batch, lb.kv_head, lb.head_begin, lb.rows, c.tokens, lb.row_begin};
 }
 
 ChunkOut chunk_out(ExecPlan& ep, std::int64_t chunk) {
@@ -72,7 +72,8 @@ std::vector<std::int64_t> work_units(const Plan& plan, const SplitKvPlan& sp, co
 }
 
 // Merges the chunks of one logical block in chunk order and writes out = o / (l + e^(sink - m))
-// and lse: the sinks join once, after the merge.
+// and lse for each of its rows (tile row r = pair (token p, head h): out row (b, p, h)): the
+// sinks join once, after the merge.
 void merge_block(const Problem& pr, const Plan& plan, ExecPlan& ep, std::int64_t block, const Results& res) {
   const LogicalBlock lb = plan.logical_block(block);
   const std::int64_t dim = pr.shape.head_dim;
@@ -85,22 +86,24 @@ void merge_block(const Problem& pr, const Plan& plan, ExecPlan& ep, std::int64_t
     o = heap.data();
   }
   const SplitKvPlan& sp = ep.sp;
-  const std::int64_t row0 = lb.batch * pr.shape.num_heads + lb.head_begin;
-  float* block_out = res.out + row0 * dim;
-  if (pr.context_lens[lb.batch] == 0) {  // every chunk empty: zeros and lse -inf (what finalize gives)
-    std::memset(block_out, 0, sizeof(float) * static_cast<std::size_t>(lb.rows * dim));
-    if (res.lse) std::fill(res.lse + row0, res.lse + row0 + lb.rows, -std::numeric_limits<float>::infinity());
-    return;
-  }
+  const bool empty = pr.context_len(lb.batch) == 0;  // every chunk empty: zeros and lse -inf
   for (int r = 0; r < lb.rows; ++r) {
+    const TileRow tr = plan.tile_row(lb, r);
+    const std::int64_t row = pr.out_row(lb.batch, tr.token, tr.head);
+    float* row_out = res.out + row * dim;
+    if (empty) {
+      std::memset(row_out, 0, sizeof(float) * static_cast<std::size_t>(dim));
+      if (res.lse) res.lse[row] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
     SoftmaxState st;
     std::fill(o, o + dim, 0.0f);
     for (std::int64_t c = sp.first[block]; c < sp.first[block + 1]; ++c) {
       const ChunkOut part = chunk_out(ep, c);
       st.merge(o, part.o + r * dim, part.m[r], part.l[r], dim);
     }
-    st.finalize(o, block_out + r * dim, dim, pr.variant.sink(lb.head_begin + r));
-    if (res.lse) res.lse[row0 + r] = st.lse();
+    st.finalize(o, row_out, dim, pr.variant.sink(tr.head));
+    if (res.lse) res.lse[row] = st.lse();
   }
 }
 
@@ -120,6 +123,8 @@ int threads_for(const Options& options) {
 
 void check_supported(const Problem& pr, Isa isa) {
   if (!isa_supported(isa)) throw Error("cpu: this CPU cannot run the " + std::string(isa_name(isa)) + " kernels");
+  if (!flavour_computes(isa, pr))
+    throw Error("cpu: the " + std::string(isa_name(isa)) + " kernels cannot compute " + beyond_flavour(isa, pr));
 }
 
 namespace {
@@ -241,8 +246,7 @@ void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, c
 }  // namespace cpu
 
 void run_cpu(const Problem& problem, const Plan& plan, const Options& options, const Results& out) {
-  const int rows = static_cast<int>(std::min<std::int64_t>(plan.q_tile, problem.shape.group()));
-  cpu::run_with_isa(problem, plan, options, out, cpu::auto_isa_for_rows(rows));
+  cpu::run_with_isa(problem, plan, options, out, cpu::isa_for(problem, plan));
 }
 
 }  // namespace mixpa

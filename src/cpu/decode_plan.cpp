@@ -74,10 +74,8 @@ DecodePlan::DecodePlan(const Inputs& inputs, const Options& options) : impl_(std
   m.plan = make_plan(m.problem.shape, m.problem.variant.scale, options.hw_blocks, options.pipe_depth);
   m.cpu = m.executor->name == "cpu";
   if (m.cpu) {
-    const int rows = static_cast<int>(std::min<std::int64_t>(m.plan.q_tile, m.problem.shape.group()));
-    const cpu::FlavourChoice& choice = cpu::auto_choice(cpu::tile_class_of_rows(rows));
-    m.reason = choice.reason;
-    cpu::prepare(m.exec, m.problem, m.plan, cpu::threads_for(options), choice.isa);
+    m.reason = cpu::kernels_reason(m.problem, m.plan);
+    cpu::prepare(m.exec, m.problem, m.plan, cpu::threads_for(options), cpu::isa_for(m.problem, m.plan));
   }
 }
 

@@ -63,7 +63,8 @@ bool isa_supported(Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
 #if defined(MIXPA_CPU_HAS_AVX2)
-  if (isa == Isa::kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == Isa::kAvx2)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
 #if defined(MIXPA_CPU_HAS_AVX512)
   if (isa == Isa::kAvx512)
@@ -218,6 +219,50 @@ const FlavourChoice& auto_choice(TileClass tile) {
 }
 
 Isa auto_isa_for_rows(int rows) { return auto_choice(tile_class_of_rows(rows)).isa; }
+
+namespace {
+
+bool computes_everything(Isa isa) { return isa == Isa::kScalar || isa == Isa::kAvx2; }
+
+bool origin_problem(const Problem& p) {
+  const Shape& s = p.shape;
+  return p.is_plain_bf16() && s.q_len == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) &&
+         (s.block_size == 16 || s.block_size == 32 || s.block_size == 64 || s.block_size == 128);
+}
+
+int tile_rows(const Problem& p, const Plan& plan) {
+  return static_cast<int>(std::min<std::int64_t>(plan.q_tile, p.shape.rows_per_kv_head()));
+}
+
+// The flavour that runs what `isa` cannot: avx2 where this CPU runs it, else scalar.
+Isa fallback_isa() { return isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar; }
+
+}  // namespace
+
+std::string beyond_flavour(Isa isa, const Problem& p) {
+  if (computes_everything(isa) || origin_problem(p)) return {};
+  const Shape& s = p.shape;
+  if (p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
+  if (p.kv_dtype != DType::kBF16) return std::string(dtype_name(p.kv_dtype)) + " caches";
+  if (s.q_len != 1) return "q_len " + std::to_string(s.q_len);
+  if (s.head_dim != 64 && s.head_dim != 128 && s.head_dim != 256) return "head_dim " + std::to_string(s.head_dim);
+  return "block_size " + std::to_string(s.block_size);
+}
+
+bool flavour_computes(Isa isa, const Problem& p) { return computes_everything(isa) || origin_problem(p); }
+
+Isa isa_for(const Problem& p, const Plan& plan) {
+  const Isa isa = auto_isa_for_rows(tile_rows(p, plan));
+  return flavour_computes(isa, p) ? isa : fallback_isa();
+}
+
+std::string kernels_reason(const Problem& p, const Plan& plan) {
+  const FlavourChoice& choice = auto_choice(tile_class_of_rows(tile_rows(p, plan)));
+  if (flavour_computes(choice.isa, p)) return choice.reason;
+  return choice.reason + "; " + beyond_flavour(choice.isa, p) + ": " + std::string(isa_name(choice.isa)) +
+         " computes only bf16 caches and queries, q_len 1, head_dim 64/128/256, block_size 16-128, so " +
+         std::string(isa_name(fallback_isa())) + " runs";
+}
 
 ChunkKernel chunk_kernel([[maybe_unused]] Isa isa) {
 #if defined(MIXPA_CPU_HAS_AMX)

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/plan.h"
+#include "core/problem.h"
 #include "cpu/chunk_kernel.h"
 
 namespace mixpa::cpu {
@@ -50,7 +52,21 @@ std::vector<FlavourRate> calibrate(std::span<const Isa> isas, TileClass tile, in
 // measured once per process (thread-safe) over the SIMD flavours this CPU runs.
 const FlavourChoice& auto_choice(TileClass tile);
 
-// The flavour `auto` runs for a plan's tiles (rows = min(group, q_tile)).
+// The flavour `auto` runs for a plan's tiles (rows = min(q_len * group, q_tile)).
 Isa auto_isa_for_rows(int rows);
+
+// What a flavour cannot compute of a (valid) problem: "" when it computes it, else the first
+// feature beyond it (e.g. "F8_E4M3 caches"). scalar and avx2 compute everything validate()
+// accepts (SPEC §6); the avx512 family and amx compute the origin's problems only: bf16 query
+// and caches, q_len 1, head_dim 64/128/256, block_size 16/32/64/128.
+std::string beyond_flavour(Isa isa, const Problem& problem);
+bool flavour_computes(Isa isa, const Problem& problem);
+
+// The flavour a call runs: auto's pick for its tiles (or MIXPA_CPU_ISA's) when that flavour
+// computes the problem, else the best that does: avx2 when this CPU runs it, else scalar.
+Isa isa_for(const Problem& problem, const Plan& plan);
+// Why: the pick's reason, and when it could not compute the problem, which flavour ran instead,
+// e.g. "avx512: ... (measured); F8_E4M3 caches: avx512 computes only bf16 ..., so avx2 runs".
+std::string kernels_reason(const Problem& problem, const Plan& plan);
 
 }  // namespace mixpa::cpu

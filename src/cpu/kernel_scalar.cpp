@@ -1,12 +1,14 @@
 // Portable scalar flavour of the chunk kernel: plain C++ with no target assumptions, so any
 // CPU runs it (and tests force it on this machine so it never rots). Page-major like the SIMD
-// flavours: each K/V row is converted once and used for every row of the head tile. The page
-// loop is the chunk driver's (chunk_driver.h).
+// flavours: each K/V row is decoded once (every cache dtype, exactly) and used for every row of
+// the head tile; rows are (new token, head) pairs with their own causal limit and window. The
+// page loop is the chunk driver's (chunk_driver.h). Computes every problem validate() accepts.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "core/element.h"
 #include "core/softmax_state.h"
 #include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
@@ -18,10 +20,12 @@ struct ScalarTile {
   const ChunkJob& job;
   const Problem& pr;
   std::int64_t dim, bs;
+  Variant score;  // the call's variant with scale * k_scale (fp8: k_t = k_scale * float(K[t]))
   struct Scratch {
     std::vector<float> q, krow, s, p, oi;  // q[rows][dim], s/p[rows][bs], oi[rows][dim]
     std::vector<SoftmaxState> st;
     std::vector<float> o;  // [rows][dim] running O
+    std::vector<JobRow> rows;
   };
   Scratch& w;
   float m_i[64], l_i[64];
@@ -32,7 +36,9 @@ struct ScalarTile {
   }
 
   explicit ScalarTile(const ChunkJob& j)
-      : job(j), pr(*j.problem), dim(pr.shape.head_dim), bs(pr.shape.block_size), w(scratch_for_thread()) {
+      : job(j), pr(*j.problem), dim(pr.shape.head_dim), bs(pr.shape.block_size), score(pr.variant),
+        w(scratch_for_thread()) {
+    score.scale = pr.variant.scale * pr.k_scale;
     w.q.resize(job.rows * dim);
     w.krow.resize(dim);
     w.s.resize(job.rows * bs);
@@ -40,34 +46,44 @@ struct ScalarTile {
     w.oi.resize(job.rows * dim);
     w.o.assign(job.rows * dim, 0.0f);
     w.st.assign(job.rows, SoftmaxState{});
-    for (int r = 0; r < job.rows; ++r)
-      for (std::int64_t d = 0; d < dim; ++d) w.q[r * dim + d] = pr.query_row(job.batch, job.head_begin + r)[d].to_float();
+    w.rows.resize(job.rows);
+    for (int r = 0; r < job.rows; ++r) {
+      const JobRow row = job_row(job, r);
+      w.rows[r] = row;
+      query_floats(pr, job.batch, row.token, row.head, &w.q[r * dim]);
+    }
   }
 
   // QK: s[r][j] = the logit of q_r . k_j (Variant::logit: scale, soft-cap, ALiBi) for the rows j
-  // of the span.
+  // of the span; -inf for tokens row r does not see (past its position, before its window).
   void qk(const PageSpan& span) {
-    const std::int64_t pos = pr.position(job.batch);
     for (std::int64_t j = span.begin; j < span.end; ++j) {
-      const bf16* k = pr.key_row(span.page, j, job.kv_head);
-      for (std::int64_t d = 0; d < dim; ++d) w.krow[d] = k[d].to_float();
+      key_floats(pr, span.page, j, job.kv_head, w.krow.data());
+      const std::int64_t t = span.token0 + j;
       for (int r = 0; r < job.rows; ++r) {
+        const JobRow& row = w.rows[r];
+        if (t > row.pos || t < row.first_visible) {
+          w.s[r * bs + j] = -std::numeric_limits<float>::infinity();
+          continue;
+        }
         const float* q = &w.q[r * dim];
         float acc = 0.0f;
         for (std::int64_t d = 0; d < dim; ++d) acc += q[d] * w.krow[d];
-        w.s[r * bs + j] = pr.variant.logit(acc, job.head_begin + r, span.token0 + j, pos);
+        w.s[r * bs + j] = score.logit(acc, row.head, t, row.pos);
       }
     }
   }
 
-  // SF: running max, P = bf16(exp(s - M)), l_i = sum of rounded P; M_i per row in m_i.
+  // SF: running max, P = bf16(exp(s - M)) (fp16 for F16 caches), l_i = sum of rounded P; M_i per
+  // row in m_i. A row that sees none of the span's tokens (M = -inf) gets P = 0.
   void softmax(const PageSpan& span) {
     for (int r = 0; r < job.rows; ++r) {
       float mx = w.st[r].m;
       for (std::int64_t j = span.begin; j < span.end; ++j) mx = std::max(mx, w.s[r * bs + j]);
       float sum = 0.0f;
       for (std::int64_t j = span.begin; j < span.end; ++j) {
-        const float p = round_to_bf16(std::exp(w.s[r * bs + j] - mx));
+        const float e = mx == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(w.s[r * bs + j] - mx);
+        const float p = round_p(pr.kv_dtype, e);
         w.p[r * bs + j] = p;
         sum += p;
       }
@@ -80,8 +96,7 @@ struct ScalarTile {
   void pv(const PageSpan& span) {
     std::fill(w.oi.begin(), w.oi.end(), 0.0f);
     for (std::int64_t j = span.begin; j < span.end; ++j) {
-      const bf16* v = pr.value_row(span.page, j, job.kv_head);
-      for (std::int64_t d = 0; d < dim; ++d) w.krow[d] = v[d].to_float();
+      value_floats(pr, span.page, j, job.kv_head, w.krow.data());
       for (int r = 0; r < job.rows; ++r) {
         const float p = w.p[r * bs + j];
         float* oi = &w.oi[r * dim];
@@ -91,8 +106,9 @@ struct ScalarTile {
     for (int r = 0; r < job.rows; ++r) w.st[r].merge(&w.o[r * dim], &w.oi[r * dim], m_i[r], l_i[r], dim);
   }
 
+  // o = v_scale * sum P V (fp8: v_t = v_scale * float(V[t]); 1 otherwise).
   void finish(const ChunkOut& o) {
-    std::copy(w.o.begin(), w.o.end(), o.o);
+    for (std::size_t i = 0; i < w.o.size(); ++i) o.o[i] = w.o[i] * pr.v_scale;
     for (int r = 0; r < job.rows; ++r) {
       o.m[r] = w.st[r].m;
       o.l[r] = w.st[r].l;

@@ -62,6 +62,14 @@ inline typename D::V exp_bf16(typename D::V x) {
   return D::scale_pow2(live, D::round_to_7_bits(p), n);
 }
 
+// P = fp16(exp(x)) for x <= 0, kept in fp32 (SPEC §6: P rounded to fp16 when the cache is F16):
+// exp_neg's fp32 value rounded to the nearest fp16 (ties to even, subnormal halves kept, as
+// round_to_f16). Needs D::round_to_f16 (avx2: F16C's vcvtps2ph / vcvtph2ps).
+template <class D>
+inline typename D::V exp_f16(typename D::V x) {
+  return D::round_to_f16(exp_neg<D>(x));
+}
+
 // tanh(y), relative error ~2e-7 (tested against double): |y| < 0.625 an odd polynomial
 // (Cephes tanhf's), else (1 - e) / (1 + e) with e = exp(-2|y|) <= 0.287 (no cancellation), the
 // sign copied back. Saturates to +-1 (e = 0) for |y| > 43.6.
@@ -154,6 +162,20 @@ inline void zero(typename D::V (&acc)[A][RV]) {
     for (int v = 0; v < RV; ++v) acc[a][v] = D::zero();
 }
 
+// fma_step with the stride at run time (head_dims without a template instantiation).
+template <class D, int RV, int A>
+inline void fma_step_strided(typename D::V (&acc)[A][RV], const float* x, const float* b, std::int64_t stride) {
+  typename D::V xv[RV];
+#pragma GCC unroll 4
+  for (int v = 0; v < RV; ++v) xv[v] = D::load(x + v * D::kLanes);
+#pragma GCC unroll 16
+  for (int a = 0; a < A; ++a) {
+    const typename D::V bc = D::broadcast(b + a * stride);
+#pragma GCC unroll 4
+    for (int v = 0; v < RV; ++v) acc[a][v] = D::fmadd(xv[v], bc, acc[a][v]);
+  }
+}
+
 // UP, the one update of the online softmax (SPEC §3): O = alpha * O + oi, L = alpha * L + l_i.
 template <class D>
 inline typename D::V up(typename D::V alpha, typename D::V old, typename D::V add) {
@@ -187,15 +209,53 @@ struct LaneRows {
     pos = sp.pos;
   }
 
+  // The same for tiles whose rows are (new token, head) pairs (SPEC §6 q_len 1..16): row r is
+  // token tokens[r] of query head heads[r], at position pos - back_r (back_r = q_len - 1 -
+  // tokens[r]; pos is the last row's, context_len - 1).
+  V back[RV];
+  void init_rows(const Problem& pr, std::int64_t batch, const std::int64_t* heads, const std::int64_t* tokens,
+                 int rows) {
+    for (int r = 0; r < W; ++r) {
+      m[r] = -__builtin_inff();
+      l[r] = 0.0f;
+    }
+    const ScoreParams sp = score_params(pr, batch);
+    alignas(64) float sl[W], bk[W];
+    for (int r = 0; r < W; ++r) {
+      sl[r] = sp.slopes != nullptr && r < rows ? sp.slopes[heads[r]] : 0.0f;
+      bk[r] = r < rows ? static_cast<float>(pr.shape.q_len - 1 - tokens[r]) : 0.0f;
+    }
+    for (int v = 0; v < RV; ++v) {
+      slope[v] = D::load(sl + v * kLanes);
+      back[v] = D::load(bk + v * kLanes);
+    }
+    epi = epilogue_of<D>(sp);
+    pos = sp.pos;
+  }
+
   // The logits of rows [v * kLanes, + kLanes) for one token from their raw dot products.
   template <unsigned F>
   V logit(V dot, V scale, int v, std::int64_t token) const {
     return score_epilogue<F, D>(D::mul(dot, scale), epi, slope[v], D::set(static_cast<float>(token - pos)));
   }
+  // The same after init_rows: ALiBi's t - pos_r = (t - pos) + back_r per row (q_len 1: + 0, exact).
+  template <unsigned F>
+  V logit_rows(V dot, V scale, int v, std::int64_t token) const {
+    return score_epilogue<F, D>(D::mul(dot, scale), epi, slope[v],
+                                D::add(D::set(static_cast<float>(token - pos)), back[v]));
+  }
 
   // Vector SF on scores s[j * W + lane] of tokens j in [begin, end): running max, P =
-  // bf16(exp(s - M)) kept in fp32 in place (exp_bf16: one rounding), l_i = sum of the rounded P,
-  // alpha = exp(M_old - M_new).
+  // bf16(exp(s - M)) kept in fp32 in place (exp_bf16: one rounding; kF16P: fp16, exp_f16, for
+  // F16 caches), l_i = sum of the rounded P, alpha = exp(M_old - M_new). A row whose scores are
+  // all -inf so far (tokens it does not see) keeps M = -inf and gets P = 0, alpha = 0 (the exps
+  // of its NaN differences are masked to 0).
+  template <bool kF16P = false>
+  static V p_of(V x) {
+    if constexpr (kF16P) return exp_f16<D>(x);
+    else return exp_bf16<D>(x);
+  }
+  template <bool kF16P = false>
   void softmax(float* s, std::int64_t begin, std::int64_t end) {
     for (int v = 0; v < RV; ++v) {
       const V m_old = D::loadu(m + v * kLanes);
@@ -210,8 +270,8 @@ struct LaneRows {
       j = begin;
       for (; j + 2 <= end; j += 2) {  // two independent exp chains
         float* s0 = s + j * W + v * kLanes;
-        const V p0 = exp_bf16<D>(D::sub(D::load(s0), mx));
-        const V p1 = exp_bf16<D>(D::sub(D::load(s0 + W), mx));
+        const V p0 = p_of<kF16P>(D::sub(D::load(s0), mx));
+        const V p1 = p_of<kF16P>(D::sub(D::load(s0 + W), mx));
         D::store(s0, p0);
         D::store(s0 + W, p1);
         sum0 = D::add(sum0, p0);
@@ -219,7 +279,7 @@ struct LaneRows {
       }
       if (j < end) {
         float* s0 = s + j * W + v * kLanes;
-        const V p0 = exp_bf16<D>(D::sub(D::load(s0), mx));
+        const V p0 = p_of<kF16P>(D::sub(D::load(s0), mx));
         D::store(s0, p0);
         sum0 = D::add(sum0, p0);
       }

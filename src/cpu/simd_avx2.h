@@ -1,5 +1,5 @@
 // The Avx2 descriptor of the SIMD layer (simd.h): 8 x f32 in a ymm, masks as all-ones lanes.
-// Include only after `#pragma GCC target("avx2,fma")`; everything here is inline.
+// Include only after `#pragma GCC target("avx2,fma,f16c")`; everything here is inline.
 #pragma once
 
 #include <immintrin.h>
@@ -41,6 +41,8 @@ struct Avx2 {
   static V round_down(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   // x rounded to a multiple of 2^-7, nearest even (both scalings are exact).
   static V round_to_7_bits(V x) { return _mm256_mul_ps(round_nearest(_mm256_mul_ps(x, set(128.0f))), set(1.0f / 128)); }
+  // x rounded to the nearest fp16 and back (F16C; include under a target with f16c).
+  static V round_to_f16(V x) { return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
   // p * 2^n for integral n in [-126, 127] in live lanes, 0 elsewhere (2^n built in the exponent field).
   static V scale_pow2(M live, V p, V n) {
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);

@@ -1,0 +1,398 @@
+// The AVX2/FMA/F16C chunk kernel as a template over the cache's element type, for x86-64 CPUs
+// without AVX-512 (Zen 2/3, Haswell to Alder Lake). Each cache dtype is its own translation
+// unit (kernel_avx2.cpp: bf16 and the entry point; kernel_avx2_{f16,e4m3,e5m2}.cpp), which
+// includes this header after `#pragma GCC target("avx2,fma,f16c")` and after
+// core/element.h, cpu/page_run.h, cpu/chunk_kernel.h and cpu/scratch.h (library headers stay
+// baseline code).
+//
+// The avx512 flavour's design at 8 lanes:
+//   rows of the head tile in SIMD lanes (8 per ymm, RV = 1, 2 or 4 ymm; tiles of more than 32
+//   rows run as 32-row sub-tiles), so m, l and alpha are plain vectors (simd::LaneRows: the SF
+//   and UP of every lane-rows flavour). A row is a (new token,
+//   head of the group) pair (SPEC §6 q_len 1..16): every row of a tile shares one read of each
+//   K/V row, and has its own position (causal limit) and window, applied in the score epilogue;
+//   QK  s[j] (lanes = rows) += Qt[pos] * bcst(Kf[j][pos])   vbroadcastss is a load, not an ALU op
+//   SF  P = bf16(exp(s - M)) (fp16 for F16 caches) with one rounding, l = sum of the rounded P
+//   PV  ot[pos] (lanes = rows) += P[j] * bcst(Vf[j][pos])
+// K and V rows are widened to fp32 once per tile, the dequantisation fused into that load, into
+// small buffers that stay in L1 (no dequantised copy of the cache, no extra pass):
+//   bf16  a 32-byte load gives the even elements by x << 16 and the odd ones by
+//         x & 0xffff0000 ("position" order: per 16 elements, the 8 even then the 8 odd);
+//   f16   vcvtph2ps (natural order);
+//   e5m2  the high byte of an fp16: unpack with a zero byte below, vcvtph2ps (exact);
+//   e4m3  sign, then the 7 exponent/mantissa bits shifted into an fp16's (arithmetic shift of
+//         the unpacked byte, one and): that fp16 is K / 256 exactly, subnormals included (an
+//         e4m3 subnormal m 2^-9 is the fp16 subnormal m 2^-17); 0x7f/0xff become NaN. The 256
+//         is folded into the score scale and the output scale (powers of two: exact).
+// k_scale is folded into the score scale, x = (scale * k_scale) * (q . K), and v_scale into
+// the output, o = v_scale * sum P V: the formula of every cpu flavour (scalar too).
+// Qt and ot use the cache's position order, ot is put back in dim order once per chunk.
+// head_dim is a template value for the fast shapes (64, 128, 256), so each broadcast of an
+// inner step is a constant offset from one base register, and NJ x RV (QK) or TD x RV (PV)
+// accumulators stay in the 16 ymm registers; other multiples of 16 (16..256) run the same
+// code with head_dim at run time. UP's rescale is fused into the first PV block's write-back.
+// Memory: the next token block's rows (and after the last, the next page's first rows) are
+// prefetched into L1 during the current block's FMAs; pages reach L2 through the hardware
+// streamer. Pages smaller than 16 tokens are taken in runs of >= 32 tokens (page_run.h).
+#pragma once
+
+#include "cpu/simd_avx2.h"
+
+namespace mixpa::cpu {
+
+// The avx2 kernel of one cache dtype, for tiles of any row count (32-row sub-tiles).
+void attend_avx2_bf16(const ChunkJob& job, const ChunkOut& out);
+void attend_avx2_f16(const ChunkJob& job, const ChunkOut& out);
+void attend_avx2_e4m3(const ChunkJob& job, const ChunkOut& out);
+void attend_avx2_e5m2(const ChunkJob& job, const ChunkOut& out);
+
+namespace avx2 {
+namespace {
+
+using D8 = simd::Avx2;
+constexpr int kLanes = D8::kLanes;
+constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
+constexpr int kMaxNJ = 8;
+constexpr int kMaxRun = 256;  // tokens of one run: max_run_tokens(block_size) <= 256
+
+// How a cache dtype's rows are widened: into fp32 of `kFactor` times smaller than float(K)
+// (exactly), in an order of positions that Q and O share.
+template <class KV>
+struct CacheRow;
+
+template <>
+struct CacheRow<bf16> {
+  static constexpr float kFactor = 1.0f;
+  static constexpr bool kF16P = false;
+  // The dim of widened position p: per 16-element chunk, the 8 even elements then the 8 odd ones.
+  static int position_dim(int p) {
+    const int q = p % 16;
+    return p - q + (q < 8 ? 2 * q : 2 * (q - 8) + 1);
+  }
+  static void widen16(const bf16* src, float* dst) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    _mm256_store_ps(dst, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
+    _mm256_store_ps(dst + 8, _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u)))));
+  }
+};
+
+template <>
+struct CacheRow<f16> {
+  static constexpr float kFactor = 1.0f;
+  static constexpr bool kF16P = true;
+  static int position_dim(int p) { return p; }
+  static void widen16(const f16* src, float* dst) {
+    _mm256_store_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+    _mm256_store_ps(dst + 8, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 8))));
+  }
+};
+
+// fp8 rows, 16 elements per step: the bytes unpacked below zero bytes into 16-bit lanes
+// w = byte << 8 (elements 0-7, then 8-15), half(w) the fp16 bits, each 8 to fp32.
+template <class Row>
+inline void widen16_fp8(const std::uint8_t* src, float* dst) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i z = _mm_setzero_si128();
+  _mm256_store_ps(dst, _mm256_cvtph_ps(Row::half(_mm_unpacklo_epi8(z, x))));
+  _mm256_store_ps(dst + 8, _mm256_cvtph_ps(Row::half(_mm_unpackhi_epi8(z, x))));
+}
+
+template <>
+struct CacheRow<e5m2> {
+  static constexpr float kFactor = 1.0f;
+  static constexpr bool kF16P = false;
+  static int position_dim(int p) { return p; }
+  // e5m2 is the high byte of an fp16.
+  static __m128i half(__m128i w) { return w; }
+  static void widen16(const e5m2* src, float* dst) { widen16_fp8<CacheRow>(&src->bits, dst); }
+};
+
+template <>
+struct CacheRow<e4m3> {
+  static constexpr float kFactor = 256.0f;
+  static constexpr bool kF16P = false;
+  static int position_dim(int p) { return p; }
+  // w = byte << 8 per 16-bit lane -> the fp16 of value / 256 (NaN for 0x7f / 0xff).
+  static __m128i half(__m128i w) {
+    const __m128i h = _mm_and_si128(_mm_srai_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xbf80)));
+    const __m128i nan = _mm_cmpeq_epi16(_mm_slli_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xfe00)));
+    return _mm_or_si128(h, nan);
+  }
+  static void widen16(const e4m3* src, float* dst) { widen16_fp8<CacheRow>(&src->bits, dst); }
+};
+
+// dst[0, d) = the row src widened (d a multiple of 16; DT when DT != 0).
+template <class KV, int DT>
+inline void widen_row(const KV* src, float* dst, int d) {
+  const int n = DT != 0 ? DT : d;
+#pragma GCC unroll 16
+  for (int c = 0; c < n; c += 16) CacheRow<KV>::widen16(src + c, dst + c);
+}
+
+// Rows of K or V (given by pointers), one cache line per issue(), into L1.
+struct LineStream {
+  const char* const* row = nullptr;
+  int lines_per_row = 0, line = 0;
+  std::int64_t left = 0;
+  void issue() {
+    if (left > 0) {
+      _mm_prefetch(*row + line * 64, _MM_HINT_T0);
+      if (++line == lines_per_row) {
+        line = 0;
+        ++row;
+      }
+      --left;
+    }
+  }
+};
+
+inline LineStream rows_of(const char* const* rows, std::int64_t count, std::int64_t row_bytes) {
+  LineStream s;
+  if (count <= 0) return s;
+  s.row = rows;
+  s.lines_per_row = static_cast<int>(row_bytes >= 64 ? row_bytes / 64 : 1);
+  s.left = count * s.lines_per_row;
+  return s;
+}
+
+// The FMA step of both matmuls (simd.h): the stride a template value for the fast head_dims.
+template <int RV, int A, int kStride>
+__attribute__((always_inline)) inline void fma_step(__m256 (&acc)[A][RV], const float* x, const float* b, int stride) {
+  if constexpr (kStride != 0) simd::fma_step<D8, RV, A, kStride>(acc, x, b);
+  else simd::fma_step_strided<D8, RV, A>(acc, x, b, stride);
+}
+
+// One head tile of <= 32 rows (RV ymm of rows) as the run driver's stages; DT = head_dim (0:
+// at run time), F = the score features, KV = the cache's element type.
+template <int RV, int DT, unsigned F, class KV>
+struct Tile {
+  using Row = CacheRow<KV>;
+  static constexpr int W = RV * kLanes;
+  static constexpr int NJ = 8 / RV;                // QK tokens per block: NJ x RV = 8 chains
+  static constexpr int TD = RV == 1 ? 8 : 8 / RV;  // PV positions per pass: TD x RV = 8 chains
+  const ChunkJob& job;
+  const Problem& pr;
+  const int d;   // head_dim
+  const int tb;  // PV tokens per block (kPvBlockFloats / d)
+  std::int64_t row_bytes;
+  float* qt;  // [d][W]   Q, lanes = rows, position order
+  float* kf;  // [NJ][d]  widened K rows of one token block
+  float* s;   // [run][W] scores, then rounded P
+  float* vf;  // [tb][d]  widened V rows of one PV block
+  float* ot;  // [d][W]   running O, position order
+  simd::LaneRows<D8, RV> st;  // m, l, alpha, l_i and the score epilogue per row (simd.h)
+  // Positions relative to pos_base = n - q_len (row p sits at pos_base + p): per row its
+  // position and first visible token, as int32 lanes (padding rows see everything).
+  __m256i row_pos[RV], row_lo[RV];
+  std::int64_t pos_base;
+  std::int64_t all_lo, all_hi;  // tokens (relative) every row of the tile sees: [all_lo, all_hi]
+  __m256 score_scale;           // scale * k_scale (times Row::kFactor)
+  float out_scale;              // v_scale (times Row::kFactor)
+  // The current run: its tokens' K and V rows and relative positions.
+  int n = 0;
+  const char* kp[kMaxRun];
+  const char* vp[kMaxRun];
+  std::int32_t rel[kMaxRun];
+
+  int dim() const { return DT != 0 ? DT : d; }
+
+  explicit Tile(const ChunkJob& j)
+      : job(j),
+        pr(*j.problem),
+        d(static_cast<int>(pr.shape.head_dim)),
+        tb(kPvBlockFloats / static_cast<int>(pr.shape.head_dim)),
+        row_bytes(pr.shape.head_dim * static_cast<std::int64_t>(sizeof(KV))) {
+    const int D = dim();
+    qt = static_cast<float*>(scratch(0, D * W * 4));
+    kf = static_cast<float*>(scratch(1, kMaxNJ * D * 4));
+    s = static_cast<float*>(scratch(2, max_run_tokens(pr.shape.block_size) * W * 4));
+    vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
+    ot = static_cast<float*>(scratch(4, D * W * 4));
+    pos_base = pr.context_len(job.batch) - pr.shape.q_len;
+    alignas(32) float q_row[256];
+    alignas(32) std::int32_t rp[W], rl[W];
+    std::int64_t heads[W], tokens[W];
+    all_lo = -(std::int64_t{1} << 40);
+    all_hi = std::int64_t{1} << 40;
+    for (int r = 0; r < W; ++r) {
+      if (r < job.rows) {
+        const JobRow jr = job_row(job, r);
+        heads[r] = jr.head;
+        tokens[r] = jr.token;
+        mixpa::query_floats(pr, job.batch, jr.token, jr.head, q_row);  // core/element.h
+        for (int p = 0; p < D; ++p) qt[p * W + r] = q_row[Row::position_dim(p)];
+        rp[r] = static_cast<std::int32_t>(jr.pos - pos_base);
+        rl[r] = static_cast<std::int32_t>(jr.first_visible - pos_base);
+        all_lo = std::max<std::int64_t>(all_lo, rl[r]);
+        all_hi = std::min<std::int64_t>(all_hi, rp[r]);
+      } else {
+        heads[r] = tokens[r] = 0;
+        for (int p = 0; p < D; ++p) qt[p * W + r] = 0.0f;
+        rp[r] = std::numeric_limits<std::int32_t>::max();
+        rl[r] = std::numeric_limits<std::int32_t>::min();
+      }
+    }
+    for (int i = 0; i < D * W; ++i) ot[i] = 0.0f;
+    st.init_rows(pr, job.batch, heads, tokens, job.rows);
+    for (int v = 0; v < RV; ++v) {
+      row_pos[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rp + v * kLanes));
+      row_lo[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rl + v * kLanes));
+    }
+    const float sc = pr.variant.scale * pr.k_scale;  // the formula of every flavour
+    score_scale = _mm256_set1_ps(sc * Row::kFactor);
+    out_scale = pr.v_scale * Row::kFactor;
+  }
+
+  const char* key(std::int64_t page, std::int64_t j) const {
+    return reinterpret_cast<const char*>(pr.key_row_as<KV>(page, j, job.kv_head));
+  }
+  const char* value(std::int64_t page, std::int64_t j) const {
+    return reinterpret_cast<const char*>(pr.value_row_as<KV>(page, j, job.kv_head));
+  }
+
+  // Cube QK for A consecutive tokens of the run from i0: widen their K rows, then A x RV chains
+  // over the positions, the score epilogue on the way out, then each row's causal limit and
+  // window (only for blocks holding a token some row does not see). Meanwhile `next` streams
+  // into L1.
+  template <int A>
+  void qk_tokens(int i0, LineStream& next) {
+    const int D = dim();
+    for (int j = 0; j < A; ++j) widen_row<KV, DT>(reinterpret_cast<const KV*>(kp[i0 + j]), kf + j * D, D);
+    __m256 acc[A][RV];
+    simd::zero<D8>(acc);
+    constexpr int kEvery = 32 / A;  // the next block's A * D / 32 lines over the D steps
+#pragma GCC unroll 2
+    for (int p = 0; p < D; ++p) {
+      if (p % kEvery == 0) next.issue();
+      fma_step<RV, A, DT>(acc, qt + p * W, kf + p, D);
+    }
+    const bool masked = rel[i0] < all_lo || rel[i0 + A - 1] > all_hi;
+    for (int j = 0; j < A; ++j) {
+      const __m256i t = _mm256_set1_epi32(rel[i0 + j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < RV; ++v) {
+        __m256 x = st.template logit_rows<F>(acc[j][v], score_scale, v, pos_base + rel[i0 + j]);
+        if (masked) {
+          const __m256i hidden = _mm256_or_si256(_mm256_cmpgt_epi32(t, row_pos[v]), _mm256_cmpgt_epi32(row_lo[v], t));
+          x = _mm256_blendv_ps(x, _mm256_set1_ps(-__builtin_inff()), _mm256_castsi256_ps(hidden));
+        }
+        _mm256_store_ps(s + (i0 + j) * W + v * kLanes, x);
+      }
+    }
+  }
+
+  void qk(const PageRun& run) {
+    n = 0;
+    for (int k = 0; k < run.count; ++k) {
+      const PageSpan& sp = run.spans[k];
+      for (std::int64_t j = sp.begin; j < sp.end; ++j, ++n) {
+        kp[n] = key(sp.page, j);
+        vp[n] = value(sp.page, j);
+        rel[n] = static_cast<std::int32_t>(sp.token0 + j - pos_base);
+      }
+    }
+    int i = 0;
+    for (; i + NJ <= n; i += NJ) {
+      // The next block's K rows, or after the last block PV's first V rows.
+      LineStream next = i + 2 * NJ <= n ? rows_of(kp + i + NJ, NJ, row_bytes) : rows_of(vp, n < tb ? n : tb, row_bytes);
+      qk_tokens<NJ>(i, next);
+    }
+    LineStream none;
+    for (; i < n; ++i) qk_tokens<1>(i, none);
+  }
+
+  // Vector SF (simd.h): running max, P = bf16(exp(s - M)) (fp16 for F16 caches) in place, l_i,
+  // alpha. A row that sees none of the run's tokens so far keeps M = -inf, P = 0.
+  void softmax(const PageRun&) { st.template softmax<Row::kF16P>(s, 0, n); }
+
+  // Cube PV then vector UP, in blocks of tb tokens whose widened V rows (16 KiB) stay in L1; per
+  // block TD positions at a time (TD x RV accumulators in registers); UP fused into the first
+  // block's write-back (O = alpha * O + oi_0), later blocks add theirs. Then L = alpha * L + l_i.
+  void pv(const PageRun& run) {
+    const int D = dim();
+    const char* next_rows[2 * kMaxNJ];
+    int next_count = 0;
+    if (run.next_page >= 0) {
+      const std::int64_t rows = std::min<std::int64_t>(2 * NJ, pr.shape.block_size);
+      for (; next_count < rows; ++next_count) next_rows[next_count] = key(run.next_page, next_count);
+    }
+    for (int j0 = 0; j0 < n; j0 += tb) {
+      const int cnt = n - j0 < tb ? n - j0 : tb;
+      for (int j = 0; j < cnt; ++j) widen_row<KV, DT>(reinterpret_cast<const KV*>(vp[j0 + j]), vf + j * D, D);
+      // The next block's V rows, or after the last block the next page's first K rows.
+      LineStream next = j0 + tb < n ? rows_of(vp + j0 + tb, n - j0 - tb < tb ? n - j0 - tb : tb, row_bytes)
+                                    : rows_of(next_rows, next_count, row_bytes);
+      const std::int64_t every = next.left > 0 ? (cnt * (D / TD) + next.left - 1) / next.left : 1 << 30;
+      std::int64_t tick = 0;
+      const float* p_block = s + j0 * W;
+      for (int p0 = 0; p0 < D; p0 += TD) {
+        __m256 acc[TD][RV];
+        simd::zero<D8>(acc);
+        for (int j = 0; j < cnt; ++j) {
+          if (++tick == every) {
+            tick = 0;
+            next.issue();
+          }
+          simd::fma_step<D8, RV, TD, 1>(acc, p_block + j * W, vf + j * D + p0);
+        }
+#pragma GCC unroll 8
+        for (int dd = 0; dd < TD; ++dd)
+#pragma GCC unroll 4
+          for (int v = 0; v < RV; ++v) {
+            float* o = ot + (p0 + dd) * W + v * kLanes;
+            const __m256 old = _mm256_load_ps(o);
+            _mm256_store_ps(o, j0 == 0 ? simd::up<D8>(st.alpha[v], old, acc[dd][v]) : _mm256_add_ps(old, acc[dd][v]));
+          }
+      }
+    }
+    st.update_l();
+  }
+
+  void finish(const ChunkOut& out) {
+    const int D = dim();
+    for (int r = 0; r < job.rows; ++r) {
+      for (int p = 0; p < D; ++p) out.o[r * D + Row::position_dim(p)] = ot[p * W + r] * out_scale;
+      out.m[r] = st.m[r];
+      out.l[r] = st.l[r];
+    }
+  }
+};
+
+template <class KV, int RV, int DT>
+void attend(const ChunkJob& job, const ChunkOut& out) {
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    Tile<RV, DT, F, KV> tile(job);
+    drive_chunk_runs(tile, job, out);
+  });
+}
+
+// The fast head_dims as template values, the others at run time.
+template <class KV, int RV>
+void attend_dim(const ChunkJob& job, const ChunkOut& out) {
+  switch (job.problem->shape.head_dim) {
+    case 64: return attend<KV, RV, 64>(job, out);
+    case 128: return attend<KV, RV, 128>(job, out);
+    case 256: return attend<KV, RV, 256>(job, out);
+    default: return attend<KV, RV, 0>(job, out);
+  }
+}
+
+// 32-row sub-tiles keep the accumulators in registers.
+template <class KV>
+void attend_rows(const ChunkJob& job, const ChunkOut& out) {
+  const std::int64_t dim = job.problem->shape.head_dim;
+  for (int r0 = 0; r0 < job.rows; r0 += 32) {
+    ChunkJob sub = job;
+    sub.head_begin = job.head_begin + r0;
+    sub.row_begin = job.row_begin + r0;
+    sub.rows = job.rows - r0 < 32 ? job.rows - r0 : 32;
+    const ChunkOut part{out.o + r0 * dim, out.m + r0, out.l + r0};
+    if (sub.rows <= 8) attend_dim<KV, 1>(sub, part);
+    else if (sub.rows <= 16) attend_dim<KV, 2>(sub, part);
+    else attend_dim<KV, 4>(sub, part);
+  }
+}
+
+}  // namespace
+}  // namespace avx2
+}  // namespace mixpa::cpu
