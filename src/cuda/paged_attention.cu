@@ -12,11 +12,18 @@
 // or Inf in unused page rows cannot reach the output. The variant of SPEC §6 enters at the
 // score epilogue (soft-cap, ALiBi), the token ranges (a window is a range the planner gives)
 // and the finalize (sinks, lse); a split block is merged by the last of its CTAs to finish.
+// SPEC §6 dtypes and shapes: the tile rows are (new token, group head) pairs, each row with its
+// own causal limit and window inside the item's range; fp16 runs mma.f16 (kernel_params.h:
+// KernelDtype); fp8 stages are dequantised by the compute warps into a 16-bit tile (dequant.h)
+// before the fragment loads, which then run unchanged. A head_dim below the kernel's (any
+// multiple of 16) is padded: the producer zero-fills the pieces past it, stores skip them.
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
+#include "cuda/dequant.h"
 #include "cuda/kernel_launch.h"
 #include "cuda/log2_state.h"
 #include "cuda/smem_pipe.cuh"
@@ -28,10 +35,16 @@ namespace {
 
 constexpr float kNegInf = -INFINITY;
 
-template <int kHeadDim_, int kRowFrags>
+template <int kHeadDim_, int kRowFrags, int kDtype>
 struct Config {
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr TileGeometry kGeom{kHeadDim, kRowFrags};
+  static constexpr KernelDtype kDt = static_cast<KernelDtype>(kDtype);
+  static constexpr bool kFp8 = is_fp8(kDt);
+  static constexpr bool kQkF16 = kDt == KernelDtype::kF16 || kDt == KernelDtype::kFp8F16;  // S = Q.K^T in f16
+  static constexpr bool kPvF16 = kDt == KernelDtype::kF16;  // P rounded to fp16, O += P.V in f16
+  using KvElem = std::conditional_t<kFp8, std::uint8_t, std::uint16_t>;
+  static constexpr TileGeometry kGeom{kHeadDim, kRowFrags, kv_elem_bytes(kDt)};  // the ring
+  static constexpr TileGeometry kMath = kGeom.math();                           // the fragments' tiles
   static constexpr int kKSteps = kHeadDim / 16;                 // k-steps of S = Q.K^T
   static constexpr int kDimTiles = kHeadDim / 8;                // n-tiles of O
   static constexpr int kTokenWarps = kComputeWarps / kRowFrags;
@@ -43,6 +56,7 @@ struct Config {
   static_assert(kRowFrags * kTokenWarps == kComputeWarps);
   static_assert(kTokenWarps == 1 || kRowFrags == 1, "the cross-warp merge assumes one row group");
   static_assert(kGeom.rows_per_pass() >= 1 && 32 % kGeom.chunks_per_row() == 0);
+  static_assert(!kFp8 || dequant_units_per_lane(kGeom) >= 1);
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -75,6 +89,7 @@ __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
   constexpr int kPeriod = swizzle_period(g);
   constexpr int kPasses = g.passes();
   constexpr int kRows = g.rows_per_pass();
+  using T = typename C::KvElem;
   static_assert(kPasses % kPeriod == 0);
   const int lane_row = lane / g.chunks_per_row();
   std::uint32_t xo[kPeriod];
@@ -88,7 +103,7 @@ __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
     const WorkItem w = p.items[it.i];
     const int tiles = item_tiles(w);
     if (tiles == 0) continue;
-    ProducerStream<std::uint16_t> st;
+    ProducerStream<T> st;
     st.begin(p, w, g, lane);
     for (int tile = 0; tile < tiles; ++tile) {
       const std::int64_t t0 = w.token_begin + static_cast<std::int64_t>(tile) * kTileTokens;
@@ -96,12 +111,12 @@ __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
       std::uint32_t dst[kPeriod];
 #pragma unroll
       for (int u = 0; u < kPeriod; ++u) dst[u] = k_tile + xo[u];
-      constexpr std::uint32_t kV = g.tile_bytes(), kPeriodBytes = 8 * g.row_bytes();
+      constexpr std::uint32_t kV = g.tile_bytes(), kPeriodBytes = swizzle_period_bytes(g);
       const bool full = t0 + kTileTokens <= w.token_end;
       if (full && __all_sync(0xffffffffu, st.stays_in_page(p, kPasses))) {
         const bool zero = st.bytes == 0;
-        const std::uint16_t* kp = st.k;
-        const std::uint16_t* vp = st.v;
+        const T* kp = st.k;
+        const T* vp = st.v;
 #pragma unroll
         for (int pass = 0; pass < kPasses; ++pass) {
           const std::uint32_t d = dst[pass % kPeriod] + (pass / kPeriod) * kPeriodBytes;
@@ -124,8 +139,8 @@ __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
         for (int pass = 0; pass < kPasses; ++pass) {
           const std::uint32_t d = dst[pass % kPeriod] + (pass / kPeriod) * kPeriodBytes;
           const bool valid = pass * kRows < rows_left;
-          cp_async_16_or_zero(d, valid ? st.k : p.key_cache, !valid || st.bytes == 0);
-          cp_async_16_or_zero(d + kV, valid ? st.v : p.value_cache, !valid || st.bytes == 0);
+          cp_async_16_or_zero(d, valid ? static_cast<const void*>(st.k) : p.key_cache, !valid || st.bytes == 0);
+          cp_async_16_or_zero(d + kV, valid ? static_cast<const void*>(st.v) : p.value_cache, !valid || st.bytes == 0);
           if ((pass + 1) * kRows < rows_left) st.advance(p);  // never enters a page past the item
         }
       }
@@ -138,16 +153,17 @@ __device__ void produce(const KernelParams& p, const SmemPipe& pipe, int lane) {
 
 // ---------------------------------------------------------------------------------------------
 // Compute warps (cube + vector fused), one item at a time:
-//   begin_item      Q fragments, ALiBi slopes, empty state
-//   per stage       TPOP; qk (S = Q.K^T); softmax_update (SF: score epilogue, mask, running
-//                   max, p, l; alpha rescales O); pv (O += P.V); TFREE
+//   begin_item      Q fragments, the rows' (token, head), limits and ALiBi slopes, empty state
+//   per stage       TPOP; fp8: dequantise (rows of this warp) and TFREE; qk (S = Q.K^T);
+//                   softmax_update (SF: score epilogue, per-row mask, running max, p, l; alpha
+//                   rescales O); pv (O += P.V); TFREE
 //   merge_warps     q_tile 16: the token warps' states combined on their log2 form (UP across warps)
-//   store           out = O / (l + sink), lse; or the partial (O, m, l) of a split block
+//   store           out = v_scale O / (l + sink), lse; or the partial (O, m, l) of a split block
 //   arrive_split    split blocks: the last CTA to finish one merges its partials (merge_block)
 // Elements e = 0,1 of an accumulator fragment are row g, e = 2,3 row g + 8 (lane = 4 g + t).
 template <class C>
 struct ComputeWarp {
-  static constexpr TileGeometry kGeom = C::kGeom;
+  static constexpr TileGeometry kGeom = C::kMath;  // the 16-bit tiles the fragments come from
   const KernelParams& p;
   const int warp, lane, g, t;
   const int rf;  // rows [16 rf, 16 rf + 16) of the q tile
@@ -156,7 +172,8 @@ struct ComputeWarp {
   // Per item.
   WorkItem w;
   int row0, row1;
-  std::int64_t qbase;
+  int tok[2];                // rows g, g + 8: their new token p (0..q_len-1)
+  int lim_lo[2], lim_hi[2];  // their visible tokens, item-relative: [lim_lo, lim_hi) (empty for padding rows)
   const std::uint16_t* q0;
   const std::uint16_t* q1;
   std::uint32_t qf[C::kQInRegisters ? C::kKSteps : 1][4];
@@ -168,30 +185,82 @@ struct ComputeWarp {
       : p(params), warp(warp_), lane(lane_), g(lane_ >> 2), t(lane_ & 3), rf(warp_row_frag(kGeom, warp_)),
         tw(warp_token_slice(kGeom, warp_)) {}
 
-  // A fragment of Q for k-step kk: rows (g, g+8) of the warp's row fragment, zero past `rows`.
+  // A fragment of Q for k-step kk: rows (g, g+8) of the warp's row fragment, zero past `rows`
+  // and past head_dim (a padded kernel).
   __device__ void load_q(std::uint32_t (&a)[4], int kk) const {
     const int c = 16 * kk + 2 * t;
-    a[0] = q0 ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c)) : 0u;
-    a[1] = q1 ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c)) : 0u;
-    a[2] = q0 ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c + 8)) : 0u;
-    a[3] = q1 ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c + 8)) : 0u;
+    const bool in = c < p.head_dim;  // then c + 8 < head_dim too (multiples of 16)
+    a[0] = q0 && in ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c)) : 0u;
+    a[1] = q1 && in ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c)) : 0u;
+    a[2] = q0 && in ? __ldg(reinterpret_cast<const unsigned int*>(q0 + c + 8)) : 0u;
+    a[3] = q1 && in ? __ldg(reinterpret_cast<const unsigned int*>(q1 + c + 8)) : 0u;
+  }
+
+  // Row `row` of the tile: pair k = head_begin + row - kv_head * group is token k / group of
+  // head kv_head * group + k % group (0, 0 for a padding row).
+  struct RowId {
+    int tok, head;
+    std::int64_t out_row;  // its row of query, out and lse ((b, p, h) flattened)
+  };
+  __device__ RowId row_id(int row) const {
+    const bool valid = row < w.rows;
+    const int kv0 = w.kv_head * p.group;
+    const int k = w.head_begin + row - kv0;
+    const int tk = valid ? k / p.group : 0, h = valid ? kv0 + k % p.group : 0;
+    return {tk, h, (static_cast<std::int64_t>(w.batch) * p.q_len + tk) * p.num_heads + h};
+  }
+
+  // The row sees [first_visible(pos), pos] with pos = position + token, inside the item's range.
+  __device__ void begin_row(int r, int row) {
+    const bool valid = row < w.rows;
+    const RowId id = row_id(row);
+    tok[r] = id.tok;
+    const std::int64_t pos = w.position + tok[r];
+    const std::int64_t lo = p.window_left >= 0 ? (pos - p.window_left > 0 ? pos - p.window_left : 0) : 0;
+    const std::int64_t hi = pos + 1 < w.token_end ? pos + 1 : w.token_end;
+    const std::int64_t lo_rel = lo - w.token_begin;
+    lim_lo[r] = lo_rel < 0 ? -1 : static_cast<int>(lo_rel);
+    lim_hi[r] = valid ? static_cast<int>(hi - w.token_begin) : 0;
+    slope2[r] = p.alibi_slopes && valid ? p.alibi_slopes[id.head] * kLog2e : 0.0f;
   }
 
   __device__ void begin_item(const WorkItem& item) {
     w = item;
     row0 = 16 * rf + g, row1 = row0 + 8;
-    qbase = (static_cast<std::int64_t>(w.batch) * p.num_heads + w.head_begin) * C::kHeadDim;
-    q0 = row0 < w.rows ? p.query + qbase + static_cast<std::int64_t>(row0) * C::kHeadDim : nullptr;
-    q1 = row1 < w.rows ? p.query + qbase + static_cast<std::int64_t>(row1) * C::kHeadDim : nullptr;
+    begin_row(0, row0);
+    begin_row(1, row1);
+    q0 = row0 < w.rows ? p.query + row_id(row0).out_row * p.head_dim : nullptr;
+    q1 = row1 < w.rows ? p.query + row_id(row1).out_row * p.head_dim : nullptr;
     if constexpr (C::kQInRegisters) {
 #pragma unroll
       for (int kk = 0; kk < C::kKSteps; ++kk) load_q(qf[kk], kk);
     }
-    slope2[0] = p.alibi_slopes && q0 ? p.alibi_slopes[w.head_begin + row0] * kLog2e : 0.0f;
-    slope2[1] = p.alibi_slopes && q1 ? p.alibi_slopes[w.head_begin + row1] * kLog2e : 0.0f;
 #pragma unroll
     for (int n = 0; n < C::kDimTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     st[0] = st[1] = Log2State{};
+  }
+
+  // fp8: this warp's rows [16 warp, 16 warp + 16) of the stage's K and V tiles, dequantised
+  // into the 16-bit tiles at `dq` (K in the S mma's type, V in bf16). q_tile 16: the rows this
+  // warp alone reads; q_tile 64: a quarter of the rows every warp reads (the caller syncs).
+  __device__ void dequant(std::uint32_t stage, std::uint32_t dq) const {
+    constexpr TileGeometry kRing = C::kGeom;
+    constexpr int kUnits = dequant_units_per_lane(kRing);
+    const bool e5m2 = p.fp8_e5m2 != 0;
+#pragma unroll
+    for (int tensor = 0; tensor < 2; ++tensor) {
+      const std::uint32_t src = stage + tensor * kRing.tile_bytes(), dst = dq + tensor * kGeom.tile_bytes();
+#pragma unroll 2  // few registers: the hd256 q_tile-64 instantiations have none to spare
+      for (int i = 0; i < kUnits; ++i) {
+        const DequantUnit u = dequant_unit(kRing, 16 * warp, lane + 32 * i);
+        std::uint32_t in[4], out[8];
+        lds_128(in, src + u.src);
+        if (tensor == 0 && C::kQkF16) fp8_piece_to_16<false>(in, e5m2, out);
+        else fp8_piece_to_16<true>(in, e5m2, out);
+        sts_128(dst + u.dst_lo, out[0], out[1], out[2], out[3]);
+        sts_128(dst + u.dst_hi, out[4], out[5], out[6], out[7]);
+      }
+    }
   }
 
   // S = Q . K^T over this warp's kWarpTokens tokens of the stage.
@@ -213,29 +282,31 @@ struct ComputeWarp {
         const ProducerSlot src = k_fragment_source(kGeom, tw, j, pp, lane);
         std::uint32_t b[4];  // pieces 4pp..4pp+3 of 8 token rows: k-steps 2pp and 2pp+1
         ldmatrix_x4(b, k_tile + swizzled_offset(kGeom, src.row, src.chunk));
-        mma_bf16_16816(sc[j], qa, b[0], b[1]);
-        mma_bf16_16816(sc[j], qb, b[2], b[3]);
+        mma_16816<C::kQkF16>(sc[j], qa, b[0], b[1]);
+        mma_16816<C::kQkF16>(sc[j], qb, b[2], b[3]);
       }
     }
   }
 
-  // Vector step SF: the score epilogue (logit_log2), mask columns past the item's range,
-  // running max, p = exp2(x - M) rounded to bf16 (left in sc), l from the rounded p; O and l
-  // rescaled by alpha = exp2(M_old - M). The feature pair is a template: the plain case is
-  // the seed's dot * scale_log2.
+  // Vector step SF: the score epilogue (logit_log2), mask each row's columns outside its
+  // visible tokens (the item's range, its causal limit and window), running max,
+  // p = exp2(x - M) rounded to bf16 (fp16 for F16 caches; left in sc), l from the rounded p;
+  // O and l rescaled by alpha = exp2(M_old - M). The feature pair is a template: the plain
+  // case is the seed's dot * scale_log2.
   template <bool kSoftcap, bool kAlibi>
   __device__ void softmax_update_as(float (&sc)[C::kSTiles][4], std::int64_t t0) {
-    const int cols = static_cast<int>(w.token_end - t0 < kTileTokens ? w.token_end - t0 : kTileTokens);
+    const int off = static_cast<int>(t0 - w.token_begin);  // the stage's first column, item-relative
+    const int lo[2] = {lim_lo[0] - off, lim_lo[1] - off}, hi[2] = {lim_hi[0] - off, lim_hi[1] - off};
     const int t_minus_pos = kAlibi ? static_cast<int>(t0 - w.position) : 0;
     float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
     for (int j = 0; j < C::kSTiles; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int col = score_column(kGeom, tw, j, t, e);
-        const float x = logit_log2<kSoftcap, kAlibi>(p, sc[j][e], slope2[e >> 1], t_minus_pos + col);
-        sc[j][e] = col < cols ? x : kNegInf;
-        mx[e >> 1] = fmaxf(mx[e >> 1], sc[j][e]);
+        const int col = score_column(kGeom, tw, j, t, e), r = e >> 1;
+        const float x = logit_log2<kSoftcap, kAlibi>(p, sc[j][e], slope2[r], t_minus_pos + col - tok[r]);
+        sc[j][e] = col < hi[r] && col >= lo[r] ? x : kNegInf;
+        mx[r] = fmaxf(mx[r], sc[j][e]);
       }
     float alpha[2], m_use[2];
 #pragma unroll
@@ -252,7 +323,7 @@ struct ComputeWarp {
     for (int j = 0; j < C::kSTiles; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        sc[j][e] = bf16_round(exp2f(sc[j][e] - m_use[e >> 1]));
+        sc[j][e] = round_16<C::kPvF16>(exp2f(sc[j][e] - m_use[e >> 1]));
         row_sum[e >> 1] += sc[j][e];
       }
 #pragma unroll
@@ -282,17 +353,17 @@ struct ComputeWarp {
 #pragma unroll
     for (int q = 0; q < C::kPvSteps; ++q) {
       std::uint32_t pa[4];
-      pa[0] = pack_bf16(sc[2 * q][0], sc[2 * q][1]);
-      pa[1] = pack_bf16(sc[2 * q][2], sc[2 * q][3]);
-      pa[2] = pack_bf16(sc[2 * q + 1][0], sc[2 * q + 1][1]);
-      pa[3] = pack_bf16(sc[2 * q + 1][2], sc[2 * q + 1][3]);
+      pa[0] = pack_16<C::kPvF16>(sc[2 * q][0], sc[2 * q][1]);
+      pa[1] = pack_16<C::kPvF16>(sc[2 * q][2], sc[2 * q][3]);
+      pa[2] = pack_16<C::kPvF16>(sc[2 * q + 1][0], sc[2 * q + 1][1]);
+      pa[3] = pack_16<C::kPvF16>(sc[2 * q + 1][2], sc[2 * q + 1][3]);
 #pragma unroll
       for (int d = 0; d < C::kDimTiles / 2; ++d) {
         const ProducerSlot src = v_fragment_source(kGeom, tw, q, d, lane);
         std::uint32_t b[4];  // tokens 16q..16q+15 x dims 16d..16d+15, transposed
         ldmatrix_x4_trans(b, v_tile + swizzled_offset(kGeom, src.row, src.chunk));
-        mma_bf16_16816(o[2 * d], pa, b[0], b[1]);
-        mma_bf16_16816(o[2 * d + 1], pa, b[2], b[3]);
+        mma_16816<C::kPvF16>(o[2 * d], pa, b[0], b[1]);
+        mma_16816<C::kPvF16>(o[2 * d + 1], pa, b[2], b[3]);
       }
     }
   }
@@ -347,22 +418,25 @@ struct ComputeWarp {
     }
   }
 
-  // The epilogue: out = O / (l + e^(sink - m)) and lse (a block's only chunk; no visible token
-  // gives zeros and -inf), or the partial (O, m, l) of a split block for the merge.
+  // The epilogue: out = v_scale O / (l + e^(sink - m)) and lse (a block's only chunk; no
+  // visible token gives zeros and -inf), or the partial (O, m, l) of a split block for the
+  // merge. Dims past head_dim (a padded kernel) are not stored.
   __device__ void store() const {
     const int rows_ok[2] = {row0 < w.rows, row1 < w.rows};
+    const int dim_tiles = p.head_dim / 8;
     if (w.partial < 0) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         if (!rows_ok[r]) continue;
-        const std::int64_t head_row = qbase / C::kHeadDim + (r ? row1 : row0);
-        const float sink2 = p.sinks ? p.sinks[head_row % p.num_heads] * kLog2e : kNegInf;
-        const float inv = st[r].empty() ? 0.0f : 1.0f / st[r].denominator(sink2);
-        float* dst = p.out + head_row * C::kHeadDim;
+        const RowId id = row_id(r ? row1 : row0);
+        const float sink2 = p.sinks ? p.sinks[id.head] * kLog2e : kNegInf;
+        const float inv = st[r].empty() ? 0.0f : p.v_scale / st[r].denominator(sink2);
+        float* dst = p.out + id.out_row * p.head_dim;
 #pragma unroll
         for (int n = 0; n < C::kDimTiles; ++n)
-          *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-        if (p.lse && t == 0) p.lse[head_row] = st[r].lse();
+          if (n < dim_tiles)
+            *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        if (p.lse && t == 0) p.lse[id.out_row] = st[r].lse();
       }
     } else {
       const std::int64_t slot = static_cast<std::int64_t>(w.partial) * p.q_tile;
@@ -373,7 +447,7 @@ struct ComputeWarp {
         float* dst = p.part_o + row * C::kHeadDim;
 #pragma unroll
         for (int n = 0; n < C::kDimTiles; ++n)
-          *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+          if (n < dim_tiles) *reinterpret_cast<float2*>(dst + 8 * n + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
         if (t == 0) {
           p.part_m[row] = st[r].m;
           p.part_l[row] = st[r].l;
@@ -384,15 +458,16 @@ struct ComputeWarp {
 };
 
 // A split block's partials, merged in chunk order (max first, then the weighted sums:
-// merge_log2_states' rule), finalized with the sink, written to out and lse. Run by the 128
-// compute threads of the CTA that finished the block's last item; reads with ld.cg (the
-// partials were written by other SMs, past this SM's L1).
+// merge_log2_states' rule), finalized with the sink and v_scale, written to out and lse. Run
+// by the 128 compute threads of the CTA that finished the block's last item; reads with ld.cg
+// (the partials were written by other SMs, past this SM's L1).
 template <class C>
 __device__ void merge_block(const KernelParams& p, const MergeItem& mi, int thread) {
-  constexpr int kHd = C::kHeadDim;
-  const std::int64_t elements = static_cast<std::int64_t>(mi.rows) * kHd;
+  constexpr int kHd = C::kHeadDim;  // the partials' row stride
+  const int hd = p.head_dim;
+  const std::int64_t elements = static_cast<std::int64_t>(mi.rows) * hd;
   for (std::int64_t idx = thread; idx < elements; idx += 32 * kComputeWarps) {
-    const int r = static_cast<int>(idx / kHd), c = static_cast<int>(idx % kHd);
+    const int r = static_cast<int>(idx / hd), c = static_cast<int>(idx % hd);
     Log2State all;
     for (int k = 0; k < mi.num_partials; ++k)
       all.m = fmaxf(all.m, __ldcg(p.part_m + static_cast<std::int64_t>(mi.first_partial + k) * p.q_tile + r));
@@ -403,10 +478,12 @@ __device__ void merge_block(const KernelParams& p, const MergeItem& mi, int thre
       o += f * __ldcg(p.part_o + row * kHd + c);
       all.l += f * __ldcg(p.part_l + row);
     }
-    const std::int64_t head_row = static_cast<std::int64_t>(mi.batch) * p.num_heads + mi.head_begin + r;
-    const float sink2 = p.sinks ? p.sinks[mi.head_begin + r] * kLog2e : kNegInf;
-    p.out[head_row * kHd + c] = all.empty() ? 0.0f : o / all.denominator(sink2);
-    if (p.lse && c == 0) p.lse[head_row] = all.lse();
+    const int kv0 = mi.kv_head * p.group, pair = mi.head_begin + r - kv0;
+    const int head = kv0 + pair % p.group;
+    const std::int64_t out_row = (static_cast<std::int64_t>(mi.batch) * p.q_len + pair / p.group) * p.num_heads + head;
+    const float sink2 = p.sinks ? p.sinks[head] * kLog2e : kNegInf;
+    p.out[out_row * hd + c] = all.empty() ? 0.0f : p.v_scale * o / all.denominator(sink2);
+    if (p.lse && c == 0) p.lse[out_row] = all.lse();
   }
 }
 
@@ -432,28 +509,40 @@ __device__ void arrive_split(const KernelParams& p, const WorkItem& w, unsigned 
 }
 
 template <class C>
-__device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, int lane, unsigned char* smem) {
+__device__ void compute(const KernelParams& p, const SmemPipe& pipe, int warp, int lane, unsigned char* smem,
+                        std::uint32_t dq) {
   ComputeWarp<C> cw(p, warp, lane);
   PipeState s = pipe.consumer_start_state();
   for (ItemLoop it(p); it.is_valid(); ++it) {
     cw.begin_item(p.items[it.i]);
     const int tiles = item_tiles(cw.w);
     for (int tile = 0; tile < tiles; ++tile) {
-      const std::uint32_t k_tile = smem_address(tpop(pipe, s));
+      const std::uint32_t stage = smem_address(tpop(pipe, s));
+      std::uint32_t k_tile = stage, v_tile = stage + C::kGeom.tile_bytes();
+      if constexpr (C::kFp8) {
+        // The 16-bit tiles are rewritten: every warp that reads them is done with the last stage.
+        if constexpr (C::kTokenWarps == 1) compute_warps_sync(32 * kComputeWarps);
+        else __syncwarp();
+        cw.dequant(stage, dq);
+        tfree(pipe, s);  // the fp8 stage is no longer read: the producer may refill it now
+        if constexpr (C::kTokenWarps == 1) compute_warps_sync(32 * kComputeWarps);
+        else __syncwarp();
+        k_tile = dq, v_tile = dq + C::kMath.tile_bytes();
+      }
       float sc[C::kSTiles][4];
       cw.qk(k_tile, sc);
       cw.softmax_update(sc, cw.w.token_begin + static_cast<std::int64_t>(tile) * kTileTokens);
-      cw.pv(sc, k_tile + C::kGeom.tile_bytes());
-      tfree(pipe, s);
+      cw.pv(sc, v_tile);
+      if constexpr (!C::kFp8) tfree(pipe, s);
     }
     if (cw.merge_warps(smem)) cw.store();
     if (cw.w.partial >= 0) arrive_split<C>(p, cw.w, smem);
   }
 }
 
-template <int kHeadDim, int kRowFrags>
+template <int kHeadDim, int kRowFrags, int kDtype>
 __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const __grid_constant__ KernelParams p) {
-  using C = Config<kHeadDim, kRowFrags>;
+  using C = Config<kHeadDim, kRowFrags, kDtype>;
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr TileGeometry geom = C::kGeom;
   const SmemLayout layout = smem_layout(geom, p.stages);
@@ -464,20 +553,31 @@ __global__ void __launch_bounds__(kThreads, 1) paged_attention_kernel(const __gr
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp == kComputeWarps) produce<C>(p, pipe, lane);
-  else compute<C>(p, pipe, warp, lane, smem);
+  else compute<C>(p, pipe, warp, lane, smem, smem_address(smem + layout.dequant()));
 }
 
-// The one place runtime (head_dim, row_frags) become template arguments.
+// The one place runtime (head_dim, row_frags, dtype) become template arguments.
+template <int kHd, int kRf, class F>
+cudaError_t with_dtype(KernelDtype dtype, F&& f) {
+  switch (dtype) {
+    case KernelDtype::kBf16: return f(paged_attention_kernel<kHd, kRf, 0>);
+    case KernelDtype::kF16: return f(paged_attention_kernel<kHd, kRf, 1>);
+    case KernelDtype::kFp8Bf16: return f(paged_attention_kernel<kHd, kRf, 2>);
+    case KernelDtype::kFp8F16: return f(paged_attention_kernel<kHd, kRf, 3>);
+  }
+  return cudaErrorInvalidValue;
+}
+
 template <class F>
-cudaError_t with_kernel(int head_dim, int row_frags, F&& f) {
+cudaError_t with_kernel(int head_dim, int row_frags, KernelDtype dtype, F&& f) {
   if (row_frags == 1) {
-    if (head_dim == 64) return f(paged_attention_kernel<64, 1>);
-    if (head_dim == 128) return f(paged_attention_kernel<128, 1>);
-    if (head_dim == 256) return f(paged_attention_kernel<256, 1>);
+    if (head_dim == 64) return with_dtype<64, 1>(dtype, f);
+    if (head_dim == 128) return with_dtype<128, 1>(dtype, f);
+    if (head_dim == 256) return with_dtype<256, 1>(dtype, f);
   } else if (row_frags == 4) {
-    if (head_dim == 64) return f(paged_attention_kernel<64, 4>);
-    if (head_dim == 128) return f(paged_attention_kernel<128, 4>);
-    if (head_dim == 256) return f(paged_attention_kernel<256, 4>);
+    if (head_dim == 64) return with_dtype<64, 4>(dtype, f);
+    if (head_dim == 128) return with_dtype<128, 4>(dtype, f);
+    if (head_dim == 256) return with_dtype<256, 4>(dtype, f);
   }
   return cudaErrorInvalidValue;
 }
@@ -488,9 +588,9 @@ bool kernel_supported(int head_dim, int row_frags) {
   return (head_dim == 64 || head_dim == 128 || head_dim == 256) && (row_frags == 1 || row_frags == 4);
 }
 
-cudaError_t prepare_kernel(int head_dim, int row_frags, int smem_bytes) {
+cudaError_t prepare_kernel(int head_dim, int row_frags, KernelDtype dtype, int smem_bytes) {
   // Only ever raised: plans of one instantiation with different ring depths may coexist.
-  return with_kernel(head_dim, row_frags, [&](auto kernel) {
+  return with_kernel(head_dim, row_frags, dtype, [&](auto kernel) {
     cudaFuncAttributes attr;
     const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
     if (e != cudaSuccess) return e;
@@ -501,13 +601,13 @@ cudaError_t prepare_kernel(int head_dim, int row_frags, int smem_bytes) {
 
 cudaError_t kernel_image_check() {
   cudaFuncAttributes attr;
-  return cudaFuncGetAttributes(&attr, paged_attention_kernel<128, 1>);
+  return cudaFuncGetAttributes(&attr, paged_attention_kernel<128, 1, 0>);
 }
 
-cudaError_t launch_paged_attention(const KernelParams& p, int head_dim, int row_frags, int grid, int smem_bytes,
-                                   cudaStream_t stream) {
+cudaError_t launch_paged_attention(const KernelParams& p, int head_dim, int row_frags, KernelDtype dtype, int grid,
+                                   int smem_bytes, cudaStream_t stream) {
   if (p.num_items == 0) return cudaSuccess;
-  return with_kernel(head_dim, row_frags, [&](auto kernel) {
+  return with_kernel(head_dim, row_frags, dtype, [&](auto kernel) {
     kernel<<<grid, kThreads, smem_bytes, stream>>>(p);
     return cudaGetLastError();
   });

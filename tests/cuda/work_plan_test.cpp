@@ -322,6 +322,7 @@ TEST(CudaTiling, ProducerStreamFollowsThePages) {
       p.max_blocks_per_req = max_blocks;
       p.num_blocks = num_blocks;
       p.block_size = bs;
+      p.head_dim = hd;
       p.block_shift = block_shift_of(bs);
       EXPECT_EQ(p.block_shift >= 0, (bs & (bs - 1)) == 0);
       for (std::int64_t begin : {std::int64_t{0}, std::int64_t{5}, std::int64_t{bs}, std::int64_t{3 * bs + 1}}) {
@@ -338,8 +339,8 @@ TEST(CudaTiling, ProducerStreamFollowsThePages) {
               bad_touched = true;
             } else {
               ASSERT_EQ(st.bytes, 16u) << "bs " << bs << " t " << t;
-              ASSERT_EQ(st.k - p.key_cache, id * p.k_page + (t % bs) * p.k_row + p.k_head + 8 * piece) << "hd " << hd << " bs " << bs << " t " << t;
-              ASSERT_EQ(st.v - p.value_cache, id * p.v_page + (t % bs) * p.v_row + p.v_head + 8 * piece);
+              ASSERT_EQ(st.k - static_cast<const std::uint16_t*>(p.key_cache), id * p.k_page + (t % bs) * p.k_row + p.k_head + 8 * piece) << "hd " << hd << " bs " << bs << " t " << t;
+              ASSERT_EQ(st.v - static_cast<const std::uint16_t*>(p.value_cache), id * p.v_page + (t % bs) * p.v_row + p.v_head + 8 * piece);
             }
             if (t + g.rows_per_pass() < end && !st.advance(p)) bad_seen = true;
           }
