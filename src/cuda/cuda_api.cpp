@@ -49,8 +49,6 @@ bool available() { return device_available(); }
 
 namespace {
 KernelTypes tensor_types(const Inputs& in) { return {in.query.dtype, in.key_cache.dtype}; }
-// The fp8 scales of the options (1 for 16-bit caches).
-float kv_scale(const Options&, DType, bool) { return 1.0f; }
 }  // namespace
 
 PagedAttention::PagedAttention(const Inputs& in, const std::int32_t* host_context_lens, const Options& options)
@@ -79,8 +77,10 @@ PagedAttention::PagedAttention(const Inputs& in, const std::int32_t* lens32, con
       throw Error("context_lens: request " + std::to_string(b) + " has " + std::to_string(lens[b]) +
                   " tokens, must be 0 or in [q_len, " + std::to_string(max_tokens) + "] (q_len " +
                   std::to_string(shape.q_len) + ")");
+  Problem scales;  // k_scale / v_scale, checked as validate() checks them (fp8 caches only, positive, finite)
+  resolve_kv_scales(options, types.kv, scales);
   impl_ = std::make_unique<Impl>(shape, options.kv_layout, types, in.block_table.dtype, make_plan(shape, variant.scale),
-                                 lens, variant, kv_scale(options, types.kv, true), kv_scale(options, types.kv, false));
+                                 lens, variant, scales.k_scale, scales.v_scale);
 }
 
 PagedAttention::~PagedAttention() = default;
