@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "common/check.h"
+#include "cuda/serving_specs.h"
 #include "cuda/dequant.h"
 #include "cuda/log2_state.h"
 #include "cuda/work_plan.h"
@@ -631,6 +632,105 @@ TEST(CudaKernelEmulationVariants, AgreeWithExact) {
         {"all", {1.5, 300, alibi_slopes(H), sink_values(H, 1.0f)}},
     };
     for (const auto& [name, v] : variants) expect_emulation_exact(c, name, v);
+  }
+}
+
+// SPEC §6 dtypes and shapes (serving_specs.h), with the variants some of them carry, out and
+// lse against exact float64 on both device shapes.
+class CudaKernelEmulationServing : public ::testing::TestWithParam<CaseSpec> {};
+
+TEST_P(CudaKernelEmulationServing, AgreesWithExact) {
+  const Case c = generate_case(GetParam(), 13);
+  std::vector<double> ref_lse;
+  const std::vector<double> ref = mixpa::testing::exact(c, {}, &ref_lse);
+  for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
+    const EmuRun run = emulate(c, dev);
+    EXPECT_EQ(run.error_flag, 0);
+    const double err = mixpa::testing::expect_close_to_exact(c, run.out, ref);
+    const double lse_err = mixpa::testing::expect_lse_close_to_exact(c, run.lse, ref_lse);
+    EXPECT_LT(err, 2e-3) << "sm_count " << dev.sm_count;
+    std::printf("emulation %-20s sm %3d items %4zu merges %3zu: out max abs error %.2e, lse %.2e\n",
+                c.spec.name.c_str(), dev.sm_count, run.items, run.merges, err, lse_err);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Serving, CudaKernelEmulationServing, ::testing::ValuesIn(mixpa::testing::cuda_serving_specs()),
+                         [](const auto& info) { return info.param.name; });
+
+// The kernel dtype each query / cache pair runs on, and the pairs left out (with the reason the
+// executor table reports).
+TEST(CudaKernelEmulationServingProps, DtypePairs) {
+  EXPECT_EQ(kernel_dtype(DType::kBF16, DType::kBF16), KernelDtype::kBf16);
+  EXPECT_EQ(kernel_dtype(DType::kF16, DType::kF16), KernelDtype::kF16);
+  EXPECT_EQ(kernel_dtype(DType::kBF16, DType::kF8E4M3), KernelDtype::kFp8Bf16);
+  EXPECT_EQ(kernel_dtype(DType::kBF16, DType::kF8E5M2), KernelDtype::kFp8Bf16);
+  EXPECT_EQ(kernel_dtype(DType::kF16, DType::kF8E4M3), KernelDtype::kFp8F16);
+  EXPECT_EQ(kernel_dtype(DType::kF16, DType::kF8E5M2), KernelDtype::kFp8F16);
+  for (DType kv : {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2})
+    for (DType q : {DType::kBF16, DType::kF16}) {
+      const bool mixed16 = (kv == DType::kBF16 || kv == DType::kF16) && q != kv;
+      EXPECT_EQ(unsupported_types(q, kv).empty(), !mixed16) << dtype_name(q) << " " << dtype_name(kv);
+      if (mixed16) EXPECT_THROW(kernel_dtype(q, kv), Error);
+    }
+  EXPECT_NE(unsupported_types(DType::kF16, DType::kBF16).find("query F16 with BF16 caches"), std::string::npos);
+  for (std::int64_t hd = 16; hd <= 256; hd += 16) EXPECT_GE(kernel_head_dim(hd), hd);
+  EXPECT_EQ(kernel_head_dim(16), 64);
+  EXPECT_EQ(kernel_head_dim(80), 128);
+  EXPECT_EQ(kernel_head_dim(192), 256);
+  EXPECT_THROW(kernel_head_dim(72), Error);
+  EXPECT_THROW(kernel_head_dim(272), Error);
+}
+
+// Every fp8 code through the kernel's conversions (dequant.h) equals its exact value (NaN
+// codes aside: the bit path maps them to finite values, never read from used rows).
+TEST(CudaKernelEmulationServingProps, Fp8ConversionsAreExact) {
+  for (int code = 0; code < 256; ++code) {
+    const std::uint32_t w = static_cast<std::uint32_t>(code) * 0x01010101u;  // the code in every byte
+    for (bool e5m2 : {false, true}) {
+      const float want = e5m2 ? e5m2::from_bits(static_cast<std::uint8_t>(code)).to_float()
+                              : e4m3::from_bits(static_cast<std::uint8_t>(code)).to_float();
+      if (std::isnan(want)) continue;
+      std::uint32_t h[2], b[2];
+      fp8x4_to_16<false>(w, e5m2, h);
+      fp8x4_to_16<true>(w, e5m2, b);
+      for (int i = 0; i < 2; ++i) {
+        EXPECT_EQ(lo_f(h[i], true), want) << "f16 " << e5m2 << " code " << code;
+        EXPECT_EQ(hi_f(h[i], true), want) << "f16 " << e5m2 << " code " << code;
+        EXPECT_EQ(lo_f(b[i], false), want) << "bf16 " << e5m2 << " code " << code;
+        EXPECT_EQ(hi_f(b[i], false), want) << "bf16 " << e5m2 << " code " << code;
+      }
+    }
+  }
+  // Byte order: codes 0..3 of a word land in order.
+  std::uint32_t h[2];
+  fp8x4_to_16<false>(0x40383000u, false, h);  // e4m3 codes 0x00 (0), 0x30 (0.5), 0x38 (1), 0x40 (2)
+  EXPECT_EQ(lo_f(h[0], true), 0.0f);
+  EXPECT_EQ(hi_f(h[0], true), 0.5f);
+  EXPECT_EQ(lo_f(h[1], true), 1.0f);
+  EXPECT_EQ(hi_f(h[1], true), 2.0f);
+}
+
+// fp8 caches and q_len > 1: NaN in the cache rows no request uses never reaches the output.
+TEST(CudaKernelEmulationServingProps, NaNInUnusedFp8RowsDoesNotLeak) {
+  for (const CaseSpec& spec : {mixpa::testing::serving(small_spec("nan_e4m3", 3, 16, 2, 64, 32, {45, 7, 33}), DType::kBF16,
+                                                       DType::kF8E4M3, 1, false, 0.5, 2.0),
+                               mixpa::testing::serving(small_spec("nan_e5m2_q4", 2, 16, 2, 80, 16, {45, 4}), DType::kF16,
+                                                       DType::kF8E5M2, 4)}) {
+    Case c = generate_case(spec, 3);
+    const auto clean = emulate(c, kTinyGpu).out;
+    const std::int64_t bs = spec.block_size, row_elems = spec.num_kv_heads * spec.head_dim;
+    std::vector<bool> used(c.num_blocks * bs, false);
+    for (std::int64_t b = 0; b < spec.batch; ++b)
+      for (std::int64_t t = 0; t < c.context_lens[b]; ++t) used[c.block_table[b * c.max_blocks_per_req + t / bs] * bs + t % bs] = true;
+    int poisoned = 0;
+    for (std::int64_t row = 0; row < c.num_blocks * bs; ++row)
+      if (!used[row]) {
+        ++poisoned;
+        std::fill_n(c.key_bytes.begin() + row * row_elems, row_elems, std::uint8_t{0x7f});  // NaN in both formats
+        std::fill_n(c.value_bytes.begin() + row * row_elems, row_elems, std::uint8_t{0xff});
+      }
+    ASSERT_GT(poisoned, 0);
+    EXPECT_EQ(clean, emulate(c, kTinyGpu).out) << spec.name;
   }
 }
 
