@@ -12,7 +12,8 @@
 // the context lengths, so a run must see the context lengths the plan was made with; the
 // block table and the tensors' contents may change between runs. Page ids are checked on
 // the device (a bad one raises an error flag and loads zeros, never reads out of bounds).
-// Requirements: 16-byte aligned pointers, cache strides multiples of 8 elements.
+// Requirements: 16-byte aligned pointers, cache strides multiples of 16 bytes (8 elements of
+// bf16 / f16, 16 of fp8). fp8 caches take k_scale / v_scale from the options (SPEC §6).
 // This header needs no CUDA headers: a stream is passed as `void*` (a cudaStream_t;
 // nullptr = the legacy default stream).
 #pragma once
