@@ -24,6 +24,18 @@ cudaError_t kernel_image_check();
 cudaError_t launch_paged_attention(const KernelParams& params, int head_dim, int row_frags, KernelDtype dtype, int grid,
                                    int smem_bytes, cudaStream_t stream);
 
+namespace kernels {
+// What paged_attention.cu asks of one dtype's instantiations (paged_attention_<dtype>.cu).
+enum class KernelOp { kPrepare, kLaunch, kImageCheck };
+template <int kDtype>
+cudaError_t dtype_entry(KernelOp op, const KernelParams* p, int head_dim, int row_frags, int grid, int smem_bytes,
+                        cudaStream_t stream);
+extern template cudaError_t dtype_entry<0>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+extern template cudaError_t dtype_entry<1>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+extern template cudaError_t dtype_entry<2>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+extern template cudaError_t dtype_entry<3>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+}  // namespace kernels
+
 // Pipe protocol self-test (pipe_selftest.cu): `rounds` stages through a ring of `stages` on
 // `ctas` CTAs; *mismatches = words the consumers saw wrong (0 when the pipe is right). Syncs.
 cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long long* mismatches);
