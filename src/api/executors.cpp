@@ -19,7 +19,7 @@ std::span<const ExecutorEntry> executor_table() {
   static const ExecutorEntry table[] = {
 #ifdef MIXPA_HAVE_CUDA
       {"cuda", "NVIDIA GPU: producer warp + tensor-core warps on an mbarrier smem ring, persistent grid, split-KV",
-       &run_cuda, &cuda_available, &beyond_origin_shapes},
+       &run_cuda, &cuda_available, &cuda_unsupported},
 #endif
       // cpu computes every problem validate() accepts (what a flavour cannot, avx2 or scalar runs).
       {"cpu", "SIMD (AMX / AVX-512 BF16 / AVX-512F / AVX2 / scalar), all cores, split-KV", &run_cpu},
