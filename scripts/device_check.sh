@@ -11,7 +11,8 @@
 #               .device/prebuilt if the build fails (MIXPA_PREBUILT=1 skips it)
 #   2 selftest  the pipe protocol alone (mbarrier ring), before any attention math
 #   3 test      test_cuda with MIXPA_REQUIRE_GPU=1 (a skip is a failure): coverage shapes,
-#               variants, device API, graph replay; each prints its max error vs exact f64
+#               variants, SPEC §6 dtypes/shapes (CudaServing: f16, fp8, q_len, head_dims, block
+#               sizes, int64), device API, graph replay; each prints its max error vs exact f64
 #   4 bench     mixpa_cuda_bench --verify (max error vs exact per case), L2 flushed before
 #               every timed launch, stream read with 4 loads in flight per thread, + peers
 #   5 origin    test_cuda's Slow origin cases (max error vs exact f64 each)
@@ -117,7 +118,7 @@ else
 fi
 
 # ---- 7: compute-sanitizer on small cases ----------------------------------------------------
-SMALL='CudaDeviceApi.PipeProtocolSelfTest:Shapes/CudaCoverage.AgreesWithExact/lens_edge_bs16:Shapes/CudaCoverage.AgreesWithExact/q64:Shapes/CudaCoverage.AgreesWithExact/split_hd64_bs16:CudaDeviceApi.DeviceSidePageIdCheckRaisesAnError'
+SMALL='CudaDeviceApi.PipeProtocolSelfTest:Shapes/CudaCoverage.AgreesWithExact/lens_edge_bs16:Shapes/CudaCoverage.AgreesWithExact/q64:Shapes/CudaCoverage.AgreesWithExact/split_hd64_bs16:CudaDeviceApi.DeviceSidePageIdCheckRaisesAnError:Serving/CudaServing.AgreesWithExact/e4m3_q64:Serving/CudaServing.AgreesWithExact/qlen16_gqa32_8:Serving/CudaServing.AgreesWithExact/mix_qlen4_e4m3'
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool" sanitizer.log 40 env MIXPA_PIPE_SELFTEST_ROUNDS=20 compute-sanitizer --tool $tool --error-exitcode 3 \

@@ -69,13 +69,13 @@ def count(ins, lo, hi, pred=lambda t: True):
     return sum(1 for a, t in ins if lo <= a <= hi and pred(t))
 
 
-def analyse(name, ins, head_dim):
+def analyse(name, ins, head_dim, elem_bytes=2):
     ls = loops(ins)
     ldg = [a for a, t in ins if "LDGSTS" in t]
     if not ldg:
         return None
     arrive = [a for a, t in ins if "ARRIVES" in t]
-    per_stage_ldgsts = 2 * 64 * head_dim * 2 // 16 // 32  # per lane: K and V pieces of 64 rows
+    per_stage_ldgsts = 2 * 64 * head_dim * elem_bytes // 16 // 32  # per lane: K and V pieces of 64 rows
 
     def copy_loop(l):  # a loop of copies inside one stage: holds LDGSTS, not the arrive
         k = count(ins, l[0], l[1], lambda t: "LDGSTS" in t)
@@ -152,19 +152,23 @@ def hot_path(ins, head, back, inner=None, trips=1):
 
 def main():
     funcs = parse(sys.stdin.read())
-    print(f"{'arch  kernel (head_dim, row_frags)':40s} {'hot path':>8s} {'crossing':>8s} {'static':>8s} "
+    print(f"{'arch  kernel (head_dim, row_frags, dtype)':46s} {'hot path':>8s} {'crossing':>8s} {'static':>8s} "
           f"{'(outside copy loop':>19s} {'+ body x trips)':>16s}  LDGSTS/stage/lane")
+    # The kernel's third template argument is its KernelDtype (src/cuda/kernel_params.h); fp8
+    # stages hold 1-byte elements (half the copies of a 16-bit stage).
+    dtypes = {0: ("bf16", 2), 1: ("f16", 2), 2: ("fp8/bf16q", 1), 3: ("fp8/f16q", 1)}
     for name, ins in funcs.items():
-        m = re.search(r"paged_attention_kernelILi(\d+)ELi(\d+)E", name)
+        m = re.search(r"paged_attention_kernelILi(\d+)ELi(\d+)E(?:Li(\d+)E)?", name)
         if not m:
             continue
         hd, rf = int(m.group(1)), int(m.group(2))
-        r = analyse(name, ins, hd)
-        label = name.split()[0] + " paged_attention_kernel<%d,%d>" % (hd, rf)
+        dt, eb = dtypes.get(int(m.group(3) or 0), ("?", 2))
+        r = analyse(name, ins, hd, eb)
+        label = name.split()[0] + " paged_attention_kernel<%d,%d,%s>" % (hd, rf, dt)
         if r is None:
             print(f"{label}: producer loop not found")
             continue
-        print(f"{label:40s} {r['hot']:8.0f} {r['crossing']:8d} {r['per_stage']:8.0f} {r['straight']:19d} "
+        print(f"{label:46s} {r['hot']:8.0f} {r['crossing']:8d} {r['per_stage']:8.0f} {r['straight']:19d} "
               f"{r['inner_body']:7d} x {r['trips']:5.1f}  {r['ldgsts']}")
 
 

@@ -10,6 +10,21 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build -j"$jobs" --output-on-failure
 
+echo "== install + downstream consumer (examples/cmake_consumer, C++17): CMake package and pkg-config =="
+prefix=$PWD/build-install/prefix
+rm -rf build-install && cmake --install build --prefix "$prefix" >/dev/null
+cmake -S examples/cmake_consumer -B build-install/consumer -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_CXX_STANDARD=17 \
+  -DCMAKE_BUILD_TYPE=Release | grep 'mixpa '
+cmake --build build-install/consumer -j"$jobs" >/dev/null
+./build-install/consumer/consumer
+pc_dir=$(dirname "$(find "$prefix" -name mixpa.pc)")
+pc_flags=$(PKG_CONFIG_PATH="$pc_dir" pkg-config --cflags --libs mixpa)
+echo "pkg-config --cflags --libs mixpa: $pc_flags"
+# shellcheck disable=SC2086  # the flags are words
+c++ -std=c++17 -O2 -o build-install/consumer_pc examples/cmake_consumer/main.cpp $pc_flags
+./build-install/consumer_pc | tail -n 1
+"$prefix/bin/mixpa" --version
+
 echo "== ASan + UBSan build, every fast test (names without 'Slow') =="
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMIXPA_SANITIZE=address,undefined -DMIXPA_CUDA=OFF \
   -DMIXPA_BUILD_BENCH=OFF >/dev/null
@@ -36,8 +51,13 @@ cmake --build build-tsan -j"$jobs" --target test_cpu test_pipe test_sim
 ./build-tsan/tests/test_pipe
 ./build-tsan/tests/test_sim --gtest_filter='-*Slow*'
 
-echo "== python: pip install . + pytest tests/python =="
-# CI needs: numpy ml_dtypes pytest scikit-build-core nanobind (torch optional: its tests skip without it).
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore numpy ml_dtypes pytest scikit-build-core nanobind
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-build-isolation .
-python3 -m pytest tests/python -q
+echo "== python: pip install . into the venv + pytest tests/python =="
+# The venv (.venv, or $MIXPA_VENV) holds numpy ml_dtypes pytest scikit-build-core nanobind; .ci/deps.sh
+# made it (scripts/venv.sh). torch is optional: its tests skip without it, and -rs prints why.
+venv=${MIXPA_VENV:-.venv}
+[ -x "$venv/bin/python" ] || bash scripts/venv.sh
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation .
+MIXPA_CLI=$PWD/build/mixpa "$venv/bin/python" -m pytest tests/python -q -rs
+
+echo "== wheel: pip wheel . -> auditwheel -> fresh venv -> the README's Python snippet outside the tree =="
+bash scripts/wheel_smoke.sh

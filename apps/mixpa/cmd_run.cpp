@@ -33,7 +33,7 @@ std::string executors_help() {
 
 std::string cases_help() {
   std::ostringstream s;
-  s << "Cases (--case NAME, SPEC §4; values U(-0.5,0.5) q/k, U(-1,1) v, bf16):\n";
+  s << "Cases (--case NAME, docs/spec.md §4; values U(-0.5,0.5) q/k, U(-1,1) v, bf16):\n";
   for (const CaseSpec& c : case_table())
     s << "  " << c.name << std::string(12 - std::min<std::size_t>(c.name.size(), 11), ' ') << "batch " << c.batch
       << ", heads " << c.num_heads << "/" << c.num_kv_heads << " kv, head_dim " << c.head_dim << ", block_size "
@@ -49,12 +49,15 @@ void add_run_command(CLI::App& app, RunArgs& a) {
               "  mixpa run --case SmallCase1 --executor sim --schedule-seeds 8 --explicit-free --pipe-depth 1\n"
               "\nExit codes of run: 0 ok, 1 verification failed, 2 invalid input or usage, 3 internal error,\n"
               "4 the sim found a synchronisation error (--check report, or --schedule-seeds outputs that differ).\n");
-  auto* in = run->add_option("--input,-i", a.input, "Case file (safetensors: query, key_cache, value_cache, "
-                                                     "block_table, context_lens; metadata 'scale')");
+  auto* in = run->add_option("--input,-i", a.input,
+                             "Case file (safetensors: query BF16|F16 [batch, (q_len,) heads, head_dim], key_cache / "
+                             "value_cache BF16|F16|F8_E4M3|F8_E5M2, block_table / context_lens I32|I64; metadata "
+                             "'scale', 'softcap', 'window_left', 'k_scale', 'v_scale', 'kv_layout')");
   auto* cs = run->add_option("--case,-c", a.case_name, "Generate an origin case in memory (Case1, Case2, SmallCase1, ...)");
   in->excludes(cs);
   run->add_option("--output,-o", a.output,
-                  "Write the output (safetensors, F32 'out' [batch, heads, head_dim] and 'lse' [batch, heads])");
+                  "Write the output (safetensors, F32 'out' of the query's shape [batch, (q_len,) heads, head_dim] "
+                  "and 'lse' [batch, (q_len,) heads])");
   run->add_option("--executor,--backend,-e", a.executor, "Executor: auto, cpu, sim, reference, cuda (see mixpa --help)");
   run->add_option("--seed", a.seed, "Seed of --case generation (default 0)");
   run->add_option("--scale", a.scale, "Softmax scale (default: the file's metadata 'scale', else 1/sqrt(head_dim))");
@@ -63,6 +66,10 @@ void add_run_command(CLI::App& app, RunArgs& a) {
   run->add_option("--window-left", a.window_left,
                   "Sliding window: each query sees itself and N tokens before; -1 = all (default: the file's "
                   "'window_left')");
+  run->add_option("--k-scale", a.k_scale,
+                  "fp8 caches: K = X * float(key_cache), positive (default: the file's 'k_scale', else 1)");
+  run->add_option("--v-scale", a.v_scale,
+                  "fp8 caches: V = X * float(value_cache), positive (default: the file's 'v_scale', else 1)");
   run->add_option("--kv-layout", a.kv_layout,
                   "KV cache layout of --input: NHD [blocks, block_size, kv_heads, head_dim] or HND [blocks, kv_heads, "
                   "block_size, head_dim] (default: the file's 'kv_layout', else NHD)");
@@ -136,11 +143,17 @@ std::uint64_t check_arguments(const RunArgs& a, const Options& options) {
   return seed;
 }
 
-void print_shape(const Case& c, double scale) {
-  std::printf("case %s: batch %lld, heads %lld (kv %lld), head_dim %lld, block_size %lld, pages %lld, scale %g\n",
+void print_shape(const Case& c, const Problem& p) {
+  std::printf("case %s: batch %lld, heads %lld (kv %lld), head_dim %lld, block_size %lld, pages %lld, scale %g",
               c.spec.name.c_str(), static_cast<long long>(c.spec.batch), static_cast<long long>(c.spec.num_heads),
               static_cast<long long>(c.spec.num_kv_heads), static_cast<long long>(c.spec.head_dim),
-              static_cast<long long>(c.spec.block_size), static_cast<long long>(c.num_blocks), scale);
+              static_cast<long long>(c.spec.block_size), static_cast<long long>(c.num_blocks), p.variant.scale);
+  // SPEC §6 beyond the origin's shapes, only when present (the origin's line stays as it was).
+  if (p.shape.q_len != 1) std::printf(", q_len %lld", static_cast<long long>(p.shape.q_len));
+  if (p.query_dtype != DType::kBF16) std::printf(", query %s", std::string(dtype_name(p.query_dtype)).c_str());
+  if (p.kv_dtype != DType::kBF16) std::printf(", cache %s", std::string(dtype_name(p.kv_dtype)).c_str());
+  if (p.kv_is_fp8()) std::printf(" (k_scale %g, v_scale %g)", p.k_scale, p.v_scale);
+  std::printf("\n");
 }
 
 }  // namespace
@@ -165,6 +178,8 @@ int run_command(RunArgs& a) {
   c.apply_variant(options);  // the file's softcap, window and layout; a flag overrides them
   if (a.softcap) options.softcap = *a.softcap;
   if (a.window_left) options.window_left = *a.window_left;
+  if (a.k_scale) options.k_scale = *a.k_scale;
+  if (a.v_scale) options.v_scale = *a.v_scale;
   if (layout_flag) options.kv_layout = *layout_flag;
   options.report = [](std::string_view line) { std::printf("%.*s\n", static_cast<int>(line.size()), line.data()); };
 
@@ -185,7 +200,7 @@ int run_command(RunArgs& a) {
                         multi ? qs[1] : 1};
   const Problem problem = validate(inputs, options, view);
   const ExecutorEntry& executor = executor_for(options.executor, problem);
-  print_shape(c, problem.variant.scale);
+  print_shape(c, problem);
 
   // The sim's debugging runs: turns, random turns, K seeds compared bit for bit.
   if (a.schedule == "turns") options.sim.single_thread = true;
@@ -215,14 +230,18 @@ int run_command(RunArgs& a) {
     }
     for (std::size_t i = 0; i < out.size(); ++i) {
       if (std::memcmp(&out[i], &first_out[i], sizeof(float)) == 0) continue;
-      const std::int64_t heads = view.shape[1], dim = view.shape[2], flat = static_cast<std::int64_t>(i);
+      const std::int64_t heads = view.shape[1], dim = view.shape[2], q_len = view.q_len;
+      const std::int64_t flat = static_cast<std::int64_t>(i), row = flat / dim;
+      // The index in the output's own shape: [b, h, d], or [b, p, h, d] for a rank-4 query.
+      std::string where = std::to_string(row / (q_len * heads)) + ", ";
+      if (multi) where += std::to_string(row / heads % q_len) + ", ";
+      where += std::to_string(row % heads) + ", " + std::to_string(flat % dim);
       std::fprintf(stderr,
                    "mixpa: error: the output depends on the schedule: seed %llu differs from seed %llu first at "
-                   "out[%lld, %lld, %lld]: %.9g vs %.9g\n  reproduce: --schedule random --schedule-seed %llu\n",
+                   "out[%s]: %.9g vs %.9g\n  reproduce: --schedule random --schedule-seed %llu\n",
                    static_cast<unsigned long long>(options.sim.schedule_seed),
-                   static_cast<unsigned long long>(first_seed), static_cast<long long>(flat / (heads * dim)),
-                   static_cast<long long>(flat / dim % heads), static_cast<long long>(flat % dim), out[i],
-                   first_out[i], static_cast<unsigned long long>(options.sim.schedule_seed));
+                   static_cast<unsigned long long>(first_seed), where.c_str(), out[i], first_out[i],
+                   static_cast<unsigned long long>(options.sim.schedule_seed));
       return kExitSimCheck;
     }
   }
@@ -268,7 +287,7 @@ int run_command(RunArgs& a) {
     status = r.pass() && rl.pass() ? 0 : 1;
   }
   if (!a.output.empty()) {
-    save_output(a.output, out.data(), view.shape[0], view.shape[1], view.shape[2], view.lse);
+    save_output(a.output, out.data(), std::vector<std::int64_t>(qs.begin(), qs.begin() + inputs.query.rank), view.lse);
     std::printf("wrote %s\n", a.output.c_str());
   }
   return status;

@@ -14,7 +14,7 @@ namespace mixpa::cli {
 struct RunArgs {
   std::string input, output, case_name, executor = "auto";
   std::string seed = "0";  // parsed by parse_seed(): CLI11 would wrap "-1" and 2^64 silently
-  std::optional<double> scale, softcap;
+  std::optional<double> scale, softcap, k_scale, v_scale;
   std::optional<std::int64_t> window_left;
   std::string kv_layout;
   bool no_verify = false, verify = false;
@@ -28,6 +28,11 @@ struct RunArgs {
 struct GenArgs {
   std::string case_name, output;
   std::string seed = "0";
+  // SPEC §6 on top of the named case (empty / unset = the case's own).
+  std::string kv_dtype, query_dtype;
+  std::optional<std::int64_t> q_len;
+  std::optional<double> k_scale, v_scale;
+  bool int64_indices = false;
 };
 
 // A --seed value: a decimal integer in [0, 2^64 - 1]; throws mixpa::Error otherwise.

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "mixpa/error.h"
+#include "mixpa/version.h"
 
 namespace {
 
@@ -33,13 +34,16 @@ int main(int argc, char** argv) {
   using namespace mixpa::cli;
   CLI::App app{
       "mixpa: decode-phase paged attention, built as the origin's SPMD MIX kernel\n"
-      "(1 cube + 2 vector cores per hardware block, tile pipes TPUSH/TPOP/TFREE).\n\n"
+      "(1 cube + 2 vector cores per hardware block, tile pipes TPUSH/TPOP/TFREE).\n"
+      "The contract (operation, variants, accuracy, invalid inputs, case files, the MIX model,\n"
+      "the origin): docs/spec.md in the source tree.\n\n"
       "Examples:\n"
       "  mixpa run --case SmallCase1                 generate the origin case, run, verify vs exact fp64\n"
       "  mixpa gen --case Case1 --output case1.safetensors\n"
       "  mixpa run --input case1.safetensors --output out.safetensors --executor cpu\n",
       "mixpa"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("mixpa ") + mixpa::version());
   app.footer("\n" + executors_help() + "\n" + cases_help() +
              "\nExit codes: 0 ok, 1 verification failed, 2 invalid input or usage, 3 internal error.");
   RunArgs run_args;
@@ -53,6 +57,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "mixpa: error: %s (see mixpa --help)\n", one_line(e.what()).c_str());

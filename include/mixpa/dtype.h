@@ -1,12 +1,30 @@
 // Element types mixpa reads and writes, and the bf16 scalar with its rounding rule.
+// The public headers compile as C++17 (the library itself is built as C++20).
 #pragma once
 
+#if __cplusplus >= 202002L
 #include <bit>
+#endif
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
 
 namespace mixpa {
+
+namespace detail {
+// std::bit_cast where the standard library has it; GCC's and Clang's builtin (the same
+// operation, also constexpr) for C++17 consumers.
+template <class To, class From>
+constexpr To bit_cast(const From& from) noexcept {
+  static_assert(sizeof(To) == sizeof(From));
+#if defined(__cpp_lib_bit_cast)
+  return std::bit_cast<To>(from);
+#else
+  return __builtin_bit_cast(To, from);
+#endif
+}
+}  // namespace detail
 
 // kF8E4M3 is OCP e4m3fn (bias 7, max 448, no inf, 0x7f/0xff NaN); kF8E5M2 is IEEE-like e5m2
 // (bias 15, inf and NaN). Safetensors names: F8_E4M3, F8_E5M2.
@@ -49,13 +67,13 @@ struct bf16 {
   static constexpr bf16 from_bits(std::uint16_t b) { bf16 r; r.bits = b; return r; }
 
   static constexpr bf16 from_float(float f) {
-    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint32_t u = detail::bit_cast<std::uint32_t>(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return from_bits(static_cast<std::uint16_t>((u >> 16) | 0x40u));
     const std::uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
     return from_bits(static_cast<std::uint16_t>((u + rounding) >> 16));
   }
 
-  constexpr float to_float() const { return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16); }
+  constexpr float to_float() const { return detail::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16); }
   constexpr explicit operator float() const { return to_float(); }
 };
 static_assert(sizeof(bf16) == 2);
@@ -71,7 +89,7 @@ struct f16 {
   static constexpr f16 from_bits(std::uint16_t b) { f16 r; r.bits = b; return r; }
 
   static constexpr f16 from_float(float f) {
-    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint32_t u = detail::bit_cast<std::uint32_t>(f);
     const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
     const std::uint32_t a = u & 0x7fffffffu;
     if (a > 0x7f800000u) return from_bits(static_cast<std::uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu)));
@@ -91,8 +109,8 @@ struct f16 {
   constexpr float to_float() const {
     const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
     const std::uint32_t e = (bits >> 10) & 0x1fu, m = bits & 0x3ffu;
-    if (e == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (m << 13));
-    if (e != 0) return std::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
+    if (e == 0x1f) return detail::bit_cast<float>(sign | 0x7f800000u | (m << 13));
+    if (e != 0) return detail::bit_cast<float>(sign | ((e + 112u) << 23) | (m << 13));
     // subnormal: m * 2^-24, exact in float
     const float v = static_cast<float>(m) * 5.9604644775390625e-08f;
     return sign ? -v : v;
@@ -104,7 +122,7 @@ static_assert(sizeof(f16) == 2);
 // Round a float to the nearest fp16 and back (P before P·V when the cache is F16).
 constexpr float round_to_f16(float f) { return f16::from_float(f).to_float(); }
 
-// 8-bit floats as raw bits (SPEC §6 caches). Decoding is exact in float32; encoding (for
+// 8-bit floats as raw bits (docs/spec.md §6 caches). Decoding is exact in float32; encoding (for
 // generating cases) rounds to nearest, ties to even, saturating to the largest finite value
 // (e4m3fn has no inf; e5m2 saturates too, the "satfinite" convention of fp8 quantisers).
 namespace fp8_detail {
@@ -115,28 +133,28 @@ constexpr float decode(std::uint8_t b, int exp_bits, int bias, bool has_inf) {
   const bool neg = (b & 0x80) != 0;
   float v = 0;
   if (has_inf && e == (1 << exp_bits) - 1) {
-    v = m == 0 ? std::bit_cast<float>(0x7f800000u) : std::bit_cast<float>(0x7fc00000u);
+    v = m == 0 ? detail::bit_cast<float>(0x7f800000u) : detail::bit_cast<float>(0x7fc00000u);
   } else if (!has_inf && e == (1 << exp_bits) - 1 && m == (1 << man_bits) - 1) {
-    v = std::bit_cast<float>(0x7fc00000u);
+    v = detail::bit_cast<float>(0x7fc00000u);
   } else if (e == 0) {  // subnormal: m * 2^(1 - bias - man_bits)
-    v = static_cast<float>(m) * std::bit_cast<float>(static_cast<std::uint32_t>(127 + 1 - bias - man_bits) << 23);
+    v = static_cast<float>(m) * detail::bit_cast<float>(static_cast<std::uint32_t>(127 + 1 - bias - man_bits) << 23);
   } else {
-    v = std::bit_cast<float>((static_cast<std::uint32_t>(e - bias + 127) << 23) |
+    v = detail::bit_cast<float>((static_cast<std::uint32_t>(e - bias + 127) << 23) |
                              (static_cast<std::uint32_t>(m) << (23 - man_bits)));
   }
   return neg ? -v : v;
 }
 constexpr std::uint8_t encode(float f, int exp_bits, int bias, float max_finite, std::uint8_t nan_bits) {
-  const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+  const std::uint32_t u = detail::bit_cast<std::uint32_t>(f);
   const std::uint8_t sign = static_cast<std::uint8_t>((u >> 24) & 0x80u);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint8_t>(sign | nan_bits);
-  float a = std::bit_cast<float>(u & 0x7fffffffu);
+  float a = detail::bit_cast<float>(u & 0x7fffffffu);
   if (a >= max_finite) a = max_finite;
   const int man_bits = 7 - exp_bits;
   // Smallest normal exponent is 1 - bias; below it the step is fixed at 2^(1 - bias - man_bits).
-  int e = static_cast<int>((std::bit_cast<std::uint32_t>(a) >> 23) & 0xffu) - 127;
+  int e = static_cast<int>((detail::bit_cast<std::uint32_t>(a) >> 23) & 0xffu) - 127;
   if (e < 1 - bias) e = 1 - bias;
-  const float step = std::bit_cast<float>(static_cast<std::uint32_t>(e - man_bits + 127) << 23);
+  const float step = detail::bit_cast<float>(static_cast<std::uint32_t>(e - man_bits + 127) << 23);
   float q = a / step;  // exact (power-of-two step)
   const float fl = static_cast<float>(static_cast<std::uint32_t>(q));
   const float frac = q - fl;
@@ -145,9 +163,9 @@ constexpr std::uint8_t encode(float f, int exp_bits, int bias, float max_finite,
   // n * step, with n in [0, 2^(man_bits+1)]; rebuild the bits
   const float r = static_cast<float>(n) * step;
   if (r == 0) return sign;
-  const int re = static_cast<int>((std::bit_cast<std::uint32_t>(r) >> 23) & 0xffu) - 127;
+  const int re = static_cast<int>((detail::bit_cast<std::uint32_t>(r) >> 23) & 0xffu) - 127;
   if (re < 1 - bias) return static_cast<std::uint8_t>(sign | n);  // subnormal: n < 2^man_bits
-  const std::uint32_t mant = (std::bit_cast<std::uint32_t>(r) >> (23 - man_bits)) & ((1u << man_bits) - 1u);
+  const std::uint32_t mant = (detail::bit_cast<std::uint32_t>(r) >> (23 - man_bits)) & ((1u << man_bits) - 1u);
   return static_cast<std::uint8_t>(sign | (static_cast<std::uint32_t>(re + bias) << man_bits) | mant);
 }
 }  // namespace fp8_detail

@@ -46,6 +46,10 @@ struct HugePageAllocator {
   bool operator==(const HugePageAllocator<U>&) const noexcept {
     return true;
   }
+  template <class U>
+  bool operator!=(const HugePageAllocator<U>&) const noexcept {  // C++17 has no rewritten !=
+    return false;
+  }
 };
 
 // The KV cache buffers mixpa allocates itself (generated cases, case files, the benchmark).

@@ -2,7 +2,7 @@
 //
 //   out[b,h] = sum_t softmax_t(scale * q[b,h] . K[b,t,g(h)]) * V[b,t,g(h)]
 //
-// Inputs are validated in full (SPEC §1) before anything is written to `out`.
+// Inputs are validated in full (docs/spec.md §1) before anything is written to `out`.
 #pragma once
 
 #include <cstdint>
@@ -17,14 +17,14 @@
 
 namespace mixpa {
 
-// The KV cache layout (SPEC §6): NHD = [num_blocks, block_size, num_kv_heads, head_dim] (default),
+// The KV cache layout (docs/spec.md §6): NHD = [num_blocks, block_size, num_kv_heads, head_dim] (default),
 // HND = [num_blocks, num_kv_heads, block_size, head_dim]. Both are read through the view's strides.
 enum class KvLayout { kNHD, kHND };
 
 // "NHD" / "HND"; throws mixpa::Error naming `what` otherwise.
 KvLayout parse_kv_layout(std::string_view name, std::string_view what = "kv_layout");
 
-// The input tensors (shapes and dtypes as SPEC §1 and §6):
+// The input tensors (shapes and dtypes as docs/spec.md §1 and §6):
 //   query        bf16|f16 [batch, num_heads, head_dim] (q_len 1)              contiguous
 //                         or [batch, q_len, num_heads, head_dim], q_len 1..16 (multi-token decode)
 //   key_cache    bf16|f16|f8_e4m3|f8_e5m2 [num_blocks, block_size, num_kv_heads, head_dim]

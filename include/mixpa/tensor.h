@@ -36,7 +36,7 @@ struct TensorView {
 // The output: float32, contiguous [batch, q_len, num_heads, head_dim] (the query's shape;
 // q_len 1 is [batch, num_heads, head_dim]); optionally the log-sum-exp of each row, float32
 // contiguous [batch, q_len, num_heads] (nullptr = not wanted). `shape` is
-// [batch, num_heads, head_dim]; q_len is the query's (SPEC §6: 1..16).
+// [batch, num_heads, head_dim]; q_len is the query's (docs/spec.md §6: 1..16).
 struct OutputView {
   float* data = nullptr;
   std::array<std::int64_t, 3> shape{};

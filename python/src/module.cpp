@@ -23,6 +23,7 @@
 #include "mixpa/decode_plan.h"
 #include "mixpa/error.h"
 #include "mixpa/paged_attention.h"
+#include "mixpa/version.h"
 #include "tensor_import.h"
 #if MIXPA_PYTHON_HAVE_IO
 #include "io/safetensors.h"
@@ -38,22 +39,72 @@ std::atomic<bool> gil_held_during_run{true};  // for the tests: was the GIL rele
 
 constexpr const char* kNames[] = {"query", "key_cache", "value_cache", "block_table", "context_lens"};
 
-// A fresh zero-filled float32 NumPy array owned by a capsule.
-nb::object new_output(std::array<std::int64_t, 3> shape, float*& data) {
-  const size_t n = static_cast<size_t>(shape[0] * shape[1] * shape[2]);
-  auto* heap = new std::vector<float>(n);
+// A fresh zero-filled float32 NumPy array of `shape` owned by a capsule (out: the query's
+// shape; lse: that without head_dim).
+nb::object new_array(const std::vector<std::int64_t>& shape, float*& data) {
+  std::int64_t n = 1;
+  for (std::int64_t d : shape) n *= std::max<std::int64_t>(d, 0);
+  auto* heap = new std::vector<float>(static_cast<size_t>(n));
   nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
   data = heap->data();
-  return nb::ndarray<nb::numpy, float>(data, {static_cast<size_t>(shape[0]), static_cast<size_t>(shape[1]),
-                                              static_cast<size_t>(shape[2])}, owner).cast();
+  const std::vector<size_t> dims(shape.begin(), shape.end());
+  return nb::ndarray<nb::numpy, float>(data, dims.size(), dims.data(), owner).cast();
 }
 
-// A fresh float32 NumPy array [batch, num_heads] for the log-sum-exp.
-nb::object new_lse(std::int64_t batch, std::int64_t heads, float*& data) {
-  auto* heap = new std::vector<float>(static_cast<size_t>(std::max<std::int64_t>(batch * heads, 0)));
-  nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
-  data = heap->data();
-  return nb::ndarray<nb::numpy, float>(data, {static_cast<size_t>(batch), static_cast<size_t>(heads)}, owner).cast();
+// The output view of an output of `shape` (rank 3, or rank 4 with q_len).
+OutputView view_of(const std::vector<std::int64_t>& shape, float* data) {
+  OutputView v;
+  v.data = data;
+  const std::size_t r = shape.size();
+  v.shape = {shape[0], shape[r - 2], shape[r - 1]};
+  v.q_len = r == 4 ? shape[1] : 1;
+  return v;
+}
+
+// The query's shape as the output's ([batch, (q_len,) num_heads, head_dim]).
+std::vector<std::int64_t> query_shape(const TensorView& q) {
+  return std::vector<std::int64_t>(q.shape.begin(), q.shape.begin() + q.rank);
+}
+
+// [lo, hi) bytes a view spans (strides of any sign); empty for an absent or empty view.
+std::pair<std::uintptr_t, std::uintptr_t> byte_extent(const TensorView& t) {
+  if (!t.present() || t.numel() == 0) return {0, 0};
+  std::int64_t lo = 0, hi = 0;
+  for (int d = 0; d < t.rank; ++d) {
+    const std::int64_t span = (t.shape[d] - 1) * t.strides[d];
+    (span < 0 ? lo : hi) += span;
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(t.data);
+  const auto size = static_cast<std::int64_t>(dtype_size(t.dtype));
+  return {base + static_cast<std::uintptr_t>(lo * size), base + static_cast<std::uintptr_t>((hi + 1) * size)};
+}
+
+// A bf16 / f16 output is computed into a float32 buffer, so validate() checks that buffer: the
+// caller's array is checked against the inputs here, with the same message.
+void require_disjoint_16bit_out(const Inputs& in, const OutputArray& o) {
+  const auto begin = reinterpret_cast<std::uintptr_t>(o.data);
+  const std::uintptr_t end = begin + static_cast<std::uintptr_t>(o.numel()) * 2;
+  const std::pair<const TensorView*, const char*> inputs[] = {
+      {&in.query, "query"},         {&in.key_cache, "key_cache"},       {&in.value_cache, "value_cache"},
+      {&in.block_table, "block_table"}, {&in.context_lens, "context_lens"}, {&in.alibi_slopes, "alibi_slopes"},
+      {&in.sinks, "sinks"}};
+  for (const auto& [t, name] : inputs) {
+    const auto [lo, hi] = byte_extent(*t);
+    if (lo < hi && begin < end && lo < end && begin < hi)
+      throw Error(std::string("out: overlaps the memory of ") + name +
+                  " (the output must not share memory with an input)");
+  }
+}
+
+// float32 results into the caller's bf16 / f16 output (round to nearest even).
+void convert_output(const std::vector<float>& src, const OutputArray& o) {
+  if (o.dtype == DType::kBF16) {
+    bf16* dst = static_cast<bf16*>(o.data);
+    for (std::size_t i = 0; i < src.size(); ++i) dst[i] = bf16::from_float(src[i]);
+  } else {
+    f16* dst = static_cast<f16*>(o.data);
+    for (std::size_t i = 0; i < src.size(); ++i) dst[i] = f16::from_float(src[i]);
+  }
 }
 
 // Multiply-adds below which a call runs on the calling thread: too short to need Ctrl-C.
@@ -122,16 +173,17 @@ void run_interruptibly(const Inputs& in, Options options, const OutputView& view
 }
 
 nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
-                           nb::handle context_lens, unsigned bf16_mask, std::optional<double> scale,
-                           const std::string& executor, nb::handle out, int hw_blocks, int pipe_depth,
-                           int num_threads, double softcap, std::int64_t window_left, nb::handle alibi_slopes,
-                           nb::handle sinks, bool return_lse, const std::string& kv_layout) {
+                           nb::handle context_lens, unsigned raw_mask, std::optional<double> scale,
+                           const std::string& executor, nb::handle out, unsigned out_raw, int hw_blocks,
+                           int pipe_depth, int num_threads, double softcap, std::int64_t window_left,
+                           nb::handle alibi_slopes, nb::handle sinks, bool return_lse, const std::string& kv_layout,
+                           std::optional<double> k_scale, std::optional<double> v_scale) {
   std::vector<ReadArray> keep;
   const nb::handle objs[] = {query, key_cache, value_cache, block_table, context_lens};
   TensorView views[5];
   std::vector<SeenTensor> seen;
   for (int i = 0; i < 5; ++i) {
-    views[i] = import_tensor(kNames[i], objs[i], (bf16_mask >> i) & 1u, keep);
+    views[i] = import_tensor(kNames[i], objs[i], raw_code(raw_mask, i), keep);
     seen.push_back(seen_of(kNames[i], views[i]));
   }
   const TensorView slopes = import_tensor("alibi_slopes", alibi_slopes, false, keep);
@@ -141,6 +193,8 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
   options.scale = scale;
   options.softcap = softcap;
   options.window_left = window_left;
+  options.k_scale = k_scale;
+  options.v_scale = v_scale;
   options.kv_layout = parse_kv_layout(kv_layout);
   options.executor = executor;
   options.hw_blocks = hw_blocks;
@@ -149,25 +203,42 @@ nb::object paged_attention(nb::handle query, nb::handle key_cache, nb::handle va
 
   OutputView view;
   nb::object result;
-  WriteArray out_array;
+  OutputArray given;
+  std::vector<std::int64_t> out_shape;
+  std::vector<float> staging;  // a bf16 / f16 out: the float32 results before conversion
   if (out.is_none()) {
     // Shapes first, so a malformed (e.g. broadcast) query is reported before any allocation.
-    const Shape s = validate_shapes(in, options.kv_layout);
-    view.shape = {s.batch, s.num_heads, s.head_dim};
-    result = new_output(view.shape, view.data);
+    validate_shapes(in, options.kv_layout);
+    out_shape = query_shape(in.query);
+    float* data = nullptr;
+    result = new_array(out_shape, data);
+    view = view_of(out_shape, data);
   } else {
-    out_array = import_output(out, view.data, view.shape);
+    given = import_output(out, out_raw);
+    out_shape = given.shape;
+    if (given.dtype == DType::kF32) {
+      view = view_of(out_shape, static_cast<float*>(given.data));
+    } else {
+      validate_shapes(in, options.kv_layout);
+      require_disjoint_16bit_out(in, given);
+      staging.resize(static_cast<std::size_t>(std::max<std::int64_t>(given.numel(), 0)));
+      view = view_of(out_shape, staging.data());
+    }
     result = nb::borrow(out);
   }
   SeenTensor out_seen;
   out_seen.name = "out";
-  out_seen.data = reinterpret_cast<std::uintptr_t>(view.data);
-  out_seen.shape.assign(view.shape.begin(), view.shape.end());
+  out_seen.data = reinterpret_cast<std::uintptr_t>(given.data ? given.data : view.data);
+  out_seen.shape = out_shape;
   seen.push_back(std::move(out_seen));
   record_seen(std::move(seen));
   nb::object lse;
-  if (return_lse) lse = new_lse(view.shape[0], view.shape[1], view.lse);
+  if (return_lse) lse = new_array(std::vector<std::int64_t>(out_shape.begin(), out_shape.end() - 1), view.lse);
   run_interruptibly(in, std::move(options), view);
+  if (!staging.empty()) {
+    nb::gil_scoped_release release;
+    convert_output(staging, given);
+  }
   if (return_lse) return nb::make_tuple(result, lse);
   return result;
 }
@@ -211,14 +282,17 @@ nb::tuple merge_states_py(nb::ndarray<const float, nb::c_contig, nb::device::cpu
 class PyDecodePlan {
  public:
   PyDecodePlan(nb::handle query, nb::handle key_cache, nb::handle value_cache, nb::handle block_table,
-               nb::handle context_lens, unsigned bf16_mask, std::optional<double> scale, const std::string& executor,
-               int hw_blocks, int pipe_depth, int num_threads, const std::string& kv_layout) {
+               nb::handle context_lens, unsigned raw_mask, std::optional<double> scale, const std::string& executor,
+               int hw_blocks, int pipe_depth, int num_threads, const std::string& kv_layout,
+               std::optional<double> k_scale, std::optional<double> v_scale) {
     std::vector<ReadArray> keep;
     const nb::handle objs[] = {query, key_cache, value_cache, block_table, context_lens};
     TensorView views[5];
-    for (int i = 0; i < 5; ++i) views[i] = import_tensor(kNames[i], objs[i], (bf16_mask >> i) & 1u, keep);
+    for (int i = 0; i < 5; ++i) views[i] = import_tensor(kNames[i], objs[i], raw_code(raw_mask, i), keep);
     Options options;
     options.scale = scale;
+    options.k_scale = k_scale;
+    options.v_scale = v_scale;
     options.executor = executor;
     options.hw_blocks = hw_blocks;
     options.pipe_depth = pipe_depth;
@@ -227,23 +301,28 @@ class PyDecodePlan {
     const Inputs in{views[0], views[1], views[2], views[3], views[4]};
     nb::gil_scoped_release release;  // the first plan may calibrate the cpu kernels (a few ms)
     plan_ = std::make_unique<DecodePlan>(in, options);
-    out_shape_ = {views[0].shape[0], views[0].shape[1], views[0].shape[2]};
+    out_shape_ = query_shape(views[0]);
   }
 
-  nb::object run(nb::handle query, nb::handle key_cache, nb::handle value_cache, unsigned bf16_mask, nb::handle out) {
+  nb::object run(nb::handle query, nb::handle key_cache, nb::handle value_cache, unsigned raw_mask, nb::handle out) {
     std::vector<ReadArray> keep;
     keep.reserve(3);
-    const LayerInputs layer{import_tensor("query", query, bf16_mask & 1u, keep),
-                            import_tensor("key_cache", key_cache, (bf16_mask >> 1) & 1u, keep),
-                            import_tensor("value_cache", value_cache, (bf16_mask >> 2) & 1u, keep)};
+    const LayerInputs layer{import_tensor("query", query, raw_code(raw_mask, 0), keep),
+                            import_tensor("key_cache", key_cache, raw_code(raw_mask, 1), keep),
+                            import_tensor("value_cache", value_cache, raw_code(raw_mask, 2), keep)};
     OutputView view;
     nb::object result;
-    WriteArray out_array;
+    OutputArray given;
     if (out.is_none()) {
-      view.shape = out_shape_;
-      result = new_output(view.shape, view.data);
+      float* data = nullptr;
+      result = new_array(out_shape_, data);
+      view = view_of(out_shape_, data);
     } else {
-      out_array = import_output(out, view.data, view.shape);
+      given = import_output(out, kAsIs);
+      if (given.dtype != DType::kF32)
+        throw Error("out: DecodePlan.run writes float32 outputs only (got " + std::string(dtype_name(given.dtype)) +
+                    "); use paged_attention for a bf16 / f16 out");
+      view = view_of(given.shape, static_cast<float*>(given.data));
       result = nb::borrow(out);
     }
     {
@@ -260,7 +339,7 @@ class PyDecodePlan {
 
  private:
   std::unique_ptr<DecodePlan> plan_;
-  std::array<std::int64_t, 3> out_shape_{};
+  std::vector<std::int64_t> out_shape_;
 };
 
 nb::list seen_list() {
@@ -297,8 +376,10 @@ nb::dict load_case_file(const std::string& path) {
 }
 
 void save_case_file(const std::string& path, nb::handle query, nb::handle key_cache, nb::handle value_cache,
-                    nb::handle block_table, nb::handle context_lens, unsigned bf16_mask, double scale) {
-  const Case c = case_from_tensors(query, key_cache, value_cache, block_table, context_lens, bf16_mask, scale);
+                    nb::handle block_table, nb::handle context_lens, unsigned raw_mask, double scale,
+                    std::optional<double> k_scale, std::optional<double> v_scale) {
+  const Case c = case_from_tensors(query, key_cache, value_cache, block_table, context_lens, raw_mask, scale, k_scale,
+                                   v_scale);
   nb::gil_scoped_release release;
   save_case(path, c);
 }
@@ -318,21 +399,24 @@ NB_MODULE(_mixpa, m) {
     }
   });
   m.def("paged_attention", &paged_attention, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(),
-        "block_table"_a.none(), "context_lens"_a.none(), "bf16_mask"_a, "scale"_a.none(), "executor"_a,
-        "out"_a.none(), "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a, "softcap"_a, "window_left"_a,
-        "alibi_slopes"_a.none(), "sinks"_a.none(), "return_lse"_a, "kv_layout"_a);
+        "block_table"_a.none(), "context_lens"_a.none(), "raw_mask"_a, "scale"_a.none(), "executor"_a,
+        "out"_a.none(), "out_raw"_a, "hw_blocks"_a, "pipe_depth"_a, "num_threads"_a, "softcap"_a, "window_left"_a,
+        "alibi_slopes"_a.none(), "sinks"_a.none(), "return_lse"_a, "kv_layout"_a, "k_scale"_a.none(),
+        "v_scale"_a.none());
   m.def("merge_states", &merge_states_py, "o_a"_a, "lse_a"_a, "o_b"_a, "lse_b"_a);
   nb::class_<PyDecodePlan>(m, "DecodePlan")
       .def(nb::init<nb::handle, nb::handle, nb::handle, nb::handle, nb::handle, unsigned, std::optional<double>,
-                    const std::string&, int, int, int, const std::string&>(),
+                    const std::string&, int, int, int, const std::string&, std::optional<double>,
+                    std::optional<double>>(),
            "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(), "block_table"_a.none(),
-           "context_lens"_a.none(), "bf16_mask"_a, "scale"_a.none(), "executor"_a, "hw_blocks"_a, "pipe_depth"_a,
-           "num_threads"_a, "kv_layout"_a)
-      .def("run", &PyDecodePlan::run, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(), "bf16_mask"_a,
+           "context_lens"_a.none(), "raw_mask"_a, "scale"_a.none(), "executor"_a, "hw_blocks"_a, "pipe_depth"_a,
+           "num_threads"_a, "kv_layout"_a, "k_scale"_a.none(), "v_scale"_a.none())
+      .def("run", &PyDecodePlan::run, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(), "raw_mask"_a,
            "out"_a.none())
       .def_prop_ro("executor", &PyDecodePlan::executor)
       .def_prop_ro("kernels", &PyDecodePlan::kernels)
       .def_prop_ro("kernels_reason", &PyDecodePlan::kernels_reason);
+  m.attr("__version__") = mixpa::version();  // CMake's project VERSION, as `mixpa --version` prints it
   m.def("executors", &mixpa::executor_names, "Executors this build can run here, fastest first.");
   m.def("case_names", &case_names);
   m.def("kv_buffer", &kv_buffer, "n"_a, "n zero bf16 bit patterns (uint16) on 2 MiB pages where Linux allows.");
@@ -342,7 +426,8 @@ NB_MODULE(_mixpa, m) {
 #if MIXPA_PYTHON_HAVE_IO
   m.def("load_case", &load_case_file, "path"_a);
   m.def("save_case", &save_case_file, "path"_a, "query"_a.none(), "key_cache"_a.none(), "value_cache"_a.none(),
-        "block_table"_a.none(), "context_lens"_a.none(), "bf16_mask"_a, "scale"_a);
+        "block_table"_a.none(), "context_lens"_a.none(), "raw_mask"_a, "scale"_a, "k_scale"_a.none(),
+        "v_scale"_a.none());
   m.attr("has_io") = true;
 #else
   m.attr("has_io") = false;

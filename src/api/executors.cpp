@@ -19,12 +19,11 @@ std::span<const ExecutorEntry> executor_table() {
   static const ExecutorEntry table[] = {
 #ifdef MIXPA_HAVE_CUDA
       {"cuda", "NVIDIA GPU: producer warp + tensor-core warps on an mbarrier smem ring, persistent grid, split-KV",
-       &run_cuda, &cuda_available, &beyond_origin_shapes},
+       &run_cuda, &cuda_available, &cuda_unsupported},
 #endif
       // cpu computes every problem validate() accepts (what a flavour cannot, avx2 or scalar runs).
       {"cpu", "SIMD (AMX / AVX-512 BF16 / AVX-512F / AVX2 / scalar), all cores, split-KV", &run_cpu},
-      {"sim", "the MIX pipeline simulated: 1 cube + 2 vector workers per block, tile pipes", &sim::run_sim, nullptr,
-       &beyond_origin_shapes},
+      {"sim", "the MIX pipeline simulated: 1 cube + 2 vector workers per block, tile pipes", &sim::run_sim},
       {"reference", "origin per-page online softmax, fp32, single-threaded (golden)", &run_reference},
   };
   return table;

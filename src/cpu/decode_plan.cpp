@@ -99,15 +99,14 @@ void DecodePlan::run(const LayerInputs& layer, OutputView out) {
     only_sinks.sinks = layer.sinks;
     problem.variant.sinks = resolve_variant(only_sinks, m.options, problem.shape).sinks;  // checks it
   }
-  // The layer's tensors (dtypes checked equal to the plan's): the typed views every kernel reads,
-  // and the bf16 ones of the bf16-only kernels.
+  // The layer's tensors (dtypes as the plan's, checked above): the typed views every executor
+  // reads, and the bf16 ones of the bf16 kernels.
   problem.query_data = layer.query.data;
   problem.key_data = layer.key_cache.data;
   problem.value_data = layer.value_cache.data;
-  const bool bf16_query = problem.query_dtype == DType::kBF16, bf16_kv = problem.kv_dtype == DType::kBF16;
-  problem.query = bf16_query ? static_cast<const bf16*>(layer.query.data) : nullptr;
-  problem.key_cache = bf16_kv ? static_cast<const bf16*>(layer.key_cache.data) : nullptr;
-  problem.value_cache = bf16_kv ? static_cast<const bf16*>(layer.value_cache.data) : nullptr;
+  problem.query = problem.query_dtype == DType::kBF16 ? layer.query.as<bf16>() : nullptr;
+  problem.key_cache = problem.kv_dtype == DType::kBF16 ? layer.key_cache.as<bf16>() : nullptr;
+  problem.value_cache = problem.kv_dtype == DType::kBF16 ? layer.value_cache.as<bf16>() : nullptr;
   const Results results{out.data, out.lse};
   if (m.cpu) cpu::execute(m.exec, problem, m.plan, results);
   else m.executor->run(problem, m.plan, m.options, results);

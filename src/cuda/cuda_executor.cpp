@@ -13,7 +13,11 @@ namespace mixpa::cuda {
 namespace {
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-bool strides_ok(const CacheStrides& s) { return s.page % 8 == 0 && s.row % 8 == 0 && s.head % 8 == 0; }
+// cp.async copies 16-byte pieces: every stride a multiple of 16 bytes.
+bool strides_ok(const CacheStrides& s, std::int64_t elem_bytes) {
+  const std::int64_t e = 16 / elem_bytes;
+  return s.page % e == 0 && s.row % e == 0 && s.head % e == 0;
+}
 
 // Elements a cache view spans from its first element (strides are >= 0, validated).
 std::int64_t cache_span(const Shape& sh, const CacheStrides& s) {
@@ -31,24 +35,28 @@ class Stream {
   cudaStream_t s_ = nullptr;
 };
 
-// Uploads a cache as is when cp.async can read it in place, else repacked contiguous.
-DeviceBuffer upload_cache(const Shape& sh, const bf16* host, const CacheStrides& s, CacheStrides& device_strides) {
-  if (strides_ok(s)) {
+// Uploads a cache (elements of elem_bytes) as is when cp.async can read it in place, else
+// repacked contiguous.
+DeviceBuffer upload_cache(const Shape& sh, const void* host_data, std::size_t elem_bytes, const CacheStrides& s,
+                          CacheStrides& device_strides) {
+  const auto* host = static_cast<const unsigned char*>(host_data);
+  const auto eb = static_cast<std::int64_t>(elem_bytes);
+  if (strides_ok(s, eb)) {
     const std::int64_t span = cache_span(sh, s);
-    DeviceBuffer d(static_cast<std::size_t>(span) * sizeof(bf16));
-    d.upload(host, static_cast<std::size_t>(span) * sizeof(bf16));
+    DeviceBuffer d(static_cast<std::size_t>(span * eb));
+    d.upload(host, static_cast<std::size_t>(span * eb));
     device_strides = s;
     return d;
   }
   device_strides = {sh.block_size * sh.num_kv_heads * sh.head_dim, sh.num_kv_heads * sh.head_dim, sh.head_dim};
-  std::vector<bf16> packed(static_cast<std::size_t>(sh.num_blocks * device_strides.page));
+  std::vector<unsigned char> packed(static_cast<std::size_t>(sh.num_blocks * device_strides.page * eb));
   for (std::int64_t p = 0; p < sh.num_blocks; ++p)
     for (std::int64_t r = 0; r < sh.block_size; ++r)
       for (std::int64_t h = 0; h < sh.num_kv_heads; ++h)
-        std::copy_n(host + p * s.page + r * s.row + h * s.head, sh.head_dim,
-                    packed.begin() + p * device_strides.page + r * device_strides.row + h * device_strides.head);
-  DeviceBuffer d(packed.size() * sizeof(bf16));
-  d.upload(packed.data(), packed.size() * sizeof(bf16));
+        std::copy_n(host + (p * s.page + r * s.row + h * s.head) * eb, sh.head_dim * eb,
+                    packed.begin() + (p * device_strides.page + r * device_strides.row + h * device_strides.head) * eb);
+  DeviceBuffer d(packed.size());
+  d.upload(packed.data(), packed.size());
   return d;
 }
 
@@ -111,11 +119,14 @@ void DeviceBuffer::zero() {
 }
 
 DevicePlan::DevicePlan(const Plan& plan, IndexView host_context_lens, const WorkPlanOptions& options,
-                       const Variant& variant)
+                       const Variant& variant, KernelTypes types, float k_scale, float v_scale)
     : plan_(plan),
       softcap_(variant.softcap),
-      work_(plan_work(plan, host_context_lens, current_device_limits(), options, variant.window_left)) {
-  check(prepare_kernel(work_.geometry.head_dim, work_.geometry.row_frags, work_.smem_bytes), "cudaFuncSetAttribute");
+      k_scale_(k_scale),
+      v_scale_(v_scale),
+      work_(plan_work(plan, host_context_lens, current_device_limits(), options, variant.window_left, types)) {
+  check(prepare_kernel(work_.geometry.head_dim, work_.geometry.row_frags, work_.dtype, work_.smem_bytes),
+        "cudaFuncSetAttribute");
   items_ = DeviceBuffer(work_.items.size() * sizeof(WorkItem));
   items_.upload(work_.items.data(), work_.items.size() * sizeof(WorkItem));
   merges_ = DeviceBuffer(work_.merges.size() * sizeof(MergeItem));
@@ -123,7 +134,7 @@ DevicePlan::DevicePlan(const Plan& plan, IndexView host_context_lens, const Work
   counters_ = DeviceBuffer(work_.merges.size() * sizeof(unsigned int));
   counters_.zero();  // the kernel's merger resets each counter after its merge
   const std::size_t rows = static_cast<std::size_t>(work_.num_partials) * work_.q_tile;
-  part_o_ = DeviceBuffer(rows * plan.shape.head_dim * sizeof(float));
+  part_o_ = DeviceBuffer(rows * work_.geometry.head_dim * sizeof(float));  // the kernel's head_dim
   part_m_ = DeviceBuffer(rows * sizeof(float));
   part_l_ = DeviceBuffer(rows * sizeof(float));
   error_flag_ = DeviceBuffer(sizeof(int));
@@ -133,15 +144,19 @@ DevicePlan::DevicePlan(const Plan& plan, IndexView host_context_lens, const Work
 void DevicePlan::run(const DeviceTensors& t, float* out, cudaStream_t stream, float* lse) const {
   if (!aligned16(t.query) || !aligned16(t.key_cache) || !aligned16(t.value_cache) || !aligned16(out))
     throw Error("cuda: query, key_cache, value_cache and out must be 16-byte aligned device pointers");
-  if (!strides_ok(t.k_strides) || !strides_ok(t.v_strides))
-    throw Error("cuda: key_cache / value_cache strides must be multiples of 8 elements (16-byte rows)");
-  KernelParams p = kernel_params(plan_, work_, softcap_);
-  p.query = reinterpret_cast<const std::uint16_t*>(t.query);
-  p.key_cache = reinterpret_cast<const std::uint16_t*>(t.key_cache);
-  p.value_cache = reinterpret_cast<const std::uint16_t*>(t.value_cache);
+  const std::int64_t eb = kv_elem_bytes(work_.dtype);
+  if (!strides_ok(t.k_strides, eb) || !strides_ok(t.v_strides, eb))
+    throw Error("cuda: key_cache / value_cache strides must be multiples of 16 bytes (" + std::to_string(16 / eb) +
+                " elements)");
+  if (!t.block_table && !t.block_table64) throw Error("cuda: block_table: no device pointer");
+  KernelParams p = kernel_params(plan_, work_, softcap_, k_scale_, v_scale_);
+  p.query = static_cast<const std::uint16_t*>(t.query);
+  p.key_cache = t.key_cache;
+  p.value_cache = t.value_cache;
   p.k_page = t.k_strides.page, p.k_row = t.k_strides.row, p.k_head = t.k_strides.head;
   p.v_page = t.v_strides.page, p.v_row = t.v_strides.row, p.v_head = t.v_strides.head;
-  p.block_table = t.block_table;
+  p.block_table = t.block_table64 ? nullptr : t.block_table;
+  p.block_table64 = t.block_table64;
   p.alibi_slopes = t.alibi_slopes;
   p.sinks = t.sinks;
   p.items = items_.as<WorkItem>();
@@ -153,7 +168,8 @@ void DevicePlan::run(const DeviceTensors& t, float* out, cudaStream_t stream, fl
   p.part_m = part_m_.as<float>();
   p.part_l = part_l_.as<float>();
   p.error_flag = error_flag_.as<int>();
-  check(launch_paged_attention(p, work_.geometry.head_dim, work_.geometry.row_frags, work_.grid, work_.smem_bytes, stream),
+  check(launch_paged_attention(p, work_.geometry.head_dim, work_.geometry.row_frags, work_.dtype, work_.grid,
+                               work_.smem_bytes, stream),
         "kernel launch");
 }
 
@@ -183,13 +199,21 @@ namespace mixpa {
 
 bool cuda_available() { return cuda::device_available(); }
 
+std::string cuda_unsupported(const Problem& pr) {
+  if (const std::string why = cuda::unsupported_types(pr.query_dtype, pr.kv_dtype); !why.empty()) return why;
+  const std::int64_t hd = pr.shape.head_dim;
+  if (hd < 16 || hd > 256 || hd % 16 != 0) return "head_dim " + std::to_string(hd);
+  return {};
+}
+
 void run_cuda(const Problem& pr, const Plan& plan, const Options& options, const Results& res) {
   using namespace cuda;
   if (!device_available()) throw Error("cuda: no CUDA device with a kernel image for this build is available");
   const Shape& sh = pr.shape;
-  const std::size_t out_elements = static_cast<std::size_t>(sh.batch * sh.num_heads * sh.head_dim);
+  const std::size_t out_elements = static_cast<std::size_t>(sh.num_rows() * sh.head_dim);
   if (out_elements == 0) return;
-  DevicePlan pa(plan, pr.context_lens, {}, pr.variant);
+  const KernelTypes types{pr.query_dtype, pr.kv_dtype};
+  DevicePlan pa(plan, pr.context_lens, {}, pr.variant, types, pr.k_scale, pr.v_scale);
   if (options.report) {
     std::ostringstream s;
     s << "cuda: " << pa.work().items.size() << " work items (" << pa.work().merges.size() << " split blocks), grid "
@@ -197,28 +221,26 @@ void run_cuda(const Problem& pr, const Plan& plan, const Options& options, const
     options.report(s.str());
   }
   DeviceTensors t;
-  DeviceBuffer q(static_cast<std::size_t>(sh.batch * sh.num_heads * sh.head_dim) * sizeof(bf16));
-  q.upload(pr.query, q.bytes());
-  const DeviceBuffer k = upload_cache(sh, pr.key_cache, pr.k_strides, t.k_strides);
-  const DeviceBuffer v = upload_cache(sh, pr.value_cache, pr.v_strides, t.v_strides);
-  DeviceBuffer table(static_cast<std::size_t>(sh.batch * sh.max_blocks_per_req) * sizeof(std::int32_t));
-  std::vector<std::int32_t> narrow_table;  // int64 tables go to the device as int32 (validated to fit)
-  if (pr.block_table.wide) {
-    narrow_table.resize(static_cast<std::size_t>(sh.batch * sh.max_blocks_per_req));
-    for (std::size_t i = 0; i < narrow_table.size(); ++i)
-      narrow_table[i] = static_cast<std::int32_t>(pr.block_table[static_cast<std::int64_t>(i)]);
-  }
-  table.upload(pr.block_table.wide ? narrow_table.data() : pr.block_table.data, table.bytes());
+  DeviceBuffer q(out_elements * dtype_size(pr.query_dtype));
+  q.upload(pr.query_data, q.bytes());
+  const std::size_t eb = dtype_size(pr.kv_dtype);
+  const DeviceBuffer k = upload_cache(sh, pr.key_data, eb, pr.k_strides, t.k_strides);
+  const DeviceBuffer v = upload_cache(sh, pr.value_data, eb, pr.v_strides, t.v_strides);
+  // The table goes to the device in its own width (int64 read in place by the kernel).
+  const std::size_t table_elems = static_cast<std::size_t>(sh.batch * sh.max_blocks_per_req);
+  DeviceBuffer table(table_elems * (pr.block_table.wide ? sizeof(std::int64_t) : sizeof(std::int32_t)));
+  table.upload(pr.block_table.data, table.bytes());
   const std::size_t head_bytes = static_cast<std::size_t>(sh.num_heads) * sizeof(float);
   DeviceBuffer slopes(pr.variant.has_alibi() ? head_bytes : 0), sinks(pr.variant.has_sinks() ? head_bytes : 0);
   if (pr.variant.has_alibi()) slopes.upload(pr.variant.alibi_slopes, head_bytes);
   if (pr.variant.has_sinks()) sinks.upload(pr.variant.sinks, head_bytes);
-  const std::size_t rows = static_cast<std::size_t>(sh.batch * sh.num_heads);
+  const std::size_t rows = static_cast<std::size_t>(sh.num_rows());
   DeviceBuffer d_out(out_elements * sizeof(float)), d_lse(res.lse ? rows * sizeof(float) : 0);
-  t.query = q.as<bf16>();
-  t.key_cache = k.as<bf16>();
-  t.value_cache = v.as<bf16>();
-  t.block_table = table.as<std::int32_t>();
+  t.query = q.as<void>();
+  t.key_cache = k.as<void>();
+  t.value_cache = v.as<void>();
+  if (pr.block_table.wide) t.block_table64 = table.as<std::int64_t>();
+  else t.block_table = table.as<std::int32_t>();
   t.alibi_slopes = slopes.as<float>();
   t.sinks = sinks.as<float>();
   Stream stream;

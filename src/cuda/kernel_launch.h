@@ -8,20 +8,33 @@
 
 namespace mixpa::cuda {
 
-// The instantiations this build has: head_dim {64, 128, 256} x row_frags {1, 4}.
+// The instantiations this build has: head_dim {64, 128, 256} x row_frags {1, 4}, each for every
+// KernelDtype (smaller head_dims run padded on the next one up).
 bool kernel_supported(int head_dim, int row_frags);
 
 // Raises the kernel's dynamic shared-memory limit to at least smem_bytes (needed above 48 KiB;
 // never lowers it); once per plan.
-cudaError_t prepare_kernel(int head_dim, int row_frags, int smem_bytes);
+cudaError_t prepare_kernel(int head_dim, int row_frags, KernelDtype dtype, int smem_bytes);
 
 // cudaSuccess when this device has a kernel image (the build's architectures fit it).
 cudaError_t kernel_image_check();
 
 // Enqueues the attention kernel on `stream` (split blocks are merged inside it).
 // No host synchronisation and no allocation: capturable into a CUDA graph.
-cudaError_t launch_paged_attention(const KernelParams& params, int head_dim, int row_frags, int grid, int smem_bytes,
-                                   cudaStream_t stream);
+cudaError_t launch_paged_attention(const KernelParams& params, int head_dim, int row_frags, KernelDtype dtype, int grid,
+                                   int smem_bytes, cudaStream_t stream);
+
+namespace kernels {
+// What paged_attention.cu asks of one dtype's instantiations (paged_attention_<dtype>.cu).
+enum class KernelOp { kPrepare, kLaunch, kImageCheck };
+template <int kDtype>
+cudaError_t dtype_entry(KernelOp op, const KernelParams* p, int head_dim, int row_frags, int grid, int smem_bytes,
+                        cudaStream_t stream);
+extern template cudaError_t dtype_entry<0>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+extern template cudaError_t dtype_entry<1>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+extern template cudaError_t dtype_entry<2>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+extern template cudaError_t dtype_entry<3>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+}  // namespace kernels
 
 // Pipe protocol self-test (pipe_selftest.cu): `rounds` stages through a ring of `stages` on
 // `ctas` CTAs; *mismatches = words the consumers saw wrong (0 when the pipe is right). Syncs.

@@ -16,15 +16,25 @@
 
 namespace mixpa::cuda {
 
-// Shape of one instantiation: head_dim and row fragments (q_tile / 16).
+// Shape of one instantiation: head_dim, row fragments (q_tile / 16) and the bytes of a cache
+// element in the ring (2: bf16 / f16 read in place; 1: fp8, dequantised by the compute warps
+// into a 16-bit tile of the same shape, math()).
 struct TileGeometry {
   int head_dim = 128;
-  int row_frags = 1;  // 1 (q_tile 16) or 4 (q_tile 64)
+  int row_frags = 1;   // 1 (q_tile 16) or 4 (q_tile 64)
+  int elem_bytes = 2;  // of the ring's K and V rows
 
-  MIXPA_HOST_DEVICE constexpr int chunks_per_row() const { return head_dim / 8; }  // 16-byte pieces
-  MIXPA_HOST_DEVICE constexpr int row_bytes() const { return head_dim * 2; }
+  MIXPA_HOST_DEVICE constexpr int chunks_per_row() const { return head_dim * elem_bytes / 16; }  // 16-byte pieces
+  MIXPA_HOST_DEVICE constexpr int elems_per_chunk() const { return 16 / elem_bytes; }
+  MIXPA_HOST_DEVICE constexpr int row_bytes() const { return head_dim * elem_bytes; }
   MIXPA_HOST_DEVICE constexpr int tile_bytes() const { return kTileTokens * row_bytes(); }
   MIXPA_HOST_DEVICE constexpr int stage_bytes() const { return 2 * tile_bytes(); }  // K tile, then V tile
+  // The XOR swizzle's row mask: 7 (8 rows) unless a row has fewer than 8 pieces.
+  MIXPA_HOST_DEVICE constexpr int swizzle_mask() const { return (chunks_per_row() < 8 ? chunks_per_row() : 8) - 1; }
+  // The 16-bit tiles the mma fragments are loaded from (the ring itself unless it holds fp8).
+  MIXPA_HOST_DEVICE constexpr TileGeometry math() const { return {head_dim, row_frags, 2}; }
+  // Shared memory of the dequantised K and V tiles (fp8 rings only).
+  MIXPA_HOST_DEVICE constexpr int dequant_bytes() const { return elem_bytes == 1 ? math().stage_bytes() : 0; }
   // Compute warps split a tile's tokens when q_tile is 16 and its rows when q_tile is 64.
   MIXPA_HOST_DEVICE constexpr int token_warps() const { return kComputeWarps / row_frags; }
   MIXPA_HOST_DEVICE constexpr int tokens_per_warp() const { return kTileTokens / token_warps(); }
@@ -39,7 +49,7 @@ struct TileGeometry {
 // Byte offset of 16-byte piece `chunk` of tile row `row`. The XOR swizzle spreads the 8 rows
 // an ldmatrix reads (8 consecutive tokens, same logical piece) over 8 distinct bank groups.
 MIXPA_HOST_DEVICE constexpr int swizzled_offset(TileGeometry g, int row, int chunk) {
-  return row * g.row_bytes() + ((chunk ^ (row & 7)) * 16);
+  return row * g.row_bytes() + ((chunk ^ (row & g.swizzle_mask())) * 16);
 }
 
 // Which tile row and piece producer lane `lane` copies in pass `pass`.
@@ -76,7 +86,8 @@ MIXPA_HOST_DEVICE constexpr int score_column(TileGeometry g, int tw, int j, int 
   return tw * g.tokens_per_warp() + 8 * j + 2 * t + (e & 1);
 }
 
-// Dynamic shared memory of one CTA: barriers, softmax stats, merge buffer, then the ring.
+// Dynamic shared memory of one CTA: barriers, softmax stats, merge buffer, the dequantised
+// K and V tiles (fp8 only), then the ring.
 struct SmemLayout {
   static constexpr int kFullBarriers = 0;                      // u64 [kMaxStages]
   static constexpr int kEmptyBarriers = 8 * kMaxStages;        // u64 [kMaxStages]
@@ -85,9 +96,11 @@ struct SmemLayout {
   static constexpr int kSplitFlag = kStatsL + 4 * kComputeWarps * 64;  // u32: "this CTA merges"
   static constexpr int kMergeBuffer = kSplitFlag + 16;
   int merge_bytes = 0;
+  int dequant_bytes = 0;
   int stages = 0;
   int stage_bytes = 0;
-  MIXPA_HOST_DEVICE constexpr int ring() const { return (kMergeBuffer + merge_bytes + 127) / 128 * 128; }
+  MIXPA_HOST_DEVICE constexpr int dequant() const { return (kMergeBuffer + merge_bytes + 127) / 128 * 128; }
+  MIXPA_HOST_DEVICE constexpr int ring() const { return dequant() + dequant_bytes; }
   MIXPA_HOST_DEVICE constexpr int stage(int s) const { return ring() + s * stage_bytes; }
   MIXPA_HOST_DEVICE constexpr int total() const { return ring() + stages * stage_bytes; }
 };
@@ -95,6 +108,7 @@ struct SmemLayout {
 MIXPA_HOST_DEVICE constexpr SmemLayout smem_layout(TileGeometry g, int stages) {
   SmemLayout l;
   l.merge_bytes = g.merge_buffer_bytes();
+  l.dequant_bytes = g.dequant_bytes();
   l.stages = stages;
   l.stage_bytes = g.stage_bytes();
   return l;
@@ -135,36 +149,47 @@ constexpr int block_shift_of(std::int64_t block_size) {
 // The producer lane's address stream. Lane `lane` copies 16-byte piece lane % chunks_per_row
 // of the rows lane / chunks_per_row + k * rows_per_pass (k = 0, 1, ...) of the item's tokens,
 // continuing from one stage to the next. It holds pointers to its piece of its current K and
-// V row (registers) and advances them by rows_per_pass rows per pass; the block table is read
-// only when the stream enters a page (no division per row: one per item, a shift for
-// power-of-two block sizes), and the next page's id is loaded one page ahead, so the load
-// has a page's worth of passes to land. A page id outside [0, num_blocks) turns the stream's
-// copies into zero-fills (bytes = 0, addresses inside page 0) until the next page, and
-// open_page reports it; pages past the item's last are never read from the table.
+// V row (registers) and advances them by rows_per_pass rows per pass; the block table (int32
+// or int64) is read only when the stream enters a page (no division per row: one per item, a
+// shift for power-of-two block sizes), and the next page's id is loaded one page ahead, so
+// the load has a page's worth of passes to land. A page id outside [0, num_blocks) turns the
+// stream's copies into zero-fills (bytes = 0, addresses inside page 0) until the next page,
+// and open_page reports it; pages past the item's last are never read from the table. A
+// lane whose piece lies past the tensors' head_dim (a kernel padded to a larger head_dim)
+// always zero-fills, from its row's first piece. T: the cache element (16- or 8-bit).
 template <class T>
 struct ProducerStream {
+  static constexpr int kPieceElems = 16 / static_cast<int>(sizeof(T));
   const T* k = nullptr;          // this lane's piece of its current K row
   const T* v = nullptr;
   std::int64_t k_step = 0, v_step = 0;  // rows_per_pass rows
-  std::int64_t k_lane = 0, v_lane = 0;  // kv_head * head stride + 8 * piece
+  std::int64_t k_lane = 0, v_lane = 0;  // kv_head * head stride + kPieceElems * piece
   const std::int32_t* table_row = nullptr;
+  const std::int64_t* table_row64 = nullptr;  // an int64 table (table_row is then unused)
   std::int64_t pidx = 0;         // table column of the current page
   std::int64_t last_pidx = -1;   // the item's last table column
   std::int64_t next_pidx = -1;   // the column whose id next_id holds (prefetched)
   std::int64_t next_id = -1;
   int rin = 0;                   // row of the current token in its page
   int rpp = 1;
-  std::uint32_t bytes = 0;       // 16, or 0: zero-fill (bad page, or past the item's last page)
+  std::uint32_t bytes = 0;       // 16, or 0: zero-fill (bad page, past the item's last page, padding piece)
   bool bad = false;              // a bad page was entered (sticky: the producer raises the flag once)
+  bool pad = false;              // the lane's piece is past head_dim: zeros only
+
+  MIXPA_HOST_DEVICE std::int64_t table(std::int64_t col) const { return table_row64 ? table_row64[col] : table_row[col]; }
 
   // Starts the stream at the lane's first token of `w` (w non-empty); false: its page is bad.
   MIXPA_HOST_DEVICE bool begin(const KernelParams& p, const WorkItem& w, TileGeometry g, int lane) {
     rpp = g.rows_per_pass();
     const int piece = lane % g.chunks_per_row();
+    pad = piece * kPieceElems >= p.head_dim;
+    const int read_piece = pad ? 0 : piece;
     const std::int64_t t = w.token_begin + lane / g.chunks_per_row();
     k_step = rpp * p.k_row, v_step = rpp * p.v_row;
-    k_lane = w.kv_head * p.k_head + 8 * piece, v_lane = w.kv_head * p.v_head + 8 * piece;
-    table_row = p.block_table + static_cast<std::int64_t>(w.batch) * p.max_blocks_per_req;
+    k_lane = w.kv_head * p.k_head + kPieceElems * read_piece, v_lane = w.kv_head * p.v_head + kPieceElems * read_piece;
+    const std::int64_t row0 = static_cast<std::int64_t>(w.batch) * p.max_blocks_per_req;
+    table_row = p.block_table64 ? nullptr : p.block_table + row0;
+    table_row64 = p.block_table64 ? p.block_table64 + row0 : nullptr;
     if (p.block_shift >= 0) {
       pidx = t >> p.block_shift;
       last_pidx = (w.token_end - 1) >> p.block_shift;
@@ -199,26 +224,32 @@ struct ProducerStream {
   MIXPA_HOST_DEVICE bool stays_in_page(const KernelParams& p, int n) const { return rin + (n - 1) * rpp < p.block_size; }
 
   MIXPA_HOST_DEVICE bool open_page(const KernelParams& p) {
+    const T* key = static_cast<const T*>(p.key_cache);
+    const T* value = static_cast<const T*>(p.value_cache);
     if (pidx > last_pidx) {  // past the item: nothing to read (the rows are masked)
       bytes = 0;
-      k = p.key_cache, v = p.value_cache;
+      k = key, v = value;
       return true;
     }
-    const std::int64_t id = pidx == next_pidx ? next_id : table_row[pidx];
+    const std::int64_t id = pidx == next_pidx ? next_id : table(pidx);
     next_pidx = pidx + 1;
-    next_id = next_pidx <= last_pidx ? table_row[next_pidx] : -1;
+    next_id = next_pidx <= last_pidx ? table(next_pidx) : -1;
     const bool good = id >= 0 && id < p.num_blocks;
     const std::int64_t page = good ? id : 0;
-    bytes = good ? 16u : 0u;
+    bytes = good && !pad ? 16u : 0u;
     bad = bad || !good;
-    k = p.key_cache + (page * p.k_page + rin * p.k_row + k_lane);
-    v = p.value_cache + (page * p.v_page + rin * p.v_row + v_lane);
+    k = key + (page * p.k_page + rin * p.k_row + k_lane);
+    v = value + (page * p.v_page + rin * p.v_row + v_lane);
     return good;
   }
 };
 
 // Smem destination (byte offset in the K tile) of pass `pass` for a lane: the swizzle repeats
-// every 8 rows, so a lane needs swizzle_period() offsets and adds 8 rows per period.
-MIXPA_HOST_DEVICE constexpr int swizzle_period(TileGeometry g) { return 8 / g.rows_per_pass() > 0 ? 8 / g.rows_per_pass() : 1; }
+// every swizzle_mask() + 1 rows (8 unless a row has fewer pieces), so a lane needs
+// swizzle_period() offsets and adds swizzle_period() * rows_per_pass() rows per period.
+MIXPA_HOST_DEVICE constexpr int swizzle_period(TileGeometry g) {
+  return (g.swizzle_mask() + 1) / g.rows_per_pass() > 0 ? (g.swizzle_mask() + 1) / g.rows_per_pass() : 1;
+}
+MIXPA_HOST_DEVICE constexpr int swizzle_period_bytes(TileGeometry g) { return swizzle_period(g) * g.rows_per_pass() * g.row_bytes(); }
 
 }  // namespace mixpa::cuda

@@ -1,4 +1,4 @@
-// The cube's instruments on a GPU: bf16 tensor-core MMA (m16n8k16, fp32 accumulate),
+// The cube's instruments on a GPU: bf16 / f16 tensor-core MMA (m16n8k16, fp32 accumulate),
 // ldmatrix fragment loads from the swizzled ring, and the producer's 16-byte cp.async.
 // Fragment layouts (PTX ISA, mma.m16n8k16 .bf16), lane = 4 * g + t:
 //   A 16x16: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 8+2t..), a[3] = (g+8, 8+2t..)
@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 
@@ -34,6 +35,22 @@ __device__ inline void mma_bf16_16816(float (&d)[4], const std::uint32_t (&a)[4]
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// d += a * b, f16 inputs (same fragment layout).
+__device__ inline void mma_f16_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The mma of the element type: kF16 ? f16 : bf16.
+template <bool kF16>
+__device__ inline void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (kF16) mma_f16_16816(d, a, b0, b1);
+  else mma_bf16_16816(d, a, b0, b1);
+}
+
 // 16 bytes global -> shared, bypassing L1. src_bytes 0 writes zeros and reads nothing
 // (rows past the context, out-of-range pages); `src` must still be a valid address.
 __device__ inline void cp_async_16(std::uint32_t dst, const void* src, std::uint32_t src_bytes) {
@@ -58,6 +75,32 @@ __device__ inline std::uint32_t pack_bf16(float lo, float hi) {
 }
 
 __device__ inline float bf16_round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// The same for fp16 (P before P.V when the cache is F16).
+__device__ inline std::uint32_t pack_f16(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const std::uint32_t*>(&v);
+}
+__device__ inline float f16_round(float x) { return __half2float(__float2half_rn(x)); }
+
+template <bool kF16>
+__device__ inline std::uint32_t pack_16(float lo, float hi) {
+  if constexpr (kF16) return pack_f16(lo, hi);
+  else return pack_bf16(lo, hi);
+}
+template <bool kF16>
+__device__ inline float round_16(float x) {
+  if constexpr (kF16) return f16_round(x);
+  else return bf16_round(x);
+}
+
+// Shared memory, 16 bytes at a time (the fp8 dequantisation pass).
+__device__ inline void lds_128(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ inline void sts_128(std::uint32_t addr, std::uint32_t a, std::uint32_t b, std::uint32_t c, std::uint32_t d) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
 
 // Among the compute warps only (the producer never joins): named barrier 1.
 __device__ inline void compute_warps_sync(int threads) {

@@ -93,7 +93,8 @@ void plan_balanced(const Plan& plan, IndexView context_lens, int sm_count, std::
     const std::int32_t merge = n > 1 ? static_cast<std::int32_t>(w.merges.size()) : -1;
     if (n > 1)
       w.merges.push_back({static_cast<std::int32_t>(lb.batch), static_cast<std::int32_t>(lb.head_begin), lb.rows,
-                          static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n), {0, 0, 0}});
+                          static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n),
+                          static_cast<std::int32_t>(lb.kv_head), {0, 0}});
     std::int64_t a = 0;
     for (const auto& [cta, end_unit] : cuts) {
       const std::int64_t b = end_unit - unit0[blk];
@@ -106,7 +107,7 @@ void plan_balanced(const Plan& plan, IndexView context_lens, int sm_count, std::
         it.token_begin = std::max(seen[blk].begin, (first_page[blk] + a) * bs);
         it.token_end = std::min(seen[blk].end, (first_page[blk] + b) * bs);
       }
-      it.position = context_lens[lb.batch] - 1;
+      it.position = context_lens[lb.batch] - plan.shape.q_len;
       it.partial = n > 1 ? static_cast<std::int32_t>(w.num_partials++) : -1;
       it.merge = merge;
       per_cta[cta].push_back(it);
@@ -125,19 +126,49 @@ void plan_balanced(const Plan& plan, IndexView context_lens, int sm_count, std::
 
 }  // namespace
 
+std::string unsupported_types(DType query, DType kv) {
+  if (query != DType::kBF16 && query != DType::kF16) return "query dtype " + std::string(dtype_name(query));
+  switch (kv) {
+    case DType::kBF16:
+    case DType::kF16:
+      if (query != kv)
+        return "query " + std::string(dtype_name(query)) + " with " + std::string(dtype_name(kv)) +
+               " caches (a 16-bit cache needs the query in its dtype)";
+      return {};
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: return {};
+    default: return std::string(dtype_name(kv)) + " caches";
+  }
+}
+
+KernelDtype kernel_dtype(DType query, DType kv) {
+  if (const std::string why = unsupported_types(query, kv); !why.empty()) throw Error("cuda: " + why + " not supported");
+  if (kv == DType::kF8E4M3 || kv == DType::kF8E5M2) return query == DType::kF16 ? KernelDtype::kFp8F16 : KernelDtype::kFp8Bf16;
+  return kv == DType::kF16 ? KernelDtype::kF16 : KernelDtype::kBf16;
+}
+
+int kernel_head_dim(std::int64_t head_dim) {
+  if (head_dim < 16 || head_dim > 256 || head_dim % 16 != 0)
+    throw Error("cuda: head_dim " + std::to_string(head_dim) + " is not supported (a multiple of 16 in 16..256)");
+  return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256;
+}
+
 WorkPlan plan_work(const Plan& plan, IndexView context_lens, const DeviceLimits& limits,
-                   const WorkPlanOptions& options, std::int64_t window_left) {
+                   const WorkPlanOptions& options, std::int64_t window_left, KernelTypes types) {
   const Shape& s = plan.shape;
   WorkPlan w;
   w.q_tile = plan.q_tile;
+  w.dtype = kernel_dtype(types.query, types.kv);
+  w.fp8_e5m2 = types.kv == DType::kF8E5M2;
+  w.window_left = window_left;
   const int row_frags = plan.q_tile / 16;
-  if (!(s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256))
-    throw Error("cuda: head_dim " + std::to_string(s.head_dim) + " is not supported (supported: 64, 128, 256)");
+  const int kernel_hd = kernel_head_dim(s.head_dim);
   if (!(row_frags == 1 || row_frags == 4) || plan.q_tile % 16 != 0)
     throw Error("cuda: q_tile " + std::to_string(plan.q_tile) + " is not supported (supported: 16, 64)");
-  if (s.num_heads > (1 << 30) || s.batch > (1 << 30) || s.max_blocks_per_req * s.block_size > (std::int64_t{1} << 31))
+  if (s.num_heads > (1 << 30) || s.batch > (1 << 30) || s.max_blocks_per_req * s.block_size > (std::int64_t{1} << 31) ||
+      s.batch * s.q_len > (1 << 30))
     throw Error("cuda: shapes exceed the kernel's 32-bit work-item fields");
-  w.geometry = TileGeometry{static_cast<int>(s.head_dim), row_frags};
+  w.geometry = TileGeometry{kernel_hd, row_frags, kv_elem_bytes(w.dtype)};
   w.stages = choose_stages(w.geometry, limits.max_smem_per_block, options.max_stages);
   w.smem_bytes = smem_layout(w.geometry, w.stages).total();
 
@@ -165,7 +196,8 @@ WorkPlan plan_work(const Plan& plan, IndexView context_lens, const DeviceLimits&
     const std::int32_t merge = n > 1 ? static_cast<std::int32_t>(w.merges.size()) : -1;
     if (n > 1) {
       w.merges.push_back({static_cast<std::int32_t>(lb.batch), static_cast<std::int32_t>(lb.head_begin), lb.rows,
-                          static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n), {0, 0, 0}});
+                          static_cast<std::int32_t>(w.num_partials), static_cast<std::int32_t>(n),
+                          static_cast<std::int32_t>(lb.kv_head), {0, 0}});
     }
     for (std::int64_t c = sp.first[blk]; c < sp.first[blk + 1]; ++c) {
       const KvChunk& ch = sp.chunks[c];
@@ -176,7 +208,7 @@ WorkPlan plan_work(const Plan& plan, IndexView context_lens, const DeviceLimits&
       it.rows = lb.rows;
       it.token_begin = ch.tokens.begin;
       it.token_end = ch.tokens.end;
-      it.position = ctx - 1;
+      it.position = ctx - s.q_len;
       it.partial = n > 1 ? static_cast<std::int32_t>(w.num_partials++) : -1;
       it.merge = merge;
       w.items.push_back(it);
@@ -186,17 +218,25 @@ WorkPlan plan_work(const Plan& plan, IndexView context_lens, const DeviceLimits&
   return w;
 }
 
-KernelParams kernel_params(const Plan& plan, const WorkPlan& work, float softcap) {
+KernelParams kernel_params(const Plan& plan, const WorkPlan& work, float softcap, float k_scale, float v_scale) {
   constexpr float kLog2e = 1.4426950408889634f;
   KernelParams p;
+  p.head_dim = static_cast<std::int32_t>(plan.shape.head_dim);
+  p.q_len = static_cast<std::int32_t>(plan.shape.q_len);
+  p.group = static_cast<std::int32_t>(plan.shape.group());
+  p.fp8_e5m2 = work.fp8_e5m2 ? 1 : 0;
+  p.window_left = work.window_left;
+  p.v_scale = v_scale;
   p.max_blocks_per_req = plan.shape.max_blocks_per_req;
   p.num_blocks = plan.shape.num_blocks;
   p.block_size = static_cast<std::int32_t>(plan.shape.block_size);
   p.block_shift = block_shift_of(plan.shape.block_size);
   p.num_heads = static_cast<std::int32_t>(plan.shape.num_heads);
-  p.scale_log2 = plan.scale * kLog2e;
+  // k_scale folds into the score's scale (SPEC §6: scale * (q . k_scale K)); 1 for 16-bit caches.
+  const float scale = plan.scale * k_scale;
+  p.scale_log2 = scale * kLog2e;
   if (softcap > 0.0f) {
-    p.softcap_pre = plan.scale / softcap;
+    p.softcap_pre = scale / softcap;
     p.softcap_log2 = softcap * kLog2e;
   }
   p.q_tile = work.q_tile;

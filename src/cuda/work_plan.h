@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/plan.h"
@@ -43,8 +44,26 @@ struct WorkPlanOptions {
   bool balance_pages = false;
 };
 
+// The element types of a problem (SPEC §6: query BF16/F16; caches BF16/F16/F8_E4M3/F8_E5M2).
+struct KernelTypes {
+  DType query = DType::kBF16;
+  DType kv = DType::kBF16;
+};
+
+// "" when the kernels compute a query of `query` against caches of `kv`, else what they do not
+// (a bf16 query with f16 caches and the reverse are the combinations left out).
+std::string unsupported_types(DType query, DType kv);
+// The kernel dtype for the pair; throws mixpa::Error for one unsupported_types names.
+KernelDtype kernel_dtype(DType query, DType kv);
+// The instantiation's head_dim for a tensor head_dim (a multiple of 16 in 16..256): 64, 128 or
+// 256, the smallest that holds it (the kernel pads the rest); throws otherwise.
+int kernel_head_dim(std::int64_t head_dim);
+
 struct WorkPlan {
-  TileGeometry geometry;
+  TileGeometry geometry;              // the instantiation: kernel head_dim, row fragments, ring element bytes
+  KernelDtype dtype = KernelDtype::kBf16;
+  bool fp8_e5m2 = false;
+  std::int64_t window_left = -1;
   int q_tile = 16;
   int stages = 0;
   int smem_bytes = 0;
@@ -73,14 +92,17 @@ std::int64_t choose_split_target(const Plan& plan, IndexView context_lens, int s
 
 // The whole launch plan. context_lens are host values (they fix the chunks); each must lie in
 // [0, max_blocks_per_req * block_size] (throws mixpa::Error naming the request otherwise).
-// window_left >= 0: each request's items cover only its last window_left + 1 tokens (the
-// pages before them are never read). Throws for a head_dim or q_tile the kernels do not have.
+// window_left >= 0: each request's items cover the union of its rows' windows (the pages
+// before them are never read; each row masks its own). Throws for a head_dim, q_tile or dtype
+// pair the kernels do not have.
 WorkPlan plan_work(const Plan& plan, IndexView context_lens, const DeviceLimits& limits,
-                   const WorkPlanOptions& options = {}, std::int64_t window_left = -1);
+                   const WorkPlanOptions& options = {}, std::int64_t window_left = -1, KernelTypes types = {});
 
-// The launch parameters a plan fixes (shape, scale and soft-cap in log2 units, block shift,
-// ring depth, item and merge counts); the caller sets the pointers. Shared by the executor and
-// the CPU emulation test, so both run the kernel on the same numbers.
-KernelParams kernel_params(const Plan& plan, const WorkPlan& work, float softcap);
+// The launch parameters a plan fixes (shape, scale, k_scale and soft-cap in log2 units,
+// v_scale, window, block shift, ring depth, item and merge counts); the caller sets the
+// pointers. Shared by the executor and the CPU emulation test, so both run the kernel on the
+// same numbers.
+KernelParams kernel_params(const Plan& plan, const WorkPlan& work, float softcap, float k_scale = 1.0f,
+                           float v_scale = 1.0f);
 
 }  // namespace mixpa::cuda

@@ -1,5 +1,7 @@
-// The case file format on top of safetensors: five named tensors plus metadata "scale",
-// and the output file holding "out". Loading validates the case in full (SPEC §1).
+// The case file format on top of safetensors: five named tensors plus metadata "scale" and
+// the variant / dtype keys of SPEC §6, and the output file holding "out" and "lse". Loading
+// validates the case in full (SPEC §1 and §6).
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -14,16 +16,32 @@
 namespace mixpa {
 namespace {
 
-const StoredTensor& require(const SafetensorsFile& f, const std::string& path, const char* name, DType dtype,
-                            std::size_t rank, const char* dims) {
+// "BF16 or F16", "BF16, F16, F8_E4M3 or F8_E5M2".
+std::string dtype_list(std::initializer_list<DType> dtypes) {
+  std::string s;
+  std::size_t i = 0;
+  for (DType t : dtypes) {
+    if (i > 0) s += i + 1 == dtypes.size() ? " or " : ", ";
+    s += dtype_name(t);
+    ++i;
+  }
+  return s;
+}
+
+// A tensor of one of `dtypes` and rank `rank` (or `alt_rank`, with its dims, when given).
+const StoredTensor& require(const SafetensorsFile& f, const std::string& path, const char* name,
+                            std::initializer_list<DType> dtypes, std::size_t rank, const char* dims,
+                            std::size_t alt_rank = 0, const char* alt_dims = nullptr) {
   const StoredTensor* t = f.find(name);
-  if (!t) throw Error(path + ": " + name + ": missing (expected " + std::string(dtype_name(dtype)) + " " + dims + ")");
-  if (t->dtype != dtype)
+  const std::string expected = dtype_list(dtypes) + " " + dims + (alt_rank ? std::string(" or ") + alt_dims : "");
+  if (!t) throw Error(path + ": " + name + ": missing (expected " + expected + ")");
+  if (std::find(dtypes.begin(), dtypes.end(), t->dtype) == dtypes.end())
     throw Error(path + ": " + name + ": dtype is " + std::string(dtype_name(t->dtype)) + ", expected " +
-                std::string(dtype_name(dtype)));
-  if (t->shape.size() != rank)
+                dtype_list(dtypes));
+  if (t->shape.size() != rank && (alt_rank == 0 || t->shape.size() != alt_rank))
     throw Error(path + ": " + name + ": rank is " + std::to_string(t->shape.size()) + ", expected " +
-                std::to_string(rank) + " " + dims);
+                std::to_string(rank) + " " + dims +
+                (alt_rank ? " or " + std::to_string(alt_rank) + " " + alt_dims : std::string()));
   return *t;
 }
 
@@ -40,6 +58,13 @@ StoredTensor stored(std::string name, DType dtype, std::vector<std::int64_t> sha
   t.bytes.resize(n * sizeof(T));
   if (n) std::memcpy(t.bytes.data(), data, n * sizeof(T));
   return t;
+}
+
+// A tensor of `dtype` from raw element memory (any dtype: bf16, f16, fp8, int32, int64).
+StoredTensor stored_raw(std::string name, DType dtype, std::vector<std::int64_t> shape, const void* data) {
+  std::size_t n = 1;
+  for (std::int64_t d : shape) n *= static_cast<std::size_t>(d);
+  return stored(std::move(name), dtype, std::move(shape), static_cast<const std::uint8_t*>(data), n * dtype_size(dtype));
 }
 
 // A metadata number: the whole string must parse (no trailing text, no "0x").
@@ -67,6 +92,17 @@ bool optional_vector(const SafetensorsFile& f, const std::string& path, const ch
   return true;
 }
 
+// k_scale / v_scale (SPEC §6): a positive finite decimal; whether the cache is fp8 is checked
+// by validate_inputs() with the options. 0 = absent (CaseSpec's convention).
+double kv_scale_metadata(const SafetensorsFile& f, const std::string& path, const char* key) {
+  const auto v = metadata_number<double>(f, path, key, "a decimal number");
+  if (!v) return 0.0;
+  if (!std::isfinite(*v) || !(*v > 0))
+    throw Error(path + ": metadata '" + key + "' = '" + printable(f.metadata.at(key)) +
+                "' must be a positive finite number");
+  return *v;
+}
+
 std::string scale_string(double scale) {
   char buf[64];
   const auto r = std::to_chars(buf, buf + sizeof buf, scale);  // shortest round-trip form
@@ -78,12 +114,21 @@ std::string scale_string(double scale) {
 Case load_case(const std::string& path) { return case_from_file(read_safetensors(path), path); }
 
 Case case_from_file(const SafetensorsFile& f, const std::string& path) {
-  const auto& q = require(f, path, "query", DType::kBF16, 3, "[batch, num_heads, head_dim]");
-  const auto& k = require(f, path, "key_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
-  const auto& v = require(f, path, "value_cache", DType::kBF16, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
-  const auto& bt = require(f, path, "block_table", DType::kI32, 2, "[batch, max_blocks_per_req]");
-  const auto& cl = require(f, path, "context_lens", DType::kI32, 1, "[batch]");
+  const std::initializer_list<DType> kCacheDtypes = {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2};
+  constexpr const char* kCacheDims = "[num_blocks, block_size, num_kv_heads, head_dim]";
+  const auto& q = require(f, path, "query", {DType::kBF16, DType::kF16}, 3, "[batch, num_heads, head_dim]", 4,
+                          "[batch, q_len, num_heads, head_dim]");
+  const auto& k = require(f, path, "key_cache", kCacheDtypes, 4, kCacheDims);
+  const auto& v = require(f, path, "value_cache", kCacheDtypes, 4, kCacheDims);
+  const auto& bt = require(f, path, "block_table", {DType::kI32, DType::kI64}, 2, "[batch, max_blocks_per_req]");
+  const auto& cl = require(f, path, "context_lens", {DType::kI32, DType::kI64}, 1, "[batch]");
   if (k.shape != v.shape) throw Error(path + ": value_cache: shape differs from key_cache shape");
+  if (v.dtype != k.dtype)
+    throw Error(path + ": value_cache: dtype is " + std::string(dtype_name(v.dtype)) + " but key_cache is " +
+                std::string(dtype_name(k.dtype)) + " (the caches must share a dtype)");
+  if (cl.dtype != bt.dtype)
+    throw Error(path + ": context_lens: dtype is " + std::string(dtype_name(cl.dtype)) + " but block_table is " +
+                std::string(dtype_name(bt.dtype)) + " (the index tensors must share a dtype)");
 
   Case c;
   c.has_scale = false;
@@ -104,20 +149,40 @@ Case case_from_file(const SafetensorsFile& f, const std::string& path) {
     c.softcap = *v;
   }
   if (auto v = metadata_number<std::int64_t>(f, path, "window_left", "an integer")) c.window_left = *v;
-  for (const char* key : {"k_scale", "v_scale"})
-    if (f.metadata.count(key))
-      throw Error(path + ": metadata '" + key + "': fp8 scales are only valid with an F8_E4M3/F8_E5M2 cache, "
-                  "and key_cache is BF16");
+  c.spec.k_scale = kv_scale_metadata(f, path, "k_scale");
+  c.spec.v_scale = kv_scale_metadata(f, path, "v_scale");
   if (auto it = f.metadata.find("kv_layout"); it != f.metadata.end())
     c.kv_layout = parse_kv_layout(printable(it->second), path + ": metadata 'kv_layout'");
   c.has_alibi = optional_vector(f, path, "alibi_slopes", c.alibi_slopes, c.alibi_shape);
   c.has_sinks = optional_vector(f, path, "sinks", c.sinks, c.sinks_shape);
 
-  c.query = copy_out<bf16>(q);
-  c.key_cache = copy_out<bf16, KvVector>(k);
-  c.value_cache = copy_out<bf16, KvVector>(v);
-  c.block_table = copy_out<std::int32_t>(bt);
-  c.context_lens = copy_out<std::int32_t>(cl);
+  // The tensors as stored; inputs() hands out the storage of each one's dtype.
+  c.spec.query_dtype = q.dtype;
+  c.spec.kv_dtype = k.dtype;
+  c.spec.q_len = q.shape.size() == 4 ? q.shape[1] : 1;
+  c.spec.int64_indices = bt.dtype == DType::kI64;
+  if (q.dtype == DType::kBF16)
+    c.query = copy_out<bf16>(q);
+  else
+    c.query_bytes = copy_out<std::uint8_t>(q);
+  if (k.dtype == DType::kBF16) {
+    c.key_cache = copy_out<bf16, KvVector>(k);
+    c.value_cache = copy_out<bf16, KvVector>(v);
+  } else {
+    c.key_bytes = copy_out<std::uint8_t, KvBytes>(k);
+    c.value_bytes = copy_out<std::uint8_t, KvBytes>(v);
+  }
+  if (c.spec.int64_indices) {
+    c.block_table64 = copy_out<std::int64_t>(bt);
+    c.context_lens64 = copy_out<std::int64_t>(cl);
+    // The int32 copies the rest of the Case reads (exact once validated: every value used is in
+    // int32 range; unused table entries may wrap, and nothing reads them).
+    c.block_table.assign(c.block_table64.begin(), c.block_table64.end());
+    c.context_lens.assign(c.context_lens64.begin(), c.context_lens64.end());
+  } else {
+    c.block_table = copy_out<std::int32_t>(bt);
+    c.context_lens = copy_out<std::int32_t>(cl);
+  }
   c.stored_shapes = {q.shape, k.shape, v.shape, bt.shape, cl.shape};
 
   // Every rule run() checks on inputs, by the same code (validate_inputs()), before anything
@@ -158,26 +223,32 @@ void save_case(const std::string& path, const Case& c) {
   if (c.softcap != 0) f.metadata["softcap"] = scale_string(c.softcap);
   if (c.window_left != -1) f.metadata["window_left"] = std::to_string(c.window_left);
   if (c.kv_layout == KvLayout::kHND) f.metadata["kv_layout"] = "HND";
+  if (c.spec.k_scale != 0) f.metadata["k_scale"] = scale_string(c.spec.k_scale);
+  if (c.spec.v_scale != 0) f.metadata["v_scale"] = scale_string(c.spec.v_scale);
   if (c.has_alibi) f.tensors.push_back(stored("alibi_slopes", DType::kF32, c.alibi_shape, c.alibi_slopes.data(), c.alibi_slopes.size()));
   if (c.has_sinks) f.tensors.push_back(stored("sinks", DType::kF32, c.sinks_shape, c.sinks.data(), c.sinks.size()));
-  f.tensors.push_back(stored("query", DType::kBF16, shape_of(in.query), c.query.data(), c.query.size()));
-  f.tensors.push_back(stored("key_cache", DType::kBF16, shape_of(in.key_cache), c.key_cache.data(), c.key_cache.size()));
-  f.tensors.push_back(
-      stored("value_cache", DType::kBF16, shape_of(in.value_cache), c.value_cache.data(), c.value_cache.size()));
-  f.tensors.push_back(
-      stored("block_table", DType::kI32, shape_of(in.block_table), c.block_table.data(), c.block_table.size()));
-  f.tensors.push_back(
-      stored("context_lens", DType::kI32, shape_of(in.context_lens), c.context_lens.data(), c.context_lens.size()));
+  for (const auto& [name, t] : {std::pair<const char*, const TensorView*>{"query", &in.query},
+                                {"key_cache", &in.key_cache},
+                                {"value_cache", &in.value_cache},
+                                {"block_table", &in.block_table},
+                                {"context_lens", &in.context_lens}})
+    f.tensors.push_back(stored_raw(name, t->dtype, shape_of(*t), t->data));
   write_safetensors(path, f);
 }
 
-void save_output(const std::string& path, const float* out, std::int64_t batch, std::int64_t num_heads,
-                 std::int64_t head_dim, const float* lse) {
+void save_output(const std::string& path, const float* out, const std::vector<std::int64_t>& out_shape,
+                 const float* lse) {
+  if (out_shape.empty()) throw Error("save_output: the output shape is empty");
   SafetensorsFile f;
-  f.tensors.push_back(stored("out", DType::kF32, {batch, num_heads, head_dim}, out,
-                             static_cast<std::size_t>(batch * num_heads * head_dim)));
-  if (lse)
-    f.tensors.push_back(stored("lse", DType::kF32, {batch, num_heads}, lse, static_cast<std::size_t>(batch * num_heads)));
+  std::size_t n = 1;
+  for (std::int64_t d : out_shape) n *= static_cast<std::size_t>(d);
+  f.tensors.push_back(stored("out", DType::kF32, out_shape, out, n));
+  if (lse) {
+    // lse: the output's shape without head_dim ([batch, (q_len,) num_heads]).
+    const std::vector<std::int64_t> lse_shape(out_shape.begin(), out_shape.end() - 1);
+    const std::size_t rows = n / static_cast<std::size_t>(std::max<std::int64_t>(out_shape.back(), 1));
+    f.tensors.push_back(stored("lse", DType::kF32, lse_shape, lse, out_shape.back() > 0 ? rows : 0));
+  }
   write_safetensors(path, f);
 }
 

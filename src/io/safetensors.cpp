@@ -30,7 +30,8 @@ constexpr std::uint64_t kMaxHeaderBytes = 100u << 20;  // the format's own limit
 [[noreturn]] void fail(const std::string& origin, const std::string& what) { throw Error(origin + ": " + what); }
 
 std::optional<DType> parse_dtype(const std::string& s) {
-  for (DType t : {DType::kBF16, DType::kF16, DType::kF32, DType::kF64, DType::kI32})
+  for (DType t : {DType::kBF16, DType::kF16, DType::kF32, DType::kF64, DType::kI32, DType::kI64, DType::kF8E4M3,
+                 DType::kF8E5M2})
     if (dtype_name(t) == s) return t;
   return std::nullopt;
 }
@@ -47,7 +48,7 @@ StoredTensor parse_entry(const std::string& origin, const std::string& name, con
   t.name = name;
   const auto dtype = parse_dtype(e["dtype"].get<std::string>());
   if (!dtype)
-    fail(origin, where + ": dtype '" + printable(e["dtype"].get<std::string>()) + "' is not one of BF16, F16, F32, F64, I32");
+    fail(origin, where + ": dtype '" + printable(e["dtype"].get<std::string>()) + "' is not one of BF16, F16, F32, F64, I32, I64, F8_E4M3, F8_E5M2");
   t.dtype = *dtype;
   if (e["shape"].size() > 8) fail(origin, where + ": rank " + std::to_string(e["shape"].size()) + " is above 8");
   unsigned __int128 elems = 1;

@@ -13,7 +13,7 @@ struct ProgramArgs {
   const Problem* problem = nullptr;
   const Plan* plan = nullptr;
   float* out = nullptr;
-  float* lse = nullptr;  // [batch, num_heads] or nullptr
+  float* lse = nullptr;  // [batch, (q_len,) num_heads] or nullptr
   const std::function<bool()>* cancelled = nullptr;  // Options::cancelled, polled per logical block
 };
 

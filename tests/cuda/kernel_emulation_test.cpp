@@ -13,6 +13,8 @@
 #include <limits>
 
 #include "common/check.h"
+#include "cuda/serving_specs.h"
+#include "cuda/dequant.h"
 #include "cuda/log2_state.h"
 #include "cuda/work_plan.h"
 
@@ -24,9 +26,12 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 using Reg4 = std::array<std::uint32_t, 4>;
 using Acc4 = std::array<float, 4>;
 
-float lo_f(std::uint32_t r) { return bf16::from_bits(static_cast<std::uint16_t>(r & 0xffff)).to_float(); }
-float hi_f(std::uint32_t r) { return bf16::from_bits(static_cast<std::uint16_t>(r >> 16)).to_float(); }
-std::uint32_t pack(float lo, float hi) {
+// A 16-bit half of a register as a float: bf16, or f16 when `f16`.
+float half_f(std::uint16_t bits, bool f16v) { return f16v ? f16::from_bits(bits).to_float() : bf16::from_bits(bits).to_float(); }
+float lo_f(std::uint32_t r, bool f16v) { return half_f(static_cast<std::uint16_t>(r & 0xffff), f16v); }
+float hi_f(std::uint32_t r, bool f16v) { return half_f(static_cast<std::uint16_t>(r >> 16), f16v); }
+std::uint32_t pack(float lo, float hi, bool f16v) {
+  if (f16v) return std::uint32_t{f16::from_float(lo).bits} | (std::uint32_t{f16::from_float(hi).bits} << 16);
   return std::uint32_t{bf16::from_float(lo).bits} | (std::uint32_t{bf16::from_float(hi).bits} << 16);
 }
 
@@ -45,18 +50,18 @@ void ldmatrix_x4(const std::uint8_t* base, const std::array<int, 32>& addr, std:
     }
 }
 
-// mma.m16n8k16.row.col f32.bf16.bf16.f32, d += a * b, fragments as warp_mma.cuh documents.
+// mma.m16n8k16.row.col f32.{bf16,f16}.{bf16,f16}.f32, d += a * b, fragments as warp_mma.cuh documents.
 void mma(std::array<Acc4, 32>& d, const std::array<Reg4, 32>& a, const std::array<std::uint32_t, 32>& b0,
-         const std::array<std::uint32_t, 32>& b1) {
+         const std::array<std::uint32_t, 32>& b1, bool f16v) {
   float A[16][16], B[16][8];
   for (int lane = 0; lane < 32; ++lane) {
     const int g = lane >> 2, t = lane & 3;
-    A[g][2 * t] = lo_f(a[lane][0]), A[g][2 * t + 1] = hi_f(a[lane][0]);
-    A[g + 8][2 * t] = lo_f(a[lane][1]), A[g + 8][2 * t + 1] = hi_f(a[lane][1]);
-    A[g][2 * t + 8] = lo_f(a[lane][2]), A[g][2 * t + 9] = hi_f(a[lane][2]);
-    A[g + 8][2 * t + 8] = lo_f(a[lane][3]), A[g + 8][2 * t + 9] = hi_f(a[lane][3]);
-    B[2 * t][g] = lo_f(b0[lane]), B[2 * t + 1][g] = hi_f(b0[lane]);
-    B[2 * t + 8][g] = lo_f(b1[lane]), B[2 * t + 9][g] = hi_f(b1[lane]);
+    A[g][2 * t] = lo_f(a[lane][0], f16v), A[g][2 * t + 1] = hi_f(a[lane][0], f16v);
+    A[g + 8][2 * t] = lo_f(a[lane][1], f16v), A[g + 8][2 * t + 1] = hi_f(a[lane][1], f16v);
+    A[g][2 * t + 8] = lo_f(a[lane][2], f16v), A[g][2 * t + 9] = hi_f(a[lane][2], f16v);
+    A[g + 8][2 * t + 8] = lo_f(a[lane][3], f16v), A[g + 8][2 * t + 9] = hi_f(a[lane][3], f16v);
+    B[2 * t][g] = lo_f(b0[lane], f16v), B[2 * t + 1][g] = hi_f(b0[lane], f16v);
+    B[2 * t + 8][g] = lo_f(b1[lane], f16v), B[2 * t + 9][g] = hi_f(b1[lane], f16v);
   }
   for (int lane = 0; lane < 32; ++lane) {
     const int g = lane >> 2, t = lane & 3;
@@ -86,8 +91,10 @@ struct VariantSpec {
   std::vector<float> slopes, sinks;  // [num_heads] or empty
 };
 
+// The kernel on the CPU, for a validated problem (any SPEC §6 dtype, q_len, head_dim, block
+// size, index width, variant): the work plan the executor would launch, run lane by lane.
 struct Emulator {
-  const Case& c;
+  const Problem& pr;
   Plan plan;
   WorkPlan wp;
   KernelParams p;
@@ -95,57 +102,57 @@ struct Emulator {
   std::vector<unsigned int> counters;
   int error_flag = 0;
 
-  Emulator(const Case& cs, const DeviceLimits& dev, const VariantSpec& v = {})
-      : c(cs),
-        plan(make_plan(Shape{cs.spec.batch, cs.spec.num_heads, cs.spec.num_kv_heads, cs.spec.head_dim, cs.num_blocks,
-                             cs.spec.block_size, cs.max_blocks_per_req},
-                       static_cast<float>(cs.scale))),
-        wp(plan_work(plan, cs.context_lens.data(), dev, {}, v.window_left)),
-        p(kernel_params(plan, wp, static_cast<float>(v.softcap))) {
-    out.assign(cs.out_elements(), std::numeric_limits<float>::quiet_NaN());  // every element must be written
-    lse.assign(cs.spec.batch * cs.spec.num_heads, std::numeric_limits<float>::quiet_NaN());
-    part_o.assign(wp.num_partials * wp.q_tile * cs.spec.head_dim, std::numeric_limits<float>::quiet_NaN());
+  Emulator(const Problem& problem, const DeviceLimits& dev, const WorkPlanOptions& options = {})
+      : pr(problem),
+        plan(make_plan(problem.shape, problem.scale)),
+        wp(plan_work(plan, problem.context_lens, dev, options, problem.variant.window_left,
+                     {problem.query_dtype, problem.kv_dtype})),
+        p(kernel_params(plan, wp, problem.variant.softcap, problem.k_scale, problem.v_scale)) {
+    const Shape& sh = pr.shape;
+    out.assign(sh.num_rows() * sh.head_dim, std::numeric_limits<float>::quiet_NaN());  // every element must be written
+    lse.assign(sh.num_rows(), std::numeric_limits<float>::quiet_NaN());
+    const std::int64_t khd = wp.geometry.head_dim;
+    part_o.assign(wp.num_partials * wp.q_tile * khd, std::numeric_limits<float>::quiet_NaN());
     part_m.assign(wp.num_partials * wp.q_tile, std::numeric_limits<float>::quiet_NaN());
     part_l = part_m;
     counters.assign(wp.merges.size(), 0);
-    const std::int64_t row = c.spec.num_kv_heads * c.spec.head_dim;
-    p.query = bits(c.query);
-    p.key_cache = bits(c.key_cache);
-    p.value_cache = bits(c.value_cache);
-    p.k_page = p.v_page = c.spec.block_size * row;
-    p.k_row = p.v_row = row;
-    p.k_head = p.v_head = c.spec.head_dim;
-    p.block_table = c.block_table.data();
-    p.alibi_slopes = v.slopes.empty() ? nullptr : v.slopes.data();
-    p.sinks = v.sinks.empty() ? nullptr : v.sinks.data();
+    p.query = static_cast<const std::uint16_t*>(pr.query_data);
+    p.key_cache = pr.key_data;
+    p.value_cache = pr.value_data;
+    p.k_page = pr.k_strides.page, p.k_row = pr.k_strides.row, p.k_head = pr.k_strides.head;
+    p.v_page = pr.v_strides.page, p.v_row = pr.v_strides.row, p.v_head = pr.v_strides.head;
+    if (pr.block_table.wide) p.block_table64 = static_cast<const std::int64_t*>(pr.block_table.data);
+    else p.block_table = static_cast<const std::int32_t*>(pr.block_table.data);
+    p.alibi_slopes = pr.variant.has_alibi() ? pr.variant.alibi_slopes : nullptr;
+    p.sinks = pr.variant.has_sinks() ? pr.variant.sinks : nullptr;
   }
 
-  template <class Vector>
-  const std::uint16_t* bits(const Vector& v) const { return reinterpret_cast<const std::uint16_t*>(v.data()); }
+  bool qk_f16() const { return wp.dtype == KernelDtype::kF16 || wp.dtype == KernelDtype::kFp8F16; }
+  bool pv_f16() const { return wp.dtype == KernelDtype::kF16; }
 
   // The producer warp's TPUSH of one tile (paged_attention.cu: produce), lane by lane on the
   // kernel's ProducerStream and smem destinations, with its three paths (full tile inside the
   // page, full tile across pages, partial tile).
-  void produce(const WorkItem& w, int tile, std::vector<ProducerStream<std::uint16_t>>& streams,
-               std::vector<std::uint8_t>& stage) {
+  template <class T>
+  void produce(const WorkItem& w, int tile, std::vector<ProducerStream<T>>& streams, std::vector<std::uint8_t>& stage) {
     const TileGeometry g = wp.geometry;
     const int period = swizzle_period(g), passes = g.passes(), rows = g.rows_per_pass();
-    std::fill(stage.begin(), stage.end(), 0xff);  // bf16 0xffff is NaN: unwritten bytes would show
+    std::fill(stage.begin(), stage.end(), 0xff);  // 0xff.. is NaN in every dtype: unwritten bytes would show
     const std::int64_t t0 = w.token_begin + std::int64_t{tile} * kTileTokens;
     const bool full = t0 + kTileTokens <= w.token_end;
     bool all_in_page = full;
     for (int lane = 0; lane < 32; ++lane) all_in_page = all_in_page && streams[lane].stays_in_page(p, passes);
     for (int lane = 0; lane < 32; ++lane) {
-      ProducerStream<std::uint16_t>& st = streams[lane];
+      ProducerStream<T>& st = streams[lane];
       const int lane_row = lane / g.chunks_per_row();
       const int rows_left = static_cast<int>(w.token_end - t0) - lane_row;
-      auto copy = [&](int pass, const std::uint16_t* k, const std::uint16_t* v, bool zero) {
+      auto copy = [&](int pass, const T* k, const T* v, bool zero) {
         const int dst = swizzled_offset(g, (pass % period) * rows + lane_row, lane % g.chunks_per_row()) +
-                        (pass / period) * 8 * g.row_bytes();
+                        (pass / period) * swizzle_period_bytes(g);
         for (int tensor = 0; tensor < 2; ++tensor) {
           std::uint8_t* d = stage.data() + tensor * g.tile_bytes() + dst;
           if (zero) std::memset(d, 0, 16);
-          else std::memcpy(d, tensor ? v : k, 16);
+          else std::memcpy(d, tensor ? static_cast<const void*>(v) : static_cast<const void*>(k), 16);
         }
       };
       if (all_in_page) {
@@ -166,23 +173,64 @@ struct Emulator {
     }
   }
 
+  // fp8: the compute warps' dequantisation pass (ComputeWarp::dequant), every warp's rows.
+  void dequant(const std::vector<std::uint8_t>& stage, std::vector<std::uint8_t>& math) const {
+    const TileGeometry g = wp.geometry, m = g.math();
+    std::fill(math.begin(), math.end(), 0xff);
+    for (int warp = 0; warp < kComputeWarps; ++warp)
+      for (int tensor = 0; tensor < 2; ++tensor)
+        for (int lane = 0; lane < 32; ++lane)
+          for (int i = 0; i < dequant_units_per_lane(g); ++i) {
+            const DequantUnit u = dequant_unit(g, 16 * warp, lane + 32 * i);
+            std::uint32_t in[4], o[8];
+            std::memcpy(in, stage.data() + tensor * g.tile_bytes() + u.src, 16);
+            if (tensor == 0 && qk_f16()) fp8_piece_to_16<false>(in, p.fp8_e5m2 != 0, o);
+            else fp8_piece_to_16<true>(in, p.fp8_e5m2 != 0, o);
+            std::memcpy(math.data() + tensor * m.tile_bytes() + u.dst_lo, o, 16);
+            std::memcpy(math.data() + tensor * m.tile_bytes() + u.dst_hi, o + 4, 16);
+          }
+  }
+
+  // A lane's two rows (g, g + 8) of an item: ComputeWarp::begin_row.
+  struct RowInfo {
+    bool valid = false;
+    int tok = 0, head = 0, lim_lo = -1, lim_hi = 0;
+    std::int64_t out_row = 0;
+    float slope2 = 0;
+  };
+  RowInfo row_info(const WorkItem& w, int row) const {
+    RowInfo ri;
+    ri.valid = row < w.rows;
+    const int kv0 = w.kv_head * p.group, k = w.head_begin + row - kv0;
+    ri.tok = ri.valid ? k / p.group : 0;
+    ri.head = ri.valid ? kv0 + k % p.group : 0;
+    ri.out_row = (std::int64_t{w.batch} * p.q_len + ri.tok) * p.num_heads + ri.head;
+    const std::int64_t pos = w.position + ri.tok;
+    const std::int64_t lo = p.window_left >= 0 ? std::max<std::int64_t>(0, pos - p.window_left) : 0;
+    const std::int64_t hi = std::min<std::int64_t>(pos + 1, w.token_end);
+    ri.lim_lo = lo - w.token_begin < 0 ? -1 : static_cast<int>(lo - w.token_begin);
+    ri.lim_hi = ri.valid ? static_cast<int>(hi - w.token_begin) : 0;
+    ri.slope2 = p.alibi_slopes && ri.valid ? p.alibi_slopes[ri.head] * kLog2e : 0.0f;
+    return ri;
+  }
+
   struct WarpState {
     std::vector<std::array<Acc4, 32>> o;  // [dim tile][lane]
     std::array<std::array<Log2State, 32>, 2> st;
-    std::array<std::array<float, 32>, 2> slope2;
+    std::array<std::array<RowInfo, 32>, 2> rows;
   };
 
   // One compute warp's TPOP ... TFREE of one tile (paged_attention.cu: ComputeWarp).
   template <bool kSoftcap, bool kAlibi>
   void consume(const WorkItem& w, int tile, int warp, const std::vector<std::uint8_t>& stage,
                const std::vector<std::array<Reg4, 32>>& qf, WarpState& ws) {
-    const TileGeometry g = wp.geometry;
+    const TileGeometry g = wp.geometry.math();
     const int tw = warp_token_slice(g, warp);
     const int s_tiles = g.tokens_per_warp() / 8, k_steps = g.head_dim / 16, dim_tiles = g.head_dim / 8;
     const std::uint8_t* k_tile = stage.data();
     const std::uint8_t* v_tile = stage.data() + g.tile_bytes();
     const std::int64_t t0 = w.token_begin + std::int64_t{tile} * kTileTokens;
-    const int cols = static_cast<int>(std::min<std::int64_t>(w.token_end - t0, kTileTokens));
+    const int off = static_cast<int>(t0 - w.token_begin);
     const int t_minus_pos = kAlibi ? static_cast<int>(t0 - w.position) : 0;
     std::vector<std::array<Acc4, 32>> sc(s_tiles);
     for (auto& s : sc)
@@ -198,19 +246,20 @@ struct Emulator {
         ldmatrix_x4(k_tile, addr, b, false);
         std::array<std::uint32_t, 32> b0, b1, b2, b3;
         for (int lane = 0; lane < 32; ++lane) b0[lane] = b[lane][0], b1[lane] = b[lane][1], b2[lane] = b[lane][2], b3[lane] = b[lane][3];
-        mma(sc[j], qf[2 * pp], b0, b1);
-        mma(sc[j], qf[2 * pp + 1], b2, b3);
+        mma(sc[j], qf[2 * pp], b0, b1, qk_f16());
+        mma(sc[j], qf[2 * pp + 1], b2, b3, qk_f16());
       }
     std::array<std::array<float, 32>, 2> mx;
     for (auto& r : mx) r.fill(kNegInf);
     for (int lane = 0; lane < 32; ++lane)
       for (int j = 0; j < s_tiles; ++j)
         for (int e = 0; e < 4; ++e) {
-          const int col = score_column(g, tw, j, lane & 3, e);
+          const int col = score_column(g, tw, j, lane & 3, e), r = e >> 1;
+          const RowInfo& ri = ws.rows[r][lane];
           float& v = sc[j][lane][e];
-          const float x = logit_log2<kSoftcap, kAlibi>(p, v, ws.slope2[e >> 1][lane], t_minus_pos + col);
-          v = col < cols ? x : kNegInf;
-          mx[e >> 1][lane] = std::fmax(mx[e >> 1][lane], v);
+          const float x = logit_log2<kSoftcap, kAlibi>(p, v, ri.slope2, t_minus_pos + col - ri.tok);
+          v = col < ri.lim_hi - off && col >= ri.lim_lo - off ? x : kNegInf;
+          mx[r][lane] = std::fmax(mx[r][lane], v);
         }
     std::array<std::array<float, 32>, 2> alpha, m_use;
     for (int r = 0; r < 2; ++r) {
@@ -228,7 +277,8 @@ struct Emulator {
       for (int j = 0; j < s_tiles; ++j)
         for (int e = 0; e < 4; ++e) {
           float& v = sc[j][lane][e];
-          v = round_to_bf16(std::exp2(v - m_use[e >> 1][lane]));
+          const float pe = std::exp2(v - m_use[e >> 1][lane]);
+          v = pv_f16() ? round_to_f16(pe) : round_to_bf16(pe);
           row_sum[e >> 1] += v;
         }
       for (int r = 0; r < 2; ++r) ws.st[r][lane].l = ws.st[r][lane].l * alpha[r][lane] + row_sum[r];
@@ -237,9 +287,11 @@ struct Emulator {
     }
     for (int q = 0; q < g.tokens_per_warp() / 16; ++q) {
       std::array<Reg4, 32> pa;
+      const bool f = pv_f16();
       for (int lane = 0; lane < 32; ++lane)
-        pa[lane] = {pack(sc[2 * q][lane][0], sc[2 * q][lane][1]), pack(sc[2 * q][lane][2], sc[2 * q][lane][3]),
-                    pack(sc[2 * q + 1][lane][0], sc[2 * q + 1][lane][1]), pack(sc[2 * q + 1][lane][2], sc[2 * q + 1][lane][3])};
+        pa[lane] = {pack(sc[2 * q][lane][0], sc[2 * q][lane][1], f), pack(sc[2 * q][lane][2], sc[2 * q][lane][3], f),
+                    pack(sc[2 * q + 1][lane][0], sc[2 * q + 1][lane][1], f),
+                    pack(sc[2 * q + 1][lane][2], sc[2 * q + 1][lane][3], f)};
       for (int d = 0; d < dim_tiles / 2; ++d) {
         std::array<int, 32> addr;
         for (int lane = 0; lane < 32; ++lane) {
@@ -250,8 +302,8 @@ struct Emulator {
         ldmatrix_x4(v_tile, addr, b, true);
         std::array<std::uint32_t, 32> b0, b1, b2, b3;
         for (int lane = 0; lane < 32; ++lane) b0[lane] = b[lane][0], b1[lane] = b[lane][1], b2[lane] = b[lane][2], b3[lane] = b[lane][3];
-        mma(ws.o[2 * d], pa, b0, b1);
-        mma(ws.o[2 * d + 1], pa, b2, b3);
+        mma(ws.o[2 * d], pa, b0, b1, f);
+        mma(ws.o[2 * d + 1], pa, b2, b3, f);
       }
     }
   }
@@ -270,12 +322,18 @@ struct Emulator {
   float sink2(std::int64_t head) const { return p.sinks ? p.sinks[head] * kLog2e : kNegInf; }
 
   void run_item(const WorkItem& w) {
-    const TileGeometry g = wp.geometry;
+    if (wp.geometry.elem_bytes == 1) run_item_as<std::uint8_t>(w);
+    else run_item_as<std::uint16_t>(w);
+  }
+
+  template <class T>
+  void run_item_as(const WorkItem& w) {
+    const TileGeometry g = wp.geometry.math();
     const int hd = g.head_dim, dim_tiles = hd / 8, k_steps = hd / 16;
-    std::vector<std::uint8_t> stage(g.stage_bytes());
+    const int real_hd = p.head_dim, real_tiles = real_hd / 8;
+    std::vector<std::uint8_t> stage(wp.geometry.stage_bytes()), math(g.stage_bytes());
     std::vector<WarpState> st(kComputeWarps);
     std::vector<std::vector<std::array<Reg4, 32>>> qf(kComputeWarps, std::vector<std::array<Reg4, 32>>(k_steps));
-    const std::int64_t qbase = (std::int64_t{w.batch} * c.spec.num_heads + w.head_begin) * hd;
     for (int warp = 0; warp < kComputeWarps; ++warp) {
       st[warp].o.assign(dim_tiles, {});
       for (auto& a : st[warp].o) a.fill({0, 0, 0, 0});
@@ -283,27 +341,28 @@ struct Emulator {
       const int rf = warp_row_frag(g, warp);
       for (int lane = 0; lane < 32; ++lane) {
         const int gg = lane >> 2, t = lane & 3, row0 = 16 * rf + gg, row1 = row0 + 8;
-        auto q32 = [&](int row, int col) -> std::uint32_t {
-          if (row >= w.rows) return 0;
-          const std::uint16_t* q = bits(c.query) + qbase + std::int64_t{row} * hd + col;
+        st[warp].rows[0][lane] = row_info(w, row0);
+        st[warp].rows[1][lane] = row_info(w, row1);
+        auto q32 = [&](int r, int col) -> std::uint32_t {
+          const RowInfo& ri = st[warp].rows[r][lane];
+          if (!ri.valid || col >= real_hd) return 0;
+          const std::uint16_t* q = p.query + ri.out_row * real_hd + col;
           return std::uint32_t{q[0]} | (std::uint32_t{q[1]} << 16);
         };
         for (int kk = 0; kk < k_steps; ++kk) {
           const int col = 16 * kk + 2 * t;
-          qf[warp][kk][lane] = {q32(row0, col), q32(row1, col), q32(row0, col + 8), q32(row1, col + 8)};
-        }
-        for (int r = 0; r < 2; ++r) {
-          const int row = r ? row1 : row0;
-          st[warp].slope2[r][lane] = p.alibi_slopes && row < w.rows ? p.alibi_slopes[w.head_begin + row] * kLog2e : 0.0f;
+          qf[warp][kk][lane] = {q32(0, col), q32(1, col), q32(0, col + 8), q32(1, col + 8)};
         }
       }
     }
-    std::vector<ProducerStream<std::uint16_t>> streams(32);
+    std::vector<ProducerStream<T>> streams(32);
     if (item_tiles(w) > 0)
-      for (int lane = 0; lane < 32; ++lane) streams[lane].begin(p, w, g, lane);
+      for (int lane = 0; lane < 32; ++lane) streams[lane].begin(p, w, wp.geometry, lane);
     for (int tile = 0; tile < item_tiles(w); ++tile) {
       produce(w, tile, streams, stage);
-      for (int warp = 0; warp < kComputeWarps; ++warp) consume_any(w, tile, warp, stage, qf[warp], st[warp]);
+      if (wp.geometry.elem_bytes == 1) dequant(stage, math);
+      const std::vector<std::uint8_t>& tiles = wp.geometry.elem_bytes == 1 ? math : stage;
+      for (int warp = 0; warp < kComputeWarps; ++warp) consume_any(w, tile, warp, tiles, qf[warp], st[warp]);
     }
     for (const auto& s : streams)
       if (s.bad) error_flag |= kErrorPageOutOfRange;
@@ -355,19 +414,19 @@ struct Emulator {
         for (int r = 0; r < 2; ++r) {
           const int row = 16 * rf + gg + 8 * r;
           if (row >= w.rows) continue;
+          const RowInfo& ri = st[warp].rows[r][lane];
           const Log2State& s = st[warp].st[r][lane];
-          const std::int64_t head_row = qbase / hd + row;
-          const float inv = s.empty() ? 0.0f : 1.0f / s.denominator(sink2(head_row % c.spec.num_heads));
-          for (int n = 0; n < dim_tiles; ++n)
+          const float inv = s.empty() ? 0.0f : p.v_scale / s.denominator(sink2(ri.head));
+          for (int n = 0; n < real_tiles; ++n)
             for (int e = 0; e < 2; ++e) {
               const float o = st[warp].o[n][lane][2 * r + e];
               const int col = 8 * n + 2 * t + e;
-              if (w.partial < 0) out[head_row * hd + col] = o * inv;
+              if (w.partial < 0) out[ri.out_row * real_hd + col] = o * inv;
               else part_o[(std::int64_t{w.partial} * wp.q_tile + row) * hd + col] = o;
             }
           if (t == 0) {
             if (w.partial < 0) {
-              lse[head_row] = s.lse();
+              lse[ri.out_row] = s.lse();
             } else {
               part_m[std::int64_t{w.partial} * wp.q_tile + row] = s.m;
               part_l[std::int64_t{w.partial} * wp.q_tile + row] = s.l;
@@ -384,7 +443,7 @@ struct Emulator {
   }
 
   void merge_block(const MergeItem& mi) {
-    const int hd = wp.geometry.head_dim;
+    const int khd = wp.geometry.head_dim, hd = p.head_dim;
     for (std::int64_t idx = 0; idx < std::int64_t{mi.rows} * hd; ++idx) {
       const std::int64_t r = idx / hd, col = idx % hd;
       Log2State all;
@@ -393,12 +452,14 @@ struct Emulator {
       for (int k = 0; k < mi.num_partials; ++k) {
         const std::int64_t row = (mi.first_partial + k) * std::int64_t{wp.q_tile} + r;
         const float f = Log2State{part_m[row], 0.0f}.weight(all.m);
-        o += f * part_o[row * hd + col];
+        o += f * part_o[row * khd + col];
         all.l += f * part_l[row];
       }
-      const std::int64_t head_row = std::int64_t{mi.batch} * c.spec.num_heads + mi.head_begin + r;
-      out[head_row * hd + col] = all.empty() ? 0.0f : o / all.denominator(sink2(mi.head_begin + r));
-      if (col == 0) lse[head_row] = all.lse();
+      const int kv0 = mi.kv_head * p.group, pair = mi.head_begin + static_cast<int>(r) - kv0;
+      const int head = kv0 + pair % p.group;
+      const std::int64_t out_row = (std::int64_t{mi.batch} * p.q_len + pair / p.group) * p.num_heads + head;
+      out[out_row * hd + col] = all.empty() ? 0.0f : p.v_scale * o / all.denominator(sink2(head));
+      if (col == 0) lse[out_row] = all.lse();
     }
   }
 
@@ -409,6 +470,44 @@ struct Emulator {
     return out;
   }
 };
+
+// A validated problem for a case and a variant, with the tensors it points to kept alive.
+struct EmuProblem {
+  Inputs in;
+  Options options;
+  std::vector<float> slopes, sinks, dummy_out;
+  Problem pr;
+  EmuProblem(const Case& c, const VariantSpec& v) : slopes(v.slopes), sinks(v.sinks) {
+    options = mixpa::testing::case_options(c, {});
+    if (v.softcap != 0) options.softcap = v.softcap;
+    if (v.window_left != -1) options.window_left = v.window_left;
+    in = c.inputs();
+    if (!slopes.empty()) in.alibi_slopes = TensorView::contiguous(slopes.data(), DType::kF32, {c.spec.num_heads});
+    if (!sinks.empty()) in.sinks = TensorView::contiguous(sinks.data(), DType::kF32, {c.spec.num_heads});
+    std::vector<float> tmp;
+    const OutputView view = mixpa::testing::output_view(dummy_out, c);
+    pr = validate(in, options, view);
+  }
+  EmuProblem(const EmuProblem&) = delete;
+};
+
+// The kernel's output for a case (with a variant) under a device's limits.
+struct EmuRun {
+  std::vector<float> out, lse;
+  int error_flag = 0;
+  std::size_t items = 0, merges = 0;
+};
+EmuRun emulate(const Case& c, const DeviceLimits& dev, const VariantSpec& v = {}, const WorkPlanOptions& opt = {}) {
+  const EmuProblem ep(c, v);
+  Emulator emu(ep.pr, dev, opt);
+  EmuRun r;
+  r.out = emu.run();
+  r.lse = emu.lse;
+  r.error_flag = emu.error_flag;
+  r.items = emu.wp.items.size();
+  r.merges = emu.wp.merges.size();
+  return r;
+}
 
 // Few SMs, so that short contexts split too.
 const DeviceLimits kTinyGpu{3, 227 * 1024};
@@ -427,10 +526,9 @@ class CudaKernelEmulation : public ::testing::TestWithParam<CaseSpec> {};
 TEST_P(CudaKernelEmulation, AgreesWithExact) {
   const Case c = generate_case(GetParam(), 11);
   for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
-    Emulator emu(c, dev);
-    const auto out = emu.run();
-    EXPECT_EQ(emu.error_flag, 0);
-    const double err = mixpa::testing::expect_close_to_exact(c, out, mixpa::testing::exact(c));
+    const EmuRun r = emulate(c, dev);
+    EXPECT_EQ(r.error_flag, 0);
+    const double err = mixpa::testing::expect_close_to_exact(c, r.out, mixpa::testing::exact(c));
     EXPECT_LT(err, 2e-3) << "sm_count " << dev.sm_count;  // the cpu executor lands at the same values
     RecordProperty("max_abs_error_sm" + std::to_string(dev.sm_count), std::to_string(err));
   }
@@ -441,7 +539,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaKernelEmulation, ::testing::ValuesIn(emulat
 
 TEST(CudaKernelEmulationProps, NaNInMaskedRowsDoesNotLeakAndBadPagesRaiseTheFlag) {
   Case c = generate_case(small_spec("nan_rows", 3, 16, 2, 64, 32, {45, 7, 33}), 3);
-  const auto clean = Emulator(c, kTinyGpu).run();
+  const auto clean = emulate(c, kTinyGpu).out;
   const std::int64_t bs = 32, row_elems = 2 * 64;
   std::vector<bool> used(c.num_blocks * bs, false);
   for (std::int64_t b = 0; b < 3; ++b)
@@ -452,9 +550,15 @@ TEST(CudaKernelEmulationProps, NaNInMaskedRowsDoesNotLeakAndBadPagesRaiseTheFlag
         c.key_cache[row * row_elems + d] = bf16::from_float(std::numeric_limits<float>::quiet_NaN());
         c.value_cache[row * row_elems + d] = bf16::from_float(std::numeric_limits<float>::infinity());
       }
-  EXPECT_EQ(clean, Emulator(c, kTinyGpu).run());
+  EXPECT_EQ(clean, emulate(c, kTinyGpu).out);
   c.block_table[1] = static_cast<std::int32_t>(c.num_blocks);  // request 0 uses column 1 (45 tokens)
-  Emulator bad(c, kTinyGpu);
+  // validate() rejects the bad id on the host; the device check is the kernel's own, so the
+  // emulator runs on a problem validated before the table was broken.
+  Case good = generate_case(small_spec("nan_rows", 3, 16, 2, 64, 32, {45, 7, 33}), 3);
+  const EmuProblem ep(good, {});
+  Problem broken = ep.pr;
+  broken.block_table = IndexView(c.block_table.data());
+  Emulator bad(broken, kTinyGpu);
   bad.run();
   EXPECT_EQ(bad.error_flag, kErrorPageOutOfRange);
 }
@@ -464,19 +568,11 @@ struct ExactResult {
   std::vector<double> out, lse;
 };
 ExactResult exact_with(const Case& c, const VariantSpec& v) {
-  Options o;
-  o.scale = c.scale;
-  o.softcap = v.softcap;
-  o.window_left = v.window_left;
-  Inputs in = c.inputs();
-  if (!v.slopes.empty()) in.alibi_slopes = TensorView::contiguous(v.slopes.data(), DType::kF32, {c.spec.num_heads});
-  if (!v.sinks.empty()) in.sinks = TensorView::contiguous(v.sinks.data(), DType::kF32, {c.spec.num_heads});
-  std::vector<float> dummy(c.out_elements());
-  const Problem pr = validate(in, o, OutputView{dummy.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}});
+  const EmuProblem ep(c, v);
   ExactResult r;
-  r.out.resize(c.out_elements());
-  r.lse.resize(c.spec.batch * c.spec.num_heads);
-  exact_attention_f64(pr, r.out.data(), {}, r.lse.data());
+  r.out.resize(ep.pr.shape.num_rows() * ep.pr.shape.head_dim);
+  r.lse.resize(ep.pr.shape.num_rows());
+  exact_attention_f64(ep.pr, r.out.data(), {}, r.lse.data());
   return r;
 }
 
@@ -489,6 +585,25 @@ std::vector<float> sink_values(std::int64_t heads, float base) {
   std::vector<float> s(heads);
   for (std::int64_t h = 0; h < heads; ++h) s[h] = base + 0.37f * static_cast<float>(h % 5) - 0.5f;
   return s;
+}
+
+// Runs one case and variant on both device shapes against exact float64 (out and lse).
+void expect_emulation_exact(const Case& c, const std::string& name, const VariantSpec& v) {
+  const ExactResult ref = exact_with(c, v);
+  for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
+    const EmuRun run = emulate(c, dev, v);
+    EXPECT_EQ(run.error_flag, 0);
+    const AccuracyReport r = compare_to_exact(run.out.data(), ref.out.data(), static_cast<std::int64_t>(run.out.size()));
+    const AccuracyReport rl = compare_lse_to_exact(run.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size()));
+    EXPECT_TRUE(r.pass()) << c.spec.name << " " << name << " sm " << dev.sm_count << ": max abs error " << r.max_abs_error
+                          << ", " << r.failures << " failures";
+    EXPECT_TRUE(rl.pass()) << c.spec.name << " " << name << " sm " << dev.sm_count << ": lse max abs error "
+                           << rl.max_abs_error << ", " << rl.failures << " failures";
+    EXPECT_LT(r.max_abs_error, 2e-3) << c.spec.name << " " << name;
+    std::printf("emulation %-16s %-12s sm %3d items %4zu merges %3zu: out max abs error %.2e, lse %.2e\n",
+                c.spec.name.c_str(), name.c_str(), dev.sm_count, run.items, run.merges, r.max_abs_error,
+                rl.max_abs_error);
+  }
 }
 
 // Each variant alone and combined, on shapes that split (tiny GPU) and that do not, against
@@ -516,24 +631,106 @@ TEST(CudaKernelEmulationVariants, AgreeWithExact) {
         {"sinks_above", {0, -1, {}, sink_values(H, 30.0f)}},
         {"all", {1.5, 300, alibi_slopes(H), sink_values(H, 1.0f)}},
     };
-    for (const auto& [name, v] : variants) {
-      const ExactResult ref = exact_with(c, v);
-      for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
-        Emulator emu(c, dev, v);
-        const auto out = emu.run();
-        EXPECT_EQ(emu.error_flag, 0);
-        const AccuracyReport r = compare_to_exact(out.data(), ref.out.data(), static_cast<std::int64_t>(out.size()));
-        const AccuracyReport rl = compare_lse_to_exact(emu.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size()));
-        EXPECT_TRUE(r.pass()) << spec.name << " " << name << " sm " << dev.sm_count << ": max abs error " << r.max_abs_error
-                              << ", " << r.failures << " failures";
-        EXPECT_TRUE(rl.pass()) << spec.name << " " << name << " sm " << dev.sm_count << ": lse max abs error "
-                               << rl.max_abs_error << ", " << rl.failures << " failures";
-        EXPECT_LT(r.max_abs_error, 2e-3) << spec.name << " " << name;
-        std::printf("emulation %-12s %-12s sm %3d items %4zu merges %3zu: out max abs error %.2e, lse %.2e\n",
-                    spec.name.c_str(), name.c_str(), dev.sm_count, emu.wp.items.size(), emu.wp.merges.size(),
-                    r.max_abs_error, rl.max_abs_error);
+    for (const auto& [name, v] : variants) expect_emulation_exact(c, name, v);
+  }
+}
+
+// SPEC §6 dtypes and shapes (serving_specs.h), with the variants some of them carry, out and
+// lse against exact float64 on both device shapes.
+class CudaKernelEmulationServing : public ::testing::TestWithParam<CaseSpec> {};
+
+TEST_P(CudaKernelEmulationServing, AgreesWithExact) {
+  const Case c = generate_case(GetParam(), 13);
+  std::vector<double> ref_lse;
+  const std::vector<double> ref = mixpa::testing::exact(c, {}, &ref_lse);
+  for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
+    const EmuRun run = emulate(c, dev);
+    EXPECT_EQ(run.error_flag, 0);
+    const double err = mixpa::testing::expect_close_to_exact(c, run.out, ref);
+    const double lse_err = mixpa::testing::expect_lse_close_to_exact(c, run.lse, ref_lse);
+    EXPECT_LT(err, 2e-3) << "sm_count " << dev.sm_count;
+    std::printf("emulation %-20s sm %3d items %4zu merges %3zu: out max abs error %.2e, lse %.2e\n",
+                c.spec.name.c_str(), dev.sm_count, run.items, run.merges, err, lse_err);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Serving, CudaKernelEmulationServing, ::testing::ValuesIn(mixpa::testing::cuda_serving_specs()),
+                         [](const auto& info) { return info.param.name; });
+
+// The kernel dtype each query / cache pair runs on, and the pairs left out (with the reason the
+// executor table reports).
+TEST(CudaKernelEmulationServingProps, DtypePairs) {
+  EXPECT_EQ(kernel_dtype(DType::kBF16, DType::kBF16), KernelDtype::kBf16);
+  EXPECT_EQ(kernel_dtype(DType::kF16, DType::kF16), KernelDtype::kF16);
+  EXPECT_EQ(kernel_dtype(DType::kBF16, DType::kF8E4M3), KernelDtype::kFp8Bf16);
+  EXPECT_EQ(kernel_dtype(DType::kBF16, DType::kF8E5M2), KernelDtype::kFp8Bf16);
+  EXPECT_EQ(kernel_dtype(DType::kF16, DType::kF8E4M3), KernelDtype::kFp8F16);
+  EXPECT_EQ(kernel_dtype(DType::kF16, DType::kF8E5M2), KernelDtype::kFp8F16);
+  for (DType kv : {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2})
+    for (DType q : {DType::kBF16, DType::kF16}) {
+      const bool mixed16 = (kv == DType::kBF16 || kv == DType::kF16) && q != kv;
+      EXPECT_EQ(unsupported_types(q, kv).empty(), !mixed16) << dtype_name(q) << " " << dtype_name(kv);
+      if (mixed16) EXPECT_THROW(kernel_dtype(q, kv), Error);
+    }
+  EXPECT_NE(unsupported_types(DType::kF16, DType::kBF16).find("query F16 with BF16 caches"), std::string::npos);
+  for (std::int64_t hd = 16; hd <= 256; hd += 16) EXPECT_GE(kernel_head_dim(hd), hd);
+  EXPECT_EQ(kernel_head_dim(16), 64);
+  EXPECT_EQ(kernel_head_dim(80), 128);
+  EXPECT_EQ(kernel_head_dim(192), 256);
+  EXPECT_THROW(kernel_head_dim(72), Error);
+  EXPECT_THROW(kernel_head_dim(272), Error);
+}
+
+// Every fp8 code through the kernel's conversions (dequant.h) equals its exact value (NaN
+// codes aside: the bit path maps them to finite values, never read from used rows).
+TEST(CudaKernelEmulationServingProps, Fp8ConversionsAreExact) {
+  for (int code = 0; code < 256; ++code) {
+    const std::uint32_t w = static_cast<std::uint32_t>(code) * 0x01010101u;  // the code in every byte
+    for (bool e5m2 : {false, true}) {
+      const float want = e5m2 ? e5m2::from_bits(static_cast<std::uint8_t>(code)).to_float()
+                              : e4m3::from_bits(static_cast<std::uint8_t>(code)).to_float();
+      if (std::isnan(want)) continue;
+      std::uint32_t h[2], b[2];
+      fp8x4_to_16<false>(w, e5m2, h);
+      fp8x4_to_16<true>(w, e5m2, b);
+      for (int i = 0; i < 2; ++i) {
+        EXPECT_EQ(lo_f(h[i], true), want) << "f16 " << e5m2 << " code " << code;
+        EXPECT_EQ(hi_f(h[i], true), want) << "f16 " << e5m2 << " code " << code;
+        EXPECT_EQ(lo_f(b[i], false), want) << "bf16 " << e5m2 << " code " << code;
+        EXPECT_EQ(hi_f(b[i], false), want) << "bf16 " << e5m2 << " code " << code;
       }
     }
+  }
+  // Byte order: codes 0..3 of a word land in order.
+  std::uint32_t h[2];
+  fp8x4_to_16<false>(0x40383000u, false, h);  // e4m3 codes 0x00 (0), 0x30 (0.5), 0x38 (1), 0x40 (2)
+  EXPECT_EQ(lo_f(h[0], true), 0.0f);
+  EXPECT_EQ(hi_f(h[0], true), 0.5f);
+  EXPECT_EQ(lo_f(h[1], true), 1.0f);
+  EXPECT_EQ(hi_f(h[1], true), 2.0f);
+}
+
+// fp8 caches and q_len > 1: NaN in the cache rows no request uses never reaches the output.
+TEST(CudaKernelEmulationServingProps, NaNInUnusedFp8RowsDoesNotLeak) {
+  for (const CaseSpec& spec : {mixpa::testing::serving(small_spec("nan_e4m3", 3, 16, 2, 64, 32, {45, 7, 33}), DType::kBF16,
+                                                       DType::kF8E4M3, 1, false, 0.5, 2.0),
+                               mixpa::testing::serving(small_spec("nan_e5m2_q4", 2, 16, 2, 80, 16, {45, 4}), DType::kF16,
+                                                       DType::kF8E5M2, 4)}) {
+    Case c = generate_case(spec, 3);
+    const auto clean = emulate(c, kTinyGpu).out;
+    const std::int64_t bs = spec.block_size, row_elems = spec.num_kv_heads * spec.head_dim;
+    std::vector<bool> used(c.num_blocks * bs, false);
+    for (std::int64_t b = 0; b < spec.batch; ++b)
+      for (std::int64_t t = 0; t < c.context_lens[b]; ++t) used[c.block_table[b * c.max_blocks_per_req + t / bs] * bs + t % bs] = true;
+    int poisoned = 0;
+    for (std::int64_t row = 0; row < c.num_blocks * bs; ++row)
+      if (!used[row]) {
+        ++poisoned;
+        std::fill_n(c.key_bytes.begin() + row * row_elems, row_elems, std::uint8_t{0x7f});  // NaN in both formats
+        std::fill_n(c.value_bytes.begin() + row * row_elems, row_elems, std::uint8_t{0xff});
+      }
+    ASSERT_GT(poisoned, 0);
+    EXPECT_EQ(clean, emulate(c, kTinyGpu).out) << spec.name;
   }
 }
 
@@ -541,29 +738,22 @@ TEST(CudaKernelEmulationVariants, AgreeWithExact) {
 // the kernel, no-op padding items; with a window and sinks too.
 TEST(CudaKernelEmulationVariants, PageBalancedPlanAgreesWithExact) {
   const Case c = generate_case(small_spec("balanced", 7, 20, 4, 64, 16, {0, 1, 300, 417, 64, 129, 1000}), 8);
+  WorkPlanOptions opt;
+  opt.balance_pages = true;
   for (const VariantSpec& v : {VariantSpec{}, VariantSpec{0, 150, {}, sink_values(20, 0.5f)}}) {
     const ExactResult ref = exact_with(c, v);
-    Emulator emu(c, kTinyGpu, v);
-    WorkPlanOptions opt;
-    opt.balance_pages = true;
-    emu.wp = plan_work(emu.plan, c.context_lens.data(), kTinyGpu, opt, v.window_left);
-    emu.p.num_items = static_cast<std::int32_t>(emu.wp.items.size());
-    emu.p.num_merges = static_cast<std::int32_t>(emu.wp.merges.size());
-    emu.part_o.assign(emu.wp.num_partials * emu.wp.q_tile * 64, std::numeric_limits<float>::quiet_NaN());
-    emu.part_m.assign(emu.wp.num_partials * emu.wp.q_tile, std::numeric_limits<float>::quiet_NaN());
-    emu.part_l = emu.part_m;
-    emu.counters.assign(emu.wp.merges.size(), 0);
-    EXPECT_GT(emu.wp.merges.size(), 0u);
-    const auto out = emu.run();
-    EXPECT_TRUE(compare_to_exact(out.data(), ref.out.data(), static_cast<std::int64_t>(out.size())).pass());
-    EXPECT_TRUE(compare_lse_to_exact(emu.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size())).pass());
+    const EmuRun run = emulate(c, kTinyGpu, v, opt);
+    EXPECT_GT(run.merges, 0u);
+    EXPECT_TRUE(compare_to_exact(run.out.data(), ref.out.data(), static_cast<std::int64_t>(run.out.size())).pass());
+    EXPECT_TRUE(compare_lse_to_exact(run.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size())).pass());
   }
 }
 
 // A window reads only the pages it needs: the items cover the last window_left + 1 tokens.
 TEST(CudaKernelEmulationVariants, WindowItemsSkipThePagesBeforeIt) {
   const Case c = generate_case(small_spec("long", 1, 16, 1, 128, 32, {5000}), 2);
-  Emulator emu(c, DeviceLimits{}, VariantSpec{0, 99, {}, {}});
+  const EmuProblem ep(c, VariantSpec{0, 99, {}, {}});
+  const Emulator emu(ep.pr, DeviceLimits{});
   std::int64_t tokens = 0;
   for (const WorkItem& w : emu.wp.items) {
     EXPECT_GE(w.token_begin, 5000 - 100);
@@ -578,10 +768,9 @@ TEST(CudaKernelEmulationVariants, PlainLseAgreesWithExact) {
   const Case c = generate_case(small_spec("lens_edge_bs16", 6, 16, 1, 128, 16, {0, 1, 15, 16, 17, 1100}), 4);
   const ExactResult ref = exact_with(c, {});
   for (const DeviceLimits& dev : {DeviceLimits{}, kTinyGpu}) {
-    Emulator emu(c, dev);
-    emu.run();
-    EXPECT_TRUE(compare_lse_to_exact(emu.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size())).pass());
-    EXPECT_EQ(emu.lse[0], kNegInf);
+    const EmuRun run = emulate(c, dev);
+    EXPECT_TRUE(compare_lse_to_exact(run.lse.data(), ref.lse.data(), static_cast<std::int64_t>(ref.lse.size())).pass());
+    EXPECT_EQ(run.lse[0], kNegInf);
   }
 }
 

@@ -215,8 +215,17 @@ TEST(CudaWorkPlan, RingDepthFitsSharedMemory) {
 }
 
 TEST(CudaWorkPlan, RejectsWhatTheKernelsCannotDo) {
+  // head_dim 96 runs on the 128 kernel (padded); 72 is no multiple of 16; a bf16 query on f16
+  // caches has no kernel.
   const CaseSpec hd96 = small_spec("hd96", 1, 16, 1, 96, 16, {10});
-  EXPECT_THROW(plan_work(plan_of(hd96, 10, 4), lens_of(hd96).data(), kH100), Error);
+  EXPECT_EQ(plan_work(plan_of(hd96, 10, 4), lens_of(hd96).data(), kH100).geometry.head_dim, 128);
+  const CaseSpec hd72 = small_spec("hd72", 1, 16, 1, 72, 16, {10});
+  EXPECT_THROW(plan_work(plan_of(hd72, 10, 4), lens_of(hd72).data(), kH100), Error);
+  EXPECT_THROW(plan_work(plan_of(hd96, 10, 4), lens_of(hd96).data(), kH100, {}, -1, {DType::kBF16, DType::kF16}), Error);
+  const WorkPlan fp8 = plan_work(plan_of(hd96, 10, 4), lens_of(hd96).data(), kH100, {}, -1, {DType::kF16, DType::kF8E5M2});
+  EXPECT_EQ(fp8.dtype, KernelDtype::kFp8F16);
+  EXPECT_TRUE(fp8.fp8_e5m2);
+  EXPECT_EQ(fp8.geometry.elem_bytes, 1);
   const CaseSpec ok = small_spec("ok", 2, 16, 1, 128, 16, {10, 20});
   std::vector<std::int32_t> bad = {10, 65};  // > max_blocks_per_req * block_size = 64
   EXPECT_THROW(plan_work(plan_of(ok, 10, 4), bad.data(), kH100), Error);
@@ -322,6 +331,7 @@ TEST(CudaTiling, ProducerStreamFollowsThePages) {
       p.max_blocks_per_req = max_blocks;
       p.num_blocks = num_blocks;
       p.block_size = bs;
+      p.head_dim = hd;
       p.block_shift = block_shift_of(bs);
       EXPECT_EQ(p.block_shift >= 0, (bs & (bs - 1)) == 0);
       for (std::int64_t begin : {std::int64_t{0}, std::int64_t{5}, std::int64_t{bs}, std::int64_t{3 * bs + 1}}) {
@@ -338,8 +348,8 @@ TEST(CudaTiling, ProducerStreamFollowsThePages) {
               bad_touched = true;
             } else {
               ASSERT_EQ(st.bytes, 16u) << "bs " << bs << " t " << t;
-              ASSERT_EQ(st.k - p.key_cache, id * p.k_page + (t % bs) * p.k_row + p.k_head + 8 * piece) << "hd " << hd << " bs " << bs << " t " << t;
-              ASSERT_EQ(st.v - p.value_cache, id * p.v_page + (t % bs) * p.v_row + p.v_head + 8 * piece);
+              ASSERT_EQ(st.k - static_cast<const std::uint16_t*>(p.key_cache), id * p.k_page + (t % bs) * p.k_row + p.k_head + 8 * piece) << "hd " << hd << " bs " << bs << " t " << t;
+              ASSERT_EQ(st.v - static_cast<const std::uint16_t*>(p.value_cache), id * p.v_page + (t % bs) * p.v_row + p.v_head + 8 * piece);
             }
             if (t + g.rows_per_pass() < end && !st.advance(p)) bad_seen = true;
           }

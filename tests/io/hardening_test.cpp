@@ -237,7 +237,7 @@ TEST(ParseHardening, StringsInMessagesAreEscaped) {
     parse_safetensors(v.data(), v.size(), "f");
     ADD_FAILURE();
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), "f: tensor 'a\\x00\\x0d': dtype 'X\\x00Y' is not one of BF16, F16, F32, F64, I32");
+    EXPECT_EQ(std::string(e.what()), "f: tensor 'a\\x00\\x0d': dtype 'X\\x00Y' is not one of BF16, F16, F32, F64, I32, I64, F8_E4M3, F8_E5M2");
   }
 }
 

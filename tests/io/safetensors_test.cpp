@@ -38,7 +38,8 @@ SafetensorsFile sample() {
   f.metadata["scale"] = "0.125";
   f.metadata["note"] = "hello";
   int i = 0;
-  for (DType t : {DType::kBF16, DType::kF16, DType::kF32, DType::kF64, DType::kI32}) {
+  for (DType t : {DType::kBF16, DType::kF16, DType::kF32, DType::kF64, DType::kI32, DType::kI64, DType::kF8E4M3,
+                  DType::kF8E5M2}) {
     StoredTensor s{std::string("t") + std::string(dtype_name(t)), t, {2, 3}, {}};
     s.bytes.resize(6 * dtype_size(t));
     for (auto& b : s.bytes) b = static_cast<std::byte>(i++ * 37);
@@ -163,7 +164,7 @@ TEST(CaseFile, MissingAndMistypedTensorsAreNamed) {
   for (auto& t : f32.tensors)
     if (t.name == "block_table") t.dtype = DType::kF32;
   write_safetensors(path, f32);
-  try { load_case(path); ADD_FAILURE(); } catch (const Error& e) { EXPECT_NE(std::string(e.what()).find("block_table: dtype is F32, expected I32"), std::string::npos); }
+  try { load_case(path); ADD_FAILURE(); } catch (const Error& e) { EXPECT_NE(std::string(e.what()).find("block_table: dtype is F32, expected I32 or I64"), std::string::npos); }
   SafetensorsFile bad_scale = f;
   bad_scale.metadata["scale"] = "abc";
   write_safetensors(path, bad_scale);

@@ -101,7 +101,7 @@ def test_save_case_from_torch(tmp_path, rng):
 def test_invalid_save_leaves_no_file(tmp_path, rng):
     p = random_problem(rng)
     path = tmp_path / "bad.safetensors"
-    with pytest.raises(ValueError, match="block_table: dtype is int64, expected I32"):
+    with pytest.raises(ValueError, match="context_lens: dtype is I32 but block_table is I64"):
         mixpa.save_case(path, query=p.query, key_cache=p.key_cache, value_cache=p.value_cache,
                         block_table=p.block_table.astype(np.int64), context_lens=p.context_lens, scale=1.0)
     with pytest.raises(ValueError, match="scale"):

@@ -106,12 +106,12 @@ def test_kv_shape_mismatch():
 
 @pytest.mark.parametrize("name,dtype,fragment", [
     ("query", np.float32, "query: dtype is F32, expected BF16"),
-    ("key_cache", np.float16, "key_cache: dtype is F16"),
+    ("key_cache", np.float64, "key_cache: dtype is F64"),
     ("value_cache", np.float32, "value_cache: dtype is F32"),
     ("block_table", np.float64, "block_table: dtype is F64, expected I32"),
     ("context_lens", BF16, "context_lens: dtype is BF16"),
     # dtypes the core has no name for are rejected by the binding in the same words
-    ("block_table", np.int64, "block_table: dtype is int64, expected I32"),
+    ("block_table", np.int16, "block_table: dtype is int16, expected I32 or I64"),
     ("context_lens", np.uint32, "context_lens: dtype is uint32, expected I32"),
     ("query", np.uint16, "query: dtype is uint16, expected BF16"),
     ("key_cache", np.int8, "key_cache: dtype is int8, expected BF16"),
@@ -149,15 +149,16 @@ def test_non_finite_scale(scale, fragment):
 def test_unsupported_head_dim():
     def mutate(t):
         for name in ("query", "key_cache", "value_cache"):
-            t[name] = np.ascontiguousarray(t[name][..., :32])
-    expect_rejected(mutate, "head_dim 32 is not supported", "{64, 128, 256}", out_shape=(3, 8, 32))
+            t[name] = np.ascontiguousarray(t[name][..., :40])
+    expect_rejected(mutate, "head_dim 40 is not supported", "a multiple of 16 in 16..256", out_shape=(3, 8, 40))
 
 
 def test_unsupported_block_size():
     def mutate(t):
-        t["key_cache"] = np.ascontiguousarray(t["key_cache"][:, :8])
-        t["value_cache"] = np.ascontiguousarray(t["value_cache"][:, :8])
-    expect_rejected(mutate, "block_size 8 is not supported", "{16, 32, 64, 128}")
+        shape = (t["key_cache"].shape[0], 257) + t["key_cache"].shape[2:]
+        t["key_cache"] = np.zeros(shape, t["key_cache"].dtype)
+        t["value_cache"] = np.zeros(shape, t["value_cache"].dtype)
+    expect_rejected(mutate, "block_size 257 is not supported", "1..256")
 
 
 def test_non_contiguous_inputs():

@@ -1,0 +1,6 @@
+// The attention kernel's instantiations for KernelDtype 2 (fp8bf16): paged_attention.cuh.
+#include "cuda/paged_attention.cuh"
+
+namespace mixpa::cuda::kernels {
+template cudaError_t dtype_entry<2>(KernelOp, const KernelParams*, int, int, int, int, cudaStream_t);
+}  // namespace mixpa::cuda::kernels
