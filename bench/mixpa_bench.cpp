@@ -324,21 +324,16 @@ void time_interleaved(const std::vector<ServingRun*>& runs, int reps) {
 
 void print_run(const ServingRun& r) {
   const double t = r.seconds_median();
-  std::printf("  %-34s %9.2f ms  KV %7.1f MB read  %6.2f GB/s  (%s kernels, median of %zu)
-", r.label.c_str(), t * 1e3,
+  std::printf("  %-34s %9.2f ms  KV %7.1f MB read  %6.2f GB/s  (%s kernels, median of %zu)\n", r.label.c_str(), t * 1e3,
               r.bytes() / 1e6, r.bytes() / t / 1e9, std::string(cpu::isa_name(r.ep.isa)).c_str(), r.seconds.size());
 }
 
 int serving_main(const Args& a, int threads) {
-  std::printf("mixpa_bench --serving: SPEC §6 shapes through the cpu executor, %d threads, median of %d interleaved runs
-",
+  std::printf("mixpa_bench --serving: SPEC §6 shapes through the cpu executor, %d threads, median of %d interleaved runs\n",
               threads, a.reps);
   for (cpu::TileClass tile : {cpu::TileClass::kWide, cpu::TileClass::kNarrow})
-    std::printf("auto for %s tiles: %s
-", cpu::tile_class_name(tile), cpu::auto_choice(tile).reason.c_str());
-  std::printf("(a shared machine is noisy: only the same-run ratios mean much)
-
-");
+    std::printf("auto for %s tiles: %s\n", cpu::tile_class_name(tile), cpu::auto_choice(tile).reason.c_str());
+  std::printf("(a shared machine is noisy: only the same-run ratios mean much)\n\n");
   // 1. An e4m3 cache next to bf16: half the bytes.
   for (const char* name : {"Case1", "Decode32k"}) {
     CaseSpec bf = find_case(name), f8 = bf;
@@ -348,13 +343,10 @@ int serving_main(const Args& a, int threads) {
     auto x = serving_run(std::string(name) + " bf16 cache", bf, threads);
     auto y = serving_run(std::string(name) + " e4m3 cache", f8, threads);
     time_interleaved({x.get(), y.get()}, a.reps);
-    std::printf("%s, F8_E4M3 cache next to BF16:
-", name);
+    std::printf("%s, F8_E4M3 cache next to BF16:\n", name);
     print_run(*x);
     print_run(*y);
-    std::printf("  => e4m3 / bf16 time %.3f: e4m3 is %.2fx faster (goal >= 1.7x where memory-bound)
-
-",
+    std::printf("  => e4m3 / bf16 time %.3f: e4m3 is %.2fx faster (goal >= 1.7x where memory-bound)\n\n",
                 y->seconds_median() / x->seconds_median(), x->seconds_median() / y->seconds_median());
   }
   // 2. Multi-token decode: q_len 4 in one call (16 rows per kv head share every page read) next to
@@ -365,13 +357,10 @@ int serving_main(const Args& a, int threads) {
     auto x = serving_run("Decode32k q_len 1, 4 calls", one, threads, 4);
     auto y = serving_run("Decode32k q_len 4, 1 call", four, threads);
     time_interleaved({x.get(), y.get()}, a.reps);
-    std::printf("Decode32k (GQA 32/8), q_len 4 in one call next to 4 separate q_len-1 calls:
-");
+    std::printf("Decode32k (GQA 32/8), q_len 4 in one call next to 4 separate q_len-1 calls:\n");
     print_run(*x);
     print_run(*y);
-    std::printf("  => 4 x q_len 1 / q_len 4 = %.2fx (goal >= 3x cheaper)
-
-", x->seconds_median() / y->seconds_median());
+    std::printf("  => 4 x q_len 1 / q_len 4 = %.2fx (goal >= 3x cheaper)\n\n", x->seconds_median() / y->seconds_median());
   }
   // 3. The general paths next to their fast neighbours, per byte read.
   struct Pair {
@@ -390,14 +379,11 @@ int serving_main(const Args& a, int threads) {
                              std::to_string(general.block_size),
                          general, threads);
     time_interleaved({x.get(), y.get()}, a.reps);
-    std::printf("Decode32k, %s:
-", pair.what);
+    std::printf("Decode32k, %s:\n", pair.what);
     print_run(*x);
     print_run(*y);
     const double per_byte = (y->bytes() / y->seconds_median()) / (x->bytes() / x->seconds_median());
-    std::printf("  => bytes/s of the general shape / the fast one = %.2f (goal >= 0.5)
-
-", per_byte);
+    std::printf("  => bytes/s of the general shape / the fast one = %.2f (goal >= 0.5)\n\n", per_byte);
   }
   return 0;
 }

@@ -104,7 +104,7 @@ struct Emulator {
 
   Emulator(const Problem& problem, const DeviceLimits& dev, const WorkPlanOptions& options = {})
       : pr(problem),
-        plan(make_plan(problem.shape, problem.scale)),
+        plan(make_plan(problem.shape, problem.variant.scale)),
         wp(plan_work(plan, problem.context_lens, dev, options, problem.variant.window_left,
                      {problem.query_dtype, problem.kv_dtype})),
         p(kernel_params(plan, wp, problem.variant.softcap, problem.k_scale, problem.v_scale)) {
