@@ -13,7 +13,7 @@
 // block table and the tensors' contents may change between runs. Page ids are checked on
 // the device (a bad one raises an error flag and loads zeros, never reads out of bounds).
 // Requirements: 16-byte aligned pointers, cache strides multiples of 16 bytes (8 elements of
-// bf16 / f16, 16 of fp8). fp8 caches take k_scale / v_scale from the options (SPEC §6).
+// bf16 / f16, 16 of fp8). fp8 caches take k_scale / v_scale from the options (docs/spec.md §6).
 // This header needs no CUDA headers: a stream is passed as `void*` (a cudaStream_t;
 // nullptr = the legacy default stream).
 #pragma once
@@ -35,7 +35,7 @@ class PagedAttention {
  public:
   // Validates the shapes and options (throws mixpa::Error naming the input), plans the work
   // for the current device and allocates its device buffers. host_context_lens: [batch], int32
-  // or int64 (the device tensors' block_table and context_lens may be either, SPEC §6).
+  // or int64 (the device tensors' block_table and context_lens may be either, docs/spec.md §6).
   PagedAttention(const Inputs& device_inputs, const std::int32_t* host_context_lens, const Options& options = {});
   PagedAttention(const Inputs& device_inputs, const std::int64_t* host_context_lens, const Options& options = {});
   ~PagedAttention();

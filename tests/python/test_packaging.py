@@ -55,7 +55,8 @@ def test_cli_version_equals_package_version():
                                 mixpa.Case, mixpa.zeros_kv_cache])
 def test_docstrings_list_shapes_and_dtypes(fn):
     doc = inspect.getdoc(fn) or ""
-    assert re.search(r"\[[a-z_]+(,\s+[a-z_.]+)*\]", doc), f"{fn.__qualname__}: no shape in the docstring"
+    shape = r"\[[a-z_]+(,\s+(\([a-z_]+,\)\s+)?[a-z_.]+)*\]"  # e.g. [batch, (q_len,) num_heads, head_dim]
+    assert re.search(shape, doc), f"{fn.__qualname__}: no shape in the docstring"
     assert re.search(r"bf16|bfloat16|float32", doc), f"{fn.__qualname__}: no dtype in the docstring"
 
 

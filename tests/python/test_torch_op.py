@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import mixpa
-from oracle import assert_close_to_exact, exact_attention, random_problem, torch_or_skip
+from oracle import (E4M3, F16, assert_close_to_exact, exact_attention, random_problem, serving_problem,
+                    torch_or_skip)
 
 
 def test_mixpa_imports_without_torch():
@@ -39,8 +40,8 @@ def as_torch(torch, p):
 def test_op_is_registered_with_a_fake(torch):
     op = torch.ops.mixpa.paged_attention.default
     names = [a.name for a in op._schema.arguments]
-    assert names[:12] == ["query", "key_cache", "value_cache", "block_table", "context_lens", "scale", "softcap",
-                          "window_left", "alibi_slopes", "sinks", "kv_layout", "return_lse"]
+    assert names[:14] == ["query", "key_cache", "value_cache", "block_table", "context_lens", "scale", "softcap",
+                          "window_left", "alibi_slopes", "sinks", "k_scale", "v_scale", "kv_layout", "return_lse"]
     assert len(op._schema.returns) == 2
     # The fake gives shapes only, on the meta device, without running the kernel.
     q = torch.empty(3, 8, 64, dtype=torch.bfloat16, device="meta")
@@ -88,6 +89,37 @@ def test_op_equals_paged_attention(torch, rng, kw):
         assert_close_to_exact(out.numpy(), exact_attention(*p.inputs(), scale=kw.get("scale")))
 
 
+def torch_view(torch, a):
+    """A torch tensor on the same memory, for every dtype the op takes."""
+    kinds = {np.dtype(mixpa._BF16): (np.int16, torch.bfloat16), E4M3: (np.uint8, torch.float8_e4m3fn)}
+    if a.dtype in kinds:
+        bits, dtype = kinds[a.dtype]
+        return torch.from_numpy(a.view(bits)).view(dtype)
+    return torch.from_numpy(a)
+
+
+@pytest.mark.parametrize("kind", ["f16", "e4m3-qlen4-int64"])
+def test_op_serving_dtypes_and_q_len(torch, rng, kind):
+    # docs/spec.md §6 through the op: float16 query and cache; an fp8 cache with k/v scales, q_len 4
+    # (query [batch, q_len, heads, head_dim]) and int64 indices. The fake gives the same shapes.
+    if kind == "f16":
+        p, kw = serving_problem(rng, kv_dtype=F16, query_dtype=F16), {}
+    else:
+        p = serving_problem(rng, kv_dtype=E4M3, q_len=4, index_dtype=np.int64, k_scale=0.5, v_scale=2.0)
+        kw = dict(k_scale=0.5, v_scale=2.0)
+    t = [torch_view(torch, a) for a in p.inputs()]
+    out, lse = torch.ops.mixpa.paged_attention(*t, return_lse=True, **kw)
+    want, want_lse = mixpa.paged_attention(*t, return_lse=True, **kw)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    torch.testing.assert_close(lse, want_lse, rtol=0, atol=0)
+    assert out.shape == t[0].shape and lse.shape == t[0].shape[:-1]
+    fake_out, fake_lse = torch.ops.mixpa.paged_attention(*(x.to("meta") for x in t), return_lse=True, **kw)
+    assert fake_out.shape == out.shape and fake_lse.shape == lse.shape
+    compiled = torch.compile(lambda *a: torch.ops.mixpa.paged_attention(*a, **kw)[0], fullgraph=True,
+                             backend="aot_eager")
+    torch.testing.assert_close(compiled(*t), out, rtol=0, atol=0)
+
+
 def test_op_hnd_layout(torch, rng):
     p = random_problem(rng, lens=(40, 7, 17))
     q, k, v, bt, cl = as_torch(torch, p)
@@ -131,7 +163,10 @@ def test_torch_compile_fullgraph(torch, rng, backend):
 
     torch._dynamo.reset()
     compiled = torch.compile(layer, fullgraph=True, backend=backend)
-    got, got_lse = compiled(q, k, v, bt, cl)
+    # Inductor's on-disk graph cache keys on this test's code, not on the op's schema: a graph
+    # cached by an older mixpa would call the op with its old arguments. Compile afresh.
+    with torch._inductor.config.patch(force_disable_caches=True):
+        got, got_lse = compiled(q, k, v, bt, cl)
     want, want_lse = layer(q, k, v, bt, cl)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch.testing.assert_close(got_lse, want_lse, rtol=0, atol=0)
