@@ -101,9 +101,13 @@ def test_torch_wrong_dtype_and_layout(rng):
     torch = pytest.importorskip("torch", reason="torch is not installed: torch path not tested")
     p = random_problem(rng)
     q, k, v, bt, cl = (to_torch(torch, a) for a in p.inputs())
-    with pytest.raises(ValueError, match="query: dtype is F16, expected BF16"):
-        mixpa.paged_attention(q.half(), k, v, bt, cl)
-    with pytest.raises(ValueError, match="block_table: dtype is int64, expected I32"):
+    # float16 queries and int64 indices are valid (SPEC §6); float32 / float64 are not, and the
+    # index tensors must share a dtype.
+    with pytest.raises(ValueError, match="query: dtype is F32, expected BF16 or F16"):
+        mixpa.paged_attention(q.float(), k, v, bt, cl)
+    with pytest.raises(ValueError, match="block_table: dtype is F64, expected I32 or I64"):
+        mixpa.paged_attention(q, k, v, bt.double(), cl)
+    with pytest.raises(ValueError, match="context_lens: dtype is I32 but block_table is I64"):
         mixpa.paged_attention(q, k, v, bt.long(), cl)
     with pytest.raises(ValueError, match="query: must be contiguous"):
         mixpa.paged_attention(q.transpose(0, 1).contiguous().transpose(0, 1), k, v, bt, cl)
