@@ -234,10 +234,11 @@ class DecodePlan:
         self._torch = _is_torch(query)
 
     def run(self, query, key_cache, value_cache, *, out=None):
-        """One layer: query bf16 | float16 [batch, (q_len,) num_heads, head_dim], key_cache /
-        value_cache (bf16, float16, float8_e4m3fn or float8_e5m2) with the plan's shapes, dtypes and
-        strides; returns ``out`` (float32, bfloat16 or float16 of the query's shape, written in place)
-        or a new float32 array (a torch tensor when the plan was made from torch tensors)."""
+        """One layer: query bf16 | float16 [batch, num_heads, head_dim] (or [batch, q_len, num_heads,
+        head_dim]), key_cache / value_cache (bf16, float16, float8_e4m3fn or float8_e5m2) with the
+        plan's shapes, dtypes and strides; returns ``out`` (float32 of the query's shape, written in
+        place; bf16 / float16 outputs: use paged_attention) or a new float32 array (a torch tensor
+        when the plan was made from torch tensors)."""
         mask = 0
         if type(query) is np.ndarray and query.dtype == _BF16:
             query, mask = query.view(np.uint16), 1
