@@ -30,6 +30,7 @@
 #include <numeric>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -223,6 +224,11 @@ void print_fixed_cost(const Case& c, const Options& o, int threads) {
   Inputs zin = c.inputs();
   zin.context_lens = TensorView::contiguous(zero_lens.data(), DType::kI32, {c.spec.batch});
   const double run0 = median_call_seconds(2001, [&] { run(zin, o, view); });
+  // The part of that no call can avoid: writing out's zeros (a large batch's out is MiBs).
+  const double zeros_s = median_call_seconds(2001, [&] {
+    std::memset(out.data(), 0, out.size() * sizeof(float));
+    asm volatile("" : : "r"(out.data()) : "memory");
+  });
   DecodePlan plan0(zin, o);
   const LayerInputs layer = layer_of(c);
   const double plan0_s = median_call_seconds(2001, [&] { plan0.run(layer, view); });
@@ -253,9 +259,11 @@ void print_fixed_cost(const Case& c, const Options& o, int threads) {
     fixed_at[k] = median(fixed);
   }
   std::printf("%-10s  fixed cost per call: context lengths all 0: mixpa::run %.1f us, DecodePlan::run %.1f us"
-              " (medians of 2001); this case minus its kernel time: %.1f us on 1 thread (CPU time), %.1f us"
-              " on %d (wall - kernel CPU time / threads: adds load imbalance and preemption; medians of 5)\n",
-              c.spec.name.c_str(), run0 * 1e6, plan0_s * 1e6, fixed_at[0] * 1e6, fixed_at[1] * 1e6, threads);
+              " (medians of 2001; of which a memset of out's %.2f MiB of zeros alone takes %.1f us); this case minus"
+              " its kernel time: %.1f us on 1 thread (CPU time), %.1f us on %d (wall - kernel CPU time / threads:"
+              " adds load imbalance and preemption; medians of 5)\n",
+              c.spec.name.c_str(), run0 * 1e6, plan0_s * 1e6, static_cast<double>(out.size() * sizeof(float)) / (1 << 20),
+              zeros_s * 1e6, fixed_at[0] * 1e6, fixed_at[1] * 1e6, threads);
 }
 
 // Runs the torch peer on the dumped case; returns its median seconds, or a negative value.
