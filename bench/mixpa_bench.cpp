@@ -137,12 +137,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-double thread_cpu_seconds() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
-}
-
 // Sets MIXPA_CPU_ISA while a plan is made (the plan keeps its flavour), "auto" = unset.
 DecodePlan make_plan_for(const Case& c, const Options& o, const std::string& isa) {
   const char* old = std::getenv("MIXPA_CPU_ISA");
@@ -238,32 +232,35 @@ void print_fixed_cost(const Case& c, const Options& o, int threads) {
   const Problem pr = validate(c.inputs(), o, view);
   const Plan plan = make_plan(pr.shape, pr.variant.scale);
   const int rows = static_cast<int>(std::min<std::int64_t>(plan.q_tile, pr.shape.group()));
-  double fixed_at[2] = {0, 0};
+  double fixed_at[2] = {0, 0}, merge_at[2] = {0, 0};
   const int counts[2] = {1, threads};
   for (int k = 0; k < 2; ++k) {
     cpu::ExecPlan ep;
     cpu::prepare(ep, pr, plan, counts[k], cpu::auto_isa_for_rows(rows));
-    std::atomic<std::int64_t> kernel_ns{0};
+    std::atomic<std::int64_t> kernel_ns{0}, merge_ns{0};
     ep.kernel_ns = &kernel_ns;
-    std::vector<double> fixed;
-    for (int r = 0; r < 5; ++r) {
+    ep.merge_ns = &merge_ns;
+    std::vector<double> fixed, merged;
+    for (int r = 0; r < 9; ++r) {
       kernel_ns = 0;
-      // One thread: the call's own CPU time (preemption by a neighbour excluded); all threads:
-      // wall time, which also carries waiting for the last item and any preemption.
-      const double t0 = k == 0 ? thread_cpu_seconds() : 0;
+      merge_ns = 0;
+      // Wall time on both sides (the kernel clock is CLOCK_MONOTONIC): on one thread that is the
+      // caller's own bookkeeping (pool hand-out, merge); on all it adds waiting for the last item.
       const auto w0 = Clock::now();
       cpu::execute(ep, pr, plan, out.data());
-      const double spent = k == 0 ? thread_cpu_seconds() - t0 : seconds_since(w0);
+      const double spent = seconds_since(w0);
       fixed.push_back(spent - static_cast<double>(kernel_ns.load()) * 1e-9 / counts[k]);
+      merged.push_back(static_cast<double>(merge_ns.load()) * 1e-9 / counts[k]);
     }
     fixed_at[k] = median(fixed);
+    merge_at[k] = median(merged);
   }
   std::printf("%-10s  fixed cost per call: context lengths all 0: mixpa::run %.1f us, DecodePlan::run %.1f us"
               " (medians of 2001; of which a memset of out's %.2f MiB of zeros alone takes %.1f us); this case minus"
-              " its kernel time: %.1f us on 1 thread (CPU time), %.1f us on %d (wall - kernel CPU time / threads:"
-              " adds load imbalance and preemption; medians of 5)\n",
+              " its kernel time: %.1f us on 1 thread (merging the split-KV partials %.1f us of it), %.1f us on %d (merge"
+              " %.1f us; wall - kernel time / threads: adds load imbalance; medians of 9)\n",
               c.spec.name.c_str(), run0 * 1e6, plan0_s * 1e6, static_cast<double>(out.size() * sizeof(float)) / (1 << 20),
-              zeros_s * 1e6, fixed_at[0] * 1e6, fixed_at[1] * 1e6, threads);
+              zeros_s * 1e6, fixed_at[0] * 1e6, merge_at[0] * 1e6, fixed_at[1] * 1e6, threads, merge_at[1] * 1e6);
 }
 
 // Runs the torch peer on the dumped case; returns its median seconds, or a negative value.

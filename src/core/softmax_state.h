@@ -28,12 +28,29 @@ struct SoftmaxState {
       l = l_part;
       return;
     }
+    const Factors f = fold(m_part, l_part);
+    for (std::int64_t d = 0; d < dim; ++d) o[d] = f.alpha * o[d] + f.beta * o_part[d];
+  }
+
+  // The scalar half of merge() on a non-empty state: folds (m_part, l_part) into (m, l) and
+  // returns the factors o must take (o = alpha * o + beta * o_part). The factor of the larger
+  // max is exp(0) = 1 exactly, so it is not computed (one exp per merge, not two).
+  struct Factors {
+    float alpha, beta;
+  };
+  Factors fold(float m_part, float l_part) {
     const float m_new = m > m_part ? m : m_part;
-    const float alpha = std::exp(m - m_new);
-    const float beta = std::exp(m_part - m_new);
-    for (std::int64_t d = 0; d < dim; ++d) o[d] = alpha * o[d] + beta * o_part[d];
+    const float alpha = m_new == m ? 1.0f : std::exp(m - m_new);
+    const float beta = m_new == m_part ? 1.0f : std::exp(m_part - m_new);
     l = alpha * l + beta * l_part;
     m = m_new;
+    return {alpha, beta};
+  }
+
+  // 1 / (l + e^(sink - m)): what finalize() multiplies o by (a non-empty state only).
+  float inverse_denominator(float sink = -std::numeric_limits<float>::infinity()) const {
+    const float denom = sink == -std::numeric_limits<float>::infinity() ? l : l + std::exp(sink - m);
+    return 1.0f / denom;
   }
 
   // out = o / (l + e^(sink - m)); an empty state (no visible token) yields zeros. The sink is
@@ -45,8 +62,7 @@ struct SoftmaxState {
       for (std::int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
       return;
     }
-    const float denom = sink == -std::numeric_limits<float>::infinity() ? l : l + std::exp(sink - m);
-    const float inv = 1.0f / denom;
+    const float inv = inverse_denominator(sink);
     for (std::int64_t d = 0; d < dim; ++d) out[d] = o[d] * inv;
   }
 

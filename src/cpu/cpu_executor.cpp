@@ -71,39 +71,84 @@ std::vector<std::int64_t> work_units(const Plan& plan, const SplitKvPlan& sp, co
   return begin;
 }
 
+// The merge's passes over head_dim, with an AVX2 clone picked at load time (the library's
+// baseline is x86-64 SSE2): the same IEEE operations either way, so the same bits.
+#define MIXPA_MERGE_CLONES __attribute__((target_clones("avx2", "default")))
+MIXPA_MERGE_CLONES void combine(float* dst, const float* o, const float* p, float alpha, float beta, std::int64_t dim) {
+  for (std::int64_t d = 0; d < dim; ++d) dst[d] = alpha * o[d] + beta * p[d];
+}
+MIXPA_MERGE_CLONES void combine_scaled(float* dst, const float* o, const float* p, float alpha, float beta, float inv,
+                                       std::int64_t dim) {
+  for (std::int64_t d = 0; d < dim; ++d) dst[d] = (alpha * o[d] + beta * p[d]) * inv;
+}
+MIXPA_MERGE_CLONES void scaled(float* dst, const float* o, float inv, std::int64_t dim) {
+  for (std::int64_t d = 0; d < dim; ++d) dst[d] = o[d] * inv;
+}
+#undef MIXPA_MERGE_CLONES
+
 // Merges the chunks of one logical block in chunk order and writes out = o / (l + e^(sink - m))
 // and lse for each of its rows (tile row r = pair (token p, head h): out row (b, p, h)): the
-// sinks join once, after the merge.
+// sinks join once, after the merge. Bit for bit SoftmaxState::merge over the chunks, then
+// finalize(), in fewer passes over head_dim: the scalar fold runs first, so the first partial
+// is read in place (no copy) and the last fold writes out directly, already scaled.
 void merge_block(const Problem& pr, const Plan& plan, ExecPlan& ep, std::int64_t block, const Results& res) {
   const LogicalBlock lb = plan.logical_block(block);
   const std::int64_t dim = pr.shape.head_dim;
   constexpr std::int64_t kStackDim = 512;
+  struct Step {
+    const float* part;
+    SoftmaxState::Factors f;
+  };
+  // Chunks per block <= kSplitTargetItems (plan_split_kv); the heap only past that.
+  constexpr std::int64_t kStackSteps = kSplitTargetItems;
   std::array<float, kStackDim> stack;
+  std::array<Step, kStackSteps> step_stack;
   std::vector<float> heap;  // only for head_dim > kStackDim (never allocated for SPEC shapes)
-  float* o = stack.data();
+  std::vector<Step> step_heap;
+  float* acc = stack.data();
   if (dim > kStackDim) {
     heap.resize(dim);
-    o = heap.data();
+    acc = heap.data();
   }
   const SplitKvPlan& sp = ep.sp;
+  Step* steps = step_stack.data();
+  if (sp.first[block + 1] - sp.first[block] > kStackSteps) {
+    step_heap.resize(sp.first[block + 1] - sp.first[block]);
+    steps = step_heap.data();
+  }
   const bool empty = pr.context_len(lb.batch) == 0;  // every chunk empty: zeros and lse -inf
   for (int r = 0; r < lb.rows; ++r) {
     const TileRow tr = plan.tile_row(lb, r);
     const std::int64_t row = pr.out_row(lb.batch, tr.token, tr.head);
     float* row_out = res.out + row * dim;
-    if (empty) {
+    SoftmaxState st;
+    std::int64_t n = 0;
+    for (std::int64_t c = empty ? sp.first[block + 1] : sp.first[block]; c < sp.first[block + 1]; ++c) {
+      const ChunkOut part = chunk_out(ep, c);
+      const float m_part = part.m[r], l_part = part.l[r];
+      if (m_part == -std::numeric_limits<float>::infinity() && l_part == 0.0f) continue;  // sees no token
+      const float* o_part = part.o + r * dim;
+      if (st.empty()) {
+        st.m = m_part;
+        st.l = l_part;
+        steps[n++] = {o_part, {0.0f, 1.0f}};
+      } else {
+        steps[n++] = {o_part, st.fold(m_part, l_part)};
+      }
+    }
+    if (res.lse) res.lse[row] = st.lse();
+    if (n == 0) {
       std::memset(row_out, 0, sizeof(float) * static_cast<std::size_t>(dim));
-      if (res.lse) res.lse[row] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    SoftmaxState st;
-    std::fill(o, o + dim, 0.0f);
-    for (std::int64_t c = sp.first[block]; c < sp.first[block + 1]; ++c) {
-      const ChunkOut part = chunk_out(ep, c);
-      st.merge(o, part.o + r * dim, part.m[r], part.l[r], dim);
+    const float inv = st.inverse_denominator(pr.variant.sink(tr.head));
+    const float* o = steps[0].part;
+    for (std::int64_t k = 1; k + 1 < n; ++k) {
+      combine(acc, o, steps[k].part, steps[k].f.alpha, steps[k].f.beta, dim);
+      o = acc;
     }
-    st.finalize(o, row_out, dim, pr.variant.sink(tr.head));
-    if (res.lse) res.lse[row] = st.lse();
+    if (n == 1) scaled(row_out, o, inv, dim);
+    else combine_scaled(row_out, o, steps[n - 1].part, steps[n - 1].f.alpha, steps[n - 1].f.beta, inv, dim);
   }
 }
 
@@ -144,6 +189,13 @@ void prepare_with(ExecPlan& ep, const Problem& pr, const Plan& plan, int threads
   ep.m.assign(n * plan.q_tile, -std::numeric_limits<float>::infinity());
   ep.l.assign(n * plan.q_tile, 0.0f);
   ep.order = execution_order(plan, ep.sp);
+  const std::int64_t blocks = plan.total_logical_blocks;
+  ep.block_chunks.assign(static_cast<std::size_t>(blocks), 0);
+  for (const std::int64_t c : ep.order) ++ep.block_chunks[ep.sp.chunks[c].logical_block];
+  ep.pending = std::make_unique<std::atomic<std::int32_t>[]>(static_cast<std::size_t>(blocks));
+  ep.idle_blocks.clear();
+  for (std::int64_t b = 0; b < blocks; ++b)
+    if (ep.block_chunks[b] == 0) ep.idle_blocks.push_back(b);
   const bool grouping = ep.group != nullptr && pr.shape.num_kv_heads > 1 && pr.shape.group() <= 8;
   ep.unit_begin = work_units(plan, ep.sp, ep.order, grouping, ep.threads);
   ep.shape = pr.shape;
@@ -183,15 +235,10 @@ void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& o
              const std::function<bool()>& cancelled) {
   const std::int64_t units = static_cast<std::int64_t>(ep.unit_begin.size()) - 1;
   ThreadPool& pool = ThreadPool::instance();
-  // Cancellation skips the remaining units (pool workers must not throw) and throws below,
-  // before anything is written to `out`.
+  // Cancellation skips the remaining units (pool workers must not throw) and throws below;
+  // the blocks merged by then are written, the rest of `out` is not (Options::cancelled).
   std::atomic<bool> stop{false};
-  auto run_unit = [&](std::int64_t u) {
-    if (cancelled && (stop.load(std::memory_order_relaxed) || cancelled())) {
-      stop.store(true, std::memory_order_relaxed);
-      return;
-    }
-    const std::int64_t i0 = ep.unit_begin[u], count = ep.unit_begin[u + 1] - i0;
+  auto run_kernels = [&](std::int64_t i0, std::int64_t count) {
     if (count == 1) {
       const std::int64_t c = ep.order[i0];
       ep.kernel(job_for(pr, plan, ep.sp.chunks[c]), chunk_out(ep, c));
@@ -217,20 +264,42 @@ void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& o
     }
     ep.group(std::span<const ChunkJob>(jobs, count), std::span<const ChunkOut>(outs, count));
   };
-  if (ep.kernel_ns == nullptr) {
-    pool.parallel_for(units, ep.threads, run_unit);
-  } else {
-    pool.parallel_for(units, ep.threads, [&](std::int64_t u) {
-      timespec t0, t1;  // the thread's CPU time: a neighbour's preemption is not counted
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-      run_unit(u);
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  auto merge = [&](std::int64_t b) {
+    if (ep.merge_ns == nullptr) return merge_block(pr, plan, ep, b, out);
+    timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    merge_block(pr, plan, ep, b, out);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ep.merge_ns->fetch_add((t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec));
+  };
+  auto run_unit = [&](std::int64_t u) {
+    if (cancelled && (stop.load(std::memory_order_relaxed) || cancelled())) {
+      stop.store(true, std::memory_order_relaxed);
+      return;
+    }
+    const std::int64_t i0 = ep.unit_begin[u], count = ep.unit_begin[u + 1] - i0;
+    if (ep.kernel_ns == nullptr) {
+      run_kernels(i0, count);
+    } else {
+      timespec t0, t1;
+      clock_gettime(CLOCK_MONOTONIC, &t0);
+      run_kernels(i0, count);
+      clock_gettime(CLOCK_MONOTONIC, &t1);
       ep.kernel_ns->fetch_add((t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec));
-    });
-  }
+    }
+    // The thread that completes a block's last chunk merges it (acq_rel: the other chunks'
+    // partials, written before their decrements, are visible here). Chunk order, not
+    // completion order, decides the arithmetic, so the result is the same on any thread count.
+    for (std::int64_t i = i0; i < i0 + count; ++i) {
+      const std::int64_t b = ep.sp.chunks[ep.order[i]].logical_block;
+      if (ep.pending[b].fetch_sub(1, std::memory_order_acq_rel) == 1) merge(b);
+    }
+  };
+  for (std::int64_t b = 0; b < plan.total_logical_blocks; ++b)
+    ep.pending[b].store(ep.block_chunks[b], std::memory_order_relaxed);  // published by the pool's hand-out
+  for (const std::int64_t b : ep.idle_blocks) merge_block(pr, plan, ep, b, out);
+  pool.parallel_for(units, ep.threads, run_unit);
   if (stop.load()) throw Interrupted();
-  // Merging is (rows x head_dim) per chunk: cheap next to the chunks, but still spread out.
-  pool.parallel_for(plan.total_logical_blocks, ep.threads, [&](std::int64_t b) { merge_block(pr, plan, ep, b, out); });
 }
 
 void run_with_isa(const Problem& pr, const Plan& plan, const Options& options, const Results& out, Isa isa) {

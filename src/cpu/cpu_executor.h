@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/plan.h"
@@ -40,14 +41,24 @@ struct ExecPlan {
   // never run: their m = -inf, l = 0 are written once, here.
   std::int64_t row_floats = 0;
   std::vector<float> o, m, l;
+  // The merge of a block runs on the thread that completes its last chunk, inside the same
+  // parallel_for (no second hand-out, and the partials are still in that core's caches):
+  // pending[b] counts block b's chunks still running (reset to block_chunks[b] per call);
+  // blocks with no chunk to run (context 0) are written by the caller.
+  std::vector<std::int32_t> block_chunks;
+  std::unique_ptr<std::atomic<std::int32_t>[]> pending;
+  std::vector<std::int64_t> idle_blocks;
   // What it was made for (matches()).
   Shape shape;
   int q_tile = 0;
   std::vector<std::int64_t> context_lens;
   std::int64_t window_left = -1;
-  // For the benchmark: when set, execute() adds the CPU time (ns, every thread) spent inside
+  // For the benchmark: when set, execute() adds the time (ns, summed over threads) spent inside
   // kernels to it, so a call's fixed cost (its time - kernel time / threads) can be told apart.
+  // Read from CLOCK_MONOTONIC (vDSO, ~30 ns): a thread CPU-time clock is a system call (~0.8 us
+  // in a VM), which would itself be most of the fixed cost it is meant to measure.
   std::atomic<std::int64_t>* kernel_ns = nullptr;
+  std::atomic<std::int64_t>* merge_ns = nullptr;  // likewise for the merge of the partials
 };
 
 // Builds the plan (isa must be isa_supported(); threads >= 1; a plain-score variant without a window:
