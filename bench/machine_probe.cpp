@@ -155,35 +155,42 @@ namespace {
 
 constexpr std::int64_t kPeakIters = 4'000'000;
 
-// The probes below run 16 independent accumulator chains, acc = acc * a + b (or acc += a . b),
+// The probes below run C independent accumulator chains, acc = acc * a + b (or acc += a . b),
 // and return the sum of every lane of every chain, so the compiler can drop none of them: a
 // chain whose result is unused is dead code, and a probe that kept one chain would time its
-// latency while counting 16 chains' FLOPs (an earlier ymm probe did, and read 2x the zmm rate).
+// latency while counting C chains' FLOPs (an earlier ymm probe did, and read 2x the zmm rate).
 // a and b are opaque to the compiler, so it can neither fold nor shorten the chains; with a = b
-// = 1 every value stays an exact small integer, which tests/bench checks.
+// = 1 every value stays an exact small integer, which tests/bench checks. C = 16 on zmm (32
+// registers); 12 on ymm, whose 16 registers must also hold a and b: 16 ymm chains spilled two
+// accumulators to the stack every step, and the store-forwarding round trip held the probe to
+// ~1 FMA per cycle (Zen 3: 58 GFLOP/s per core, against 101 with 12 chains; a 4-cycle FMA on
+// 2 pipes needs 8 chains in flight).
+constexpr int kZmmChains = 16;
+constexpr int kYmmChains = 12;
+
 __attribute__((target("avx512f,avx512bf16"))) double probe_bf16_zmm(std::int64_t iters) {
-  __m512 acc[16];
-  for (int k = 0; k < 16; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
+  __m512 acc[kZmmChains];
+  for (int k = 0; k < kZmmChains; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
   __m512i a = _mm512_set1_epi32(0x3f803f80), b = a;  // bf16 pairs (1, 1): each step adds 2
   asm volatile("" : "+v"(a), "+v"(b));
   for (std::int64_t i = 0; i < iters; ++i)
 #pragma GCC unroll 16
-    for (int k = 0; k < 16; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)a, (__m512bh)b);
+    for (int k = 0; k < kZmmChains; ++k) acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)a, (__m512bh)b);
   double sum = 0;
-  for (int k = 0; k < 16; ++k) sum += static_cast<double>(_mm512_reduce_add_ps(acc[k]));
+  for (int k = 0; k < kZmmChains; ++k) sum += static_cast<double>(_mm512_reduce_add_ps(acc[k]));
   return sum;
 }
 
 __attribute__((target("avx2,fma"))) double probe_fma_ymm(std::int64_t iters) {
-  __m256 acc[16];
-  for (int k = 0; k < 16; ++k) acc[k] = _mm256_set1_ps(static_cast<float>(k));
+  __m256 acc[kYmmChains];
+  for (int k = 0; k < kYmmChains; ++k) acc[k] = _mm256_set1_ps(static_cast<float>(k));
   __m256 a = _mm256_set1_ps(1.0f), b = a;
   asm volatile("" : "+x"(a), "+x"(b));
   for (std::int64_t i = 0; i < iters; ++i)
 #pragma GCC unroll 16
-    for (int k = 0; k < 16; ++k) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
+    for (int k = 0; k < kYmmChains; ++k) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
   double sum = 0;
-  for (int k = 0; k < 16; ++k) {
+  for (int k = 0; k < kYmmChains; ++k) {
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, acc[k]);
     for (float x : lanes) sum += static_cast<double>(x);
@@ -192,29 +199,30 @@ __attribute__((target("avx2,fma"))) double probe_fma_ymm(std::int64_t iters) {
 }
 
 __attribute__((target("avx512f"))) double probe_fma_zmm(std::int64_t iters) {
-  __m512 acc[16];
-  for (int k = 0; k < 16; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
+  __m512 acc[kZmmChains];
+  for (int k = 0; k < kZmmChains; ++k) acc[k] = _mm512_set1_ps(static_cast<float>(k));
   __m512 a = _mm512_set1_ps(1.0f), b = a;
   asm volatile("" : "+v"(a), "+v"(b));
   for (std::int64_t i = 0; i < iters; ++i)
 #pragma GCC unroll 16
-    for (int k = 0; k < 16; ++k) acc[k] = _mm512_fmadd_ps(acc[k], a, b);
+    for (int k = 0; k < kZmmChains; ++k) acc[k] = _mm512_fmadd_ps(acc[k], a, b);
   double sum = 0;
-  for (int k = 0; k < 16; ++k) sum += static_cast<double>(_mm512_reduce_add_ps(acc[k]));
+  for (int k = 0; k < kZmmChains; ++k) sum += static_cast<double>(_mm512_reduce_add_ps(acc[k]));
   return sum;
 }
 
 struct Probe {
   double (*run)(std::int64_t iters);
   double flop_per_instr;
+  int chains;
   const char* name;
 };
 
 std::vector<Probe> dot_probes() {
   std::vector<Probe> probes;
-  if (__builtin_cpu_supports("avx512bf16")) probes.push_back({&probe_bf16_zmm, 64, "vdpbf16ps zmm"});
-  if (__builtin_cpu_supports("avx512f")) probes.push_back({&probe_fma_zmm, 32, "vfmadd231ps zmm"});
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) probes.push_back({&probe_fma_ymm, 16, "vfmadd231ps ymm"});
+  if (__builtin_cpu_supports("avx512bf16")) probes.push_back({&probe_bf16_zmm, 64, kZmmChains, "vdpbf16ps zmm"});
+  if (__builtin_cpu_supports("avx512f")) probes.push_back({&probe_fma_zmm, 32, kZmmChains, "vfmadd231ps zmm"});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) probes.push_back({&probe_fma_ymm, 16, kYmmChains, "vfmadd231ps ymm"});
   return probes;
 }
 
@@ -268,7 +276,7 @@ Peak measure_dot_peak(int threads) {
     double secs = 1e30;
     for (int trial = 0; trial < 7; ++trial)
       secs = std::min(secs, timed_parallel(threads, threads, [&](std::int64_t) { sink = probe.run(kPeakIters); }));
-    const double gflops = probe.flop_per_instr * 16.0 * static_cast<double>(kPeakIters) * threads / secs / 1e9;
+    const double gflops = probe.flop_per_instr * probe.chains * static_cast<double>(kPeakIters) * threads / secs / 1e9;
     if (gflops > best.gflops) best = {gflops, probe.name};
   }
   return best;
@@ -276,7 +284,7 @@ Peak measure_dot_peak(int threads) {
 
 std::vector<ProbeCheck> run_dot_probes_once(std::int64_t iters) {
   std::vector<ProbeCheck> out;
-  for (const Probe& probe : dot_probes()) out.push_back({probe.name, probe.flop_per_instr, probe.run(iters)});
+  for (const Probe& probe : dot_probes()) out.push_back({probe.name, probe.flop_per_instr, probe.chains, probe.run(iters)});
   return out;
 }
 

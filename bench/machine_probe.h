@@ -30,15 +30,17 @@ struct Peak {
   std::string instruction;  // "vdpbf16ps zmm", "vfmadd231ps zmm" or "vfmadd231ps ymm"
 };
 // Dot-product peak of the fastest instruction this CPU has (vdpbf16ps, else fp32 FMA on zmm or
-// ymm), 16 independent accumulator chains per thread on `threads` threads.
+// ymm), independent accumulator chains per thread (16 on zmm, 12 on ymm) on `threads` threads.
 Peak measure_dot_peak(int threads);
 
 // For tests: each dot-product probe this CPU runs, once, for `iters` steps with a = b = 1. `sum`
-// is the sum over every lane of its 16 chains (chain k starts at k), so a probe that computes
-// all it counts returns lanes * (120 + 16 * iters * step), step = 1 for an FMA and 2 for vdpbf16ps.
+// is the sum over every lane of its C chains (chain k starts at k), so a probe that computes
+// all it counts returns lanes * (C (C - 1) / 2 + C * iters * step), step = 1 for an FMA and 2
+// for vdpbf16ps.
 struct ProbeCheck {
   std::string instruction;
   double flop_per_instr;
+  int chains;
   double sum;
 };
 std::vector<ProbeCheck> run_dot_probes_once(std::int64_t iters);

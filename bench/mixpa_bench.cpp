@@ -422,7 +422,7 @@ int bench_main(int argc, char** argv) {
   Peak peak = measure_peak();
   const std::int64_t llc = last_level_cache_bytes();
   std::cout << "machine: peak " << peak.gflops << " GFLOP/s (" << peak.instruction << ", "
-            << (peak.instruction.find("AMX") != std::string::npos ? "4 tiles" : "16 chains") << " x " << threads
+            << (peak.instruction.find("AMX") != std::string::npos ? "4 tiles" : peak.instruction.find("ymm") != std::string::npos ? "12 chains" : "16 chains") << " x " << threads
             << " threads); last-level cache " << llc / (1 << 20) << " MiB\n";
   if (cpu_exec) {
     std::string flavours;
