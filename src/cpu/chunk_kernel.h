@@ -84,6 +84,9 @@ MIXPA_CPU_FLAVOURS_BEGIN
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_scalar(const ChunkJob& job, const ChunkOut& out);
 void attend_chunk_avx2(const ChunkJob& job, const ChunkOut& out);
+// The kv heads of one request over the same pages, page by page (tiles of <= 8 rows; wider
+// ones run one by one): bitwise attend_chunk_avx2 per chunk.
+void attend_group_avx2(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
 // The SIMD layer's tanh (soft-cap) in ymm / zmm, for tests (n a multiple of 8 / 16).
 void tanh_avx2(const float* x, float* y, std::int64_t n);
 void tanh_avx512(const float* x, float* y, std::int64_t n);

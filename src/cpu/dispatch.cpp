@@ -284,6 +284,9 @@ GroupKernel group_kernel([[maybe_unused]] Isa isa) {
 #if defined(MIXPA_CPU_HAS_AVX512)
   if (isa == Isa::kAvx512) return &attend_group_avx512;
 #endif
+#if defined(MIXPA_CPU_HAS_AVX2)
+  if (isa == Isa::kAvx2) return &attend_group_avx2;
+#endif
   return nullptr;
 }
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <new>
+#include <span>
 
 #include "core/element.h"
 #include "cpu/chunk_kernel.h"
@@ -18,6 +20,9 @@
 namespace mixpa::cpu {
 
 void attend_avx2_e4m3(const ChunkJob& job, const ChunkOut& out) { avx2::attend_rows<e4m3>(job, out); }
+void attend_group_avx2_e4m3(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs) {
+  avx2::attend_group_rows<e4m3>(jobs, outs);
+}
 
 }  // namespace mixpa::cpu
 

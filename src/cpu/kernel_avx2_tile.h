@@ -45,6 +45,11 @@ void attend_avx2_bf16(const ChunkJob& job, const ChunkOut& out);
 void attend_avx2_f16(const ChunkJob& job, const ChunkOut& out);
 void attend_avx2_e4m3(const ChunkJob& job, const ChunkOut& out);
 void attend_avx2_e5m2(const ChunkJob& job, const ChunkOut& out);
+// The group kernels of each cache dtype: the kv heads of one request over the same pages.
+void attend_group_avx2_bf16(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
+void attend_group_avx2_f16(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
+void attend_group_avx2_e4m3(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
+void attend_group_avx2_e5m2(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs);
 
 namespace avx2 {
 namespace {
@@ -196,18 +201,26 @@ struct Tile {
 
   int dim() const { return DT != 0 ? DT : d; }
 
-  explicit Tile(const ChunkJob& j)
+  // What one tile keeps across stages (Q, scores, O) lives in `own` (own_floats() floats;
+  // nullptr: this thread's scratch), so the tiles of a group each have their own; the stage
+  // temporaries (widened K and V rows) are shared.
+  static std::size_t own_floats(const Problem& p) {
+    return static_cast<std::size_t>((2 * p.shape.head_dim + max_run_tokens(p.shape.block_size)) * W);
+  }
+
+  explicit Tile(const ChunkJob& j, float* own = nullptr)
       : job(j),
         pr(*j.problem),
         d(static_cast<int>(pr.shape.head_dim)),
         tb(kPvBlockFloats / static_cast<int>(pr.shape.head_dim)),
         row_bytes(pr.shape.head_dim * static_cast<std::int64_t>(sizeof(KV))) {
     const int D = dim();
-    qt = static_cast<float*>(scratch(0, D * W * 4));
+    if (own == nullptr) own = static_cast<float*>(scratch(0, own_floats(pr) * 4));
+    qt = own;
+    ot = own + D * W;
+    s = own + 2 * D * W;
     kf = static_cast<float*>(scratch(1, kMaxNJ * D * 4));
-    s = static_cast<float*>(scratch(2, max_run_tokens(pr.shape.block_size) * W * 4));
     vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
-    ot = static_cast<float*>(scratch(4, D * W * 4));
     pos_base = pr.context_len(job.batch) - pr.shape.q_len;
     alignas(32) float q_row[256];
     alignas(32) std::int32_t rp[W], rl[W];
@@ -366,6 +379,51 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
   });
 }
 
+// A group of tiles (one per kv head: the same request, token range and row count) as one run
+// flavour: each stage runs for every tile on the same pages, so a page's rows of all kv heads
+// are read together (one pass over the page instead of one per kv head, each 1/num_kv_heads of
+// every row). Per tile the stages and their arithmetic are the single tile's: bitwise the same.
+template <class T>
+struct TileGroup {
+  static constexpr int kMax = 8;  // work units group at most 8 kv heads (cpu_executor.cpp)
+  alignas(T) unsigned char storage[kMax][sizeof(T)];
+  int n = 0;
+  T& tile(int h) { return *std::launder(reinterpret_cast<T*>(storage[h])); }
+
+  TileGroup(std::span<const ChunkJob> jobs, float* own, std::size_t own_floats) : n(static_cast<int>(jobs.size())) {
+    for (int h = 0; h < n; ++h) new (storage[h]) T(jobs[h], own + h * own_floats);
+  }
+  ~TileGroup() {
+    for (int h = 0; h < n; ++h) tile(h).~T();
+  }
+  TileGroup(const TileGroup&) = delete;
+  TileGroup& operator=(const TileGroup&) = delete;
+
+  void qk(const PageRun& run) {
+    for (int h = 0; h < n; ++h) tile(h).qk(run);
+  }
+  void softmax(const PageRun& run) {
+    for (int h = 0; h < n; ++h) tile(h).softmax(run);
+  }
+  void pv(const PageRun& run) {
+    for (int h = 0; h < n; ++h) tile(h).pv(run);
+  }
+  void finish(std::span<const ChunkOut> outs) {
+    for (int h = 0; h < n; ++h) tile(h).finish(outs[h]);
+  }
+};
+
+template <class KV, int RV, int DT>
+void attend_group(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs) {
+  simd::with_score_features(jobs[0].problem->variant.score_features(), [&]<unsigned F>() {
+    using T = Tile<RV, DT, F, KV>;
+    const std::size_t own = T::own_floats(*jobs[0].problem);
+    float* buffers = static_cast<float*>(scratch(0, jobs.size() * own * 4));
+    TileGroup<T> group(jobs, buffers, own);
+    drive_chunk_runs(group, jobs[0], outs);
+  });
+}
+
 // The fast head_dims as template values, the others at run time.
 template <class KV, int RV>
 void attend_dim(const ChunkJob& job, const ChunkOut& out) {
@@ -390,6 +448,29 @@ void attend_rows(const ChunkJob& job, const ChunkOut& out) {
     if (sub.rows <= 8) attend_dim<KV, 1>(sub, part);
     else if (sub.rows <= 16) attend_dim<KV, 2>(sub, part);
     else attend_dim<KV, 4>(sub, part);
+  }
+}
+
+
+// Groups of narrow tiles (<= 8 rows: one ymm of rows) page by page; wider tiles read enough of
+// each row per K/V load already, and run one by one (their stages' registers are the bound).
+template <class KV>
+void attend_group_rows(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs) {
+  constexpr std::size_t kMax = TileGroup<Tile<1, 0, 0, KV>>::kMax;
+  if (jobs[0].rows > 8) {
+    for (std::size_t h = 0; h < jobs.size(); ++h) attend_rows<KV>(jobs[h], outs[h]);
+    return;
+  }
+  for (std::size_t h0 = 0; h0 < jobs.size(); h0 += kMax) {
+    const std::size_t n = std::min(kMax, jobs.size() - h0);
+    const auto js = jobs.subspan(h0, n);
+    const auto os = outs.subspan(h0, n);
+    switch (jobs[0].problem->shape.head_dim) {
+      case 64: attend_group<KV, 1, 64>(js, os); break;
+      case 128: attend_group<KV, 1, 128>(js, os); break;
+      case 256: attend_group<KV, 1, 256>(js, os); break;
+      default: attend_group<KV, 1, 0>(js, os); break;
+    }
   }
 }
 

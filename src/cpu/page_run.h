@@ -33,8 +33,8 @@ struct PageRun {
   std::int64_t next_page = -1;  // the page after the run's last span, -1 at the walk's end
 };
 
-template <class F>
-concept RunFlavour = requires(F& f, const PageRun& run, const ChunkOut& out) {
+template <class F, class Out = ChunkOut>
+concept RunFlavour = requires(F& f, const PageRun& run, const Out& out) {
   f.qk(run);
   f.softmax(run);
   f.pv(run);
@@ -43,9 +43,11 @@ concept RunFlavour = requires(F& f, const PageRun& run, const ChunkOut& out) {
 
 // Pages of block_size >= kRunTokens / 2 are runs of one page each (the per-page order of
 // chunk_driver.h); smaller ones are grouped until a run holds kRunTokens tokens.
-template <class F>
-inline void drive_chunk_runs(F& f, const ChunkJob& job, const ChunkOut& out) {
-  static_assert(RunFlavour<F>, "a run flavour needs qk(run), softmax(run), pv(run) and finish(out)");
+// A group flavour (the avx2 group kernel: tiles of several kv heads over the same pages) takes
+// its tiles' outputs as `out`.
+template <class F, class Out>
+inline void drive_chunk_runs(F& f, const ChunkJob& job, const Out& out) {
+  static_assert(RunFlavour<F, Out>, "a run flavour needs qk(run), softmax(run), pv(run) and finish(out)");
   const bool group = job.problem->shape.block_size < kRunTokens / 2;
   PageRun run;
   for (PageWalk w(*job.problem, job.batch, job.tokens); w.is_valid(); ++w) {
