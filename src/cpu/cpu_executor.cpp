@@ -73,7 +73,12 @@ std::vector<std::int64_t> work_units(const Plan& plan, const SplitKvPlan& sp, co
 
 // The merge's passes over head_dim, with an AVX2 clone picked at load time (the library's
 // baseline is x86-64 SSE2): the same IEEE operations either way, so the same bits.
+// Not under ThreadSanitizer: its runtime is not up yet when the loader runs ifunc resolvers.
+#if defined(__SANITIZE_THREAD__)
+#define MIXPA_MERGE_CLONES
+#else
 #define MIXPA_MERGE_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
 MIXPA_MERGE_CLONES void combine(float* dst, const float* o, const float* p, float alpha, float beta, std::int64_t dim) {
   for (std::int64_t d = 0; d < dim; ++d) dst[d] = alpha * o[d] + beta * p[d];
 }
