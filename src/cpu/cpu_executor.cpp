@@ -157,6 +157,17 @@ void merge_block(const Problem& pr, const Plan& plan, ExecPlan& ep, std::int64_t
   }
 }
 
+// Runs fn; when ns is set (the bench), adds its CLOCK_MONOTONIC duration to it.
+template <class Fn>
+void timed(std::atomic<std::int64_t>* ns, Fn&& fn) {
+  if (ns == nullptr) return fn();
+  timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  fn();
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  ns->fetch_add((t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec));
+}
+
 bool same_shape(const Shape& a, const Shape& b) {
   return a.batch == b.batch && a.num_heads == b.num_heads && a.num_kv_heads == b.num_kv_heads &&
          a.head_dim == b.head_dim && a.num_blocks == b.num_blocks && a.block_size == b.block_size &&
@@ -269,29 +280,14 @@ void execute(ExecPlan& ep, const Problem& pr, const Plan& plan, const Results& o
     }
     ep.group(std::span<const ChunkJob>(jobs, count), std::span<const ChunkOut>(outs, count));
   };
-  auto merge = [&](std::int64_t b) {
-    if (ep.merge_ns == nullptr) return merge_block(pr, plan, ep, b, out);
-    timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    merge_block(pr, plan, ep, b, out);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    ep.merge_ns->fetch_add((t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec));
-  };
+  auto merge = [&](std::int64_t b) { timed(ep.merge_ns, [&] { merge_block(pr, plan, ep, b, out); }); };
   auto run_unit = [&](std::int64_t u) {
     if (cancelled && (stop.load(std::memory_order_relaxed) || cancelled())) {
       stop.store(true, std::memory_order_relaxed);
       return;
     }
     const std::int64_t i0 = ep.unit_begin[u], count = ep.unit_begin[u + 1] - i0;
-    if (ep.kernel_ns == nullptr) {
-      run_kernels(i0, count);
-    } else {
-      timespec t0, t1;
-      clock_gettime(CLOCK_MONOTONIC, &t0);
-      run_kernels(i0, count);
-      clock_gettime(CLOCK_MONOTONIC, &t1);
-      ep.kernel_ns->fetch_add((t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec));
-    }
+    timed(ep.kernel_ns, [&] { run_kernels(i0, count); });
     // The thread that completes a block's last chunk merges it (acq_rel: the other chunks'
     // partials, written before their decrements, are visible here). Chunk order, not
     // completion order, decides the arithmetic, so the result is the same on any thread count.
