@@ -34,6 +34,9 @@
 // Memory: the next token block's rows (and after the last, the next page's first rows) are
 // prefetched into L1 during the current block's FMAs; pages reach L2 through the hardware
 // streamer. Pages smaller than 16 tokens are taken in runs of >= 32 tokens (page_run.h).
+// Tiles of <= 4 rows (GQA decode: 32/8 heads is 4 rows per kv head) would leave half or more of
+// the lanes idle; they run as a NarrowTile instead (head_dim positions in the lanes, K and V
+// widened in registers; see there), with the same state, epilogue and SF.
 #pragma once
 
 #include "cpu/simd_avx2.h"
@@ -60,8 +63,8 @@ constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16
 constexpr int kMaxNJ = 8;
 constexpr int kMaxRun = 256;  // tokens of one run: max_run_tokens(block_size) <= 256
 
-// How a cache dtype's rows are widened: into fp32 of `kFactor` times smaller than float(K)
-// (exactly), in an order of positions that Q and O share.
+// How a cache dtype's rows are widened: 16 elements at a time into two vectors (load16) of fp32
+// `kFactor` times smaller than float(K) (exactly), in an order of positions that Q and O share.
 template <class KV>
 struct CacheRow;
 
@@ -74,10 +77,10 @@ struct CacheRow<bf16> {
     const int q = p % 16;
     return p - q + (q < 8 ? 2 * q : 2 * (q - 8) + 1);
   }
-  static void widen16(const bf16* src, float* dst) {
+  static void load16(const bf16* src, __m256& lo, __m256& hi) {
     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    _mm256_store_ps(dst, _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)));
-    _mm256_store_ps(dst + 8, _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u)))));
+    lo = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    hi = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
   }
 };
 
@@ -86,20 +89,20 @@ struct CacheRow<f16> {
   static constexpr float kFactor = 1.0f;
   static constexpr bool kF16P = true;
   static int position_dim(int p) { return p; }
-  static void widen16(const f16* src, float* dst) {
-    _mm256_store_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
-    _mm256_store_ps(dst + 8, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 8))));
+  static void load16(const f16* src, __m256& lo, __m256& hi) {
+    lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 8)));
   }
 };
 
 // fp8 rows, 16 elements per step: the bytes unpacked below zero bytes into 16-bit lanes
 // w = byte << 8 (elements 0-7, then 8-15), half(w) the fp16 bits, each 8 to fp32.
 template <class Row>
-inline void widen16_fp8(const std::uint8_t* src, float* dst) {
+inline void load16_fp8(const std::uint8_t* src, __m256& lo, __m256& hi) {
   const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
   const __m128i z = _mm_setzero_si128();
-  _mm256_store_ps(dst, _mm256_cvtph_ps(Row::half(_mm_unpacklo_epi8(z, x))));
-  _mm256_store_ps(dst + 8, _mm256_cvtph_ps(Row::half(_mm_unpackhi_epi8(z, x))));
+  lo = _mm256_cvtph_ps(Row::half(_mm_unpacklo_epi8(z, x)));
+  hi = _mm256_cvtph_ps(Row::half(_mm_unpackhi_epi8(z, x)));
 }
 
 template <>
@@ -109,7 +112,7 @@ struct CacheRow<e5m2> {
   static int position_dim(int p) { return p; }
   // e5m2 is the high byte of an fp16.
   static __m128i half(__m128i w) { return w; }
-  static void widen16(const e5m2* src, float* dst) { widen16_fp8<CacheRow>(&src->bits, dst); }
+  static void load16(const e5m2* src, __m256& lo, __m256& hi) { load16_fp8<CacheRow>(&src->bits, lo, hi); }
 };
 
 template <>
@@ -123,7 +126,7 @@ struct CacheRow<e4m3> {
     const __m128i nan = _mm_cmpeq_epi16(_mm_slli_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xfe00)));
     return _mm_or_si128(h, nan);
   }
-  static void widen16(const e4m3* src, float* dst) { widen16_fp8<CacheRow>(&src->bits, dst); }
+  static void load16(const e4m3* src, __m256& lo, __m256& hi) { load16_fp8<CacheRow>(&src->bits, lo, hi); }
 };
 
 // dst[0, d) = the row src widened (d a multiple of 16; DT when DT != 0).
@@ -131,7 +134,12 @@ template <class KV, int DT>
 inline void widen_row(const KV* src, float* dst, int d) {
   const int n = DT != 0 ? DT : d;
 #pragma GCC unroll 16
-  for (int c = 0; c < n; c += 16) CacheRow<KV>::widen16(src + c, dst + c);
+  for (int c = 0; c < n; c += 16) {
+    __m256 lo, hi;
+    CacheRow<KV>::load16(src + c, lo, hi);
+    _mm256_store_ps(dst + c, lo);
+    _mm256_store_ps(dst + c + 8, hi);
+  }
 }
 
 // Rows of K or V (given by pointers), one cache line per issue(), into L1.
@@ -294,7 +302,8 @@ struct Tile {
     }
   }
 
-  void qk(const PageRun& run) {
+  // The run's K and V rows and relative positions, in token order.
+  void collect(const PageRun& run) {
     n = 0;
     for (int k = 0; k < run.count; ++k) {
       const PageSpan& sp = run.spans[k];
@@ -304,6 +313,10 @@ struct Tile {
         rel[n] = static_cast<std::int32_t>(sp.token0 + j - pos_base);
       }
     }
+  }
+
+  void qk(const PageRun& run) {
+    collect(run);
     int i = 0;
     for (; i + NJ <= n; i += NJ) {
       // The next block's K rows, or after the last block PV's first V rows.
@@ -371,10 +384,221 @@ struct Tile {
   }
 };
 
-template <class KV, int RV, int DT>
+
+// A head tile of <= R rows (R = 2 or 4: GQA decode, e.g. 32/8 heads) with head_dim positions in
+// the lanes instead of rows, so no lane idles (the wide tile pads such a tile to 8 lanes: 2x-4x
+// the FMAs). It keeps the wide tile's state, score epilogue, masks and SF (scores stay rows in
+// lanes, s[j][8]); only the matmuls differ:
+//   QK  acc[r][t] += Qn[r][16 positions] * K_t[16 positions], K_t widened in registers (no
+//       stores); one hadd tree per token packs its R row sums into the score vector;
+//   PV  positions in lanes: On[r][16c..] += bcst(P[r][j]) * V_j[16c..], V_j widened in
+//       registers; per pass 2 kC vectors of positions for R rows stay in registers over a block
+//       of tokens whose V rows (16 KiB) stay in L1.
+// Qn and On are [R][head_dim] in the cache's position order (as the wide tile's Qt and Ot).
+template <int R, int DT, unsigned F, class KV>
+struct NarrowTile : Tile<1, DT, F, KV> {
+  using Base = Tile<1, DT, F, KV>;
+  using Row = typename Base::Row;
+  using Base::dim;
+  using Base::job;
+  using Base::kp;
+  using Base::vp;
+  using Base::rel;
+  using Base::n;
+  using Base::s;
+  using Base::st;
+  using Base::row_bytes;
+  static constexpr int W = Base::W;
+  static constexpr int T = R == 4 ? 2 : 4;  // QK tokens per block: R x T = 8 chains
+  static constexpr int kC = R == 4 ? 1 : 2;  // PV 16-position chunks per pass: R x 2 kC = 8 chains
+  float* qn;  // [R][d]
+  float* on;  // [R][d]  (the wide tile's Ot buffer: d * 8 >= R * d floats)
+  int tbn;    // PV tokens per block
+
+  static std::size_t own_floats(const Problem& p) {
+    return Base::own_floats(p) + static_cast<std::size_t>(R * p.shape.head_dim);
+  }
+  static float* own_buffer(const ChunkJob& j, float* own) {
+    return own != nullptr ? own : static_cast<float*>(scratch(0, own_floats(*j.problem) * 4));
+  }
+
+  explicit NarrowTile(const ChunkJob& j, float* own = nullptr) : Base(j, own_buffer(j, own)) {
+    const int D = dim();
+    qn = this->qt + Base::own_floats(this->pr);
+    on = this->ot;
+    for (int r = 0; r < R; ++r)
+      for (int p = 0; p < D; ++p) qn[r * D + p] = this->qt[p * W + r];  // 0 past the tile's rows
+    tbn = static_cast<int>(std::max<std::int64_t>(16, 16384 / row_bytes));
+  }
+
+  // The R row sums of acc[0..R)[t] (each over its 8 lanes) in lanes 0..R of a vector, 0 above.
+  static __m256 row_sums4(const __m256 (&a)[4]) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    return _mm256_zextps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+  // Two tokens of a 2-row tile: x = [r0 t0, r1 t0, r0 t1, r1 t1].
+  static __m128 row_sums2x2(__m256 a0t0, __m256 a1t0, __m256 a0t1, __m256 a1t1) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0t0, a1t0), _mm256_hadd_ps(a0t1, a1t1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  }
+
+  void store_score(int i, __m256 dot, bool masked) {
+    const __m256i t = _mm256_set1_epi32(rel[i]);
+    __m256 x = st.template logit_rows<F>(dot, this->score_scale, 0, this->pos_base + rel[i]);
+    if (masked) {
+      const __m256i hidden = _mm256_or_si256(_mm256_cmpgt_epi32(t, this->row_pos[0]), _mm256_cmpgt_epi32(this->row_lo[0], t));
+      x = _mm256_blendv_ps(x, _mm256_set1_ps(-__builtin_inff()), _mm256_castsi256_ps(hidden));
+    }
+    _mm256_store_ps(s + i * W, x);
+  }
+
+  template <int A>
+  void qk_tokens(int i0, LineStream& next) {
+    const int D = dim();
+    const KV* k[A];
+    for (int t = 0; t < A; ++t) k[t] = reinterpret_cast<const KV*>(kp[i0 + t]);
+    __m256 acc[R][A];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int t = 0; t < A; ++t) acc[r][t] = _mm256_setzero_ps();
+    // The next block's lines over the D / 16 steps.
+    const int steps = D / 16;
+    const int per = static_cast<int>((next.left + steps - 1) / steps);
+#pragma GCC unroll 2
+    for (int c = 0; c < D; c += 16) {
+      for (int k = 0; k < per; ++k) next.issue();
+#pragma GCC unroll 4
+      for (int t = 0; t < A; ++t) {
+        __m256 lo, hi;
+        Row::load16(k[t] + c, lo, hi);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(qn + r * D + c), lo, acc[r][t]);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(qn + r * D + c + 8), hi, acc[r][t]);
+      }
+    }
+    const bool masked = rel[i0] < this->all_lo || rel[i0 + A - 1] > this->all_hi;
+    if constexpr (R == 4) {
+#pragma GCC unroll 4
+      for (int t = 0; t < A; ++t) {
+        const __m256 a[4] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
+        store_score(i0 + t, row_sums4(a), masked);
+      }
+    } else {
+      static_assert(A % 2 == 0 || A == 1);
+      if constexpr (A == 1) {
+        const __m128 x = row_sums2x2(acc[0][0], acc[1][0], acc[0][0], acc[1][0]);
+        store_score(i0, _mm256_zextps128_ps256(_mm_castpd_ps(_mm_move_sd(_mm_setzero_pd(), _mm_castps_pd(x)))), masked);
+      } else {
+#pragma GCC unroll 4
+        for (int t = 0; t < A; t += 2) {
+          const __m128 x = row_sums2x2(acc[0][t], acc[1][t], acc[0][t + 1], acc[1][t + 1]);
+          store_score(i0 + t, _mm256_zextps128_ps256(_mm_castpd_ps(_mm_move_sd(_mm_setzero_pd(), _mm_castps_pd(x)))), masked);
+          store_score(i0 + t + 1, _mm256_zextps128_ps256(_mm_movehl_ps(_mm_setzero_ps(), x)), masked);
+        }
+      }
+    }
+  }
+
+  void qk(const PageRun& run) {
+    this->collect(run);
+    int i = 0;
+    for (; i + T <= n; i += T) {
+      // The next block's K rows, or after the last block PV's first V rows.
+      LineStream next = i + 2 * T <= n ? rows_of(kp + i + T, T, row_bytes) : rows_of(vp, std::min(n, tbn), row_bytes);
+      qk_tokens<T>(i, next);
+    }
+    LineStream none;
+    for (; i < n; ++i) qk_tokens<1>(i, none);
+  }
+
+  void softmax(const PageRun& run) { Base::softmax(run); }
+
+  // One pass of PV over positions [c0, c0 + 16 C) for tokens [j0, j0 + cnt): the R x 2C
+  // accumulators, then UP (the first block: O = alpha O + acc) or O += acc.
+  template <int C>
+  void pv_pass(int j0, int cnt, int c0, const float* alpha, LineStream& next, std::int64_t every, std::int64_t& tick) {
+    const int D = dim();
+    __m256 acc[R][2 * C];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int q = 0; q < 2 * C; ++q) acc[r][q] = _mm256_setzero_ps();
+    for (int j = 0; j < cnt; ++j) {
+      if (++tick == every) {
+        tick = 0;
+        next.issue();
+      }
+      const KV* v = reinterpret_cast<const KV*>(vp[j0 + j]) + c0;
+      const float* pj = s + (j0 + j) * W;
+      __m256 p[R];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) p[r] = _mm256_broadcast_ss(pj + r);
+#pragma GCC unroll 2
+      for (int c = 0; c < C; ++c) {
+        __m256 lo, hi;
+        Row::load16(v + 16 * c, lo, hi);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          acc[r][2 * c] = _mm256_fmadd_ps(p[r], lo, acc[r][2 * c]);
+          acc[r][2 * c + 1] = _mm256_fmadd_ps(p[r], hi, acc[r][2 * c + 1]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(alpha + r);
+#pragma GCC unroll 4
+      for (int q = 0; q < 2 * C; ++q) {
+        float* o = on + r * D + c0 + 8 * q;
+        const __m256 old = _mm256_load_ps(o);
+        _mm256_store_ps(o, j0 == 0 ? simd::up<D8>(a, old, acc[r][q]) : _mm256_add_ps(old, acc[r][q]));
+      }
+    }
+  }
+
+  void pv(const PageRun& run) {
+    const int D = dim();
+    alignas(32) float alpha[kLanes];
+    _mm256_store_ps(alpha, st.alpha[0]);
+    const char* next_rows[2 * T];
+    int next_count = 0;
+    if (run.next_page >= 0) {
+      const std::int64_t rows = std::min<std::int64_t>(2 * T, this->pr.shape.block_size);
+      for (; next_count < rows; ++next_count) next_rows[next_count] = this->key(run.next_page, next_count);
+    }
+    for (int j0 = 0; j0 < n; j0 += tbn) {
+      const int cnt = std::min(n - j0, tbn);
+      // The next block's V rows, or after the last block the next page's first K rows.
+      LineStream next = j0 + tbn < n ? rows_of(vp + j0 + tbn, std::min(n - j0 - tbn, tbn), row_bytes)
+                                     : rows_of(next_rows, next_count, row_bytes);
+      const int passes = D / (16 * kC) + (D % (16 * kC) != 0 ? 1 : 0);
+      const std::int64_t every = next.left > 0 ? std::max<std::int64_t>(1, (std::int64_t{cnt} * passes) / next.left) : 1 << 30;
+      std::int64_t tick = 0;
+      int c0 = 0;
+      for (; c0 + 16 * kC <= D; c0 += 16 * kC) pv_pass<kC>(j0, cnt, c0, alpha, next, every, tick);
+      for (; c0 < D; c0 += 16) pv_pass<1>(j0, cnt, c0, alpha, next, every, tick);
+    }
+    st.update_l();
+  }
+
+  void finish(const ChunkOut& out) {
+    const int D = dim();
+    const float os = this->out_scale;
+    for (int r = 0; r < job.rows; ++r) {
+      for (int p = 0; p < D; ++p) out.o[r * D + Row::position_dim(p)] = on[r * D + p] * os;
+      out.m[r] = st.m[r];
+      out.l[r] = st.l[r];
+    }
+  }
+};
+
+// One tile of flavour T (a template of the score features) over job.
+template <template <unsigned> class T>
 void attend(const ChunkJob& job, const ChunkOut& out) {
   simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
-    Tile<RV, DT, F, KV> tile(job);
+    T<F> tile(job);
     drive_chunk_runs(tile, job, out);
   });
 }
@@ -413,26 +637,45 @@ struct TileGroup {
   }
 };
 
-template <class KV, int RV, int DT>
+template <template <unsigned> class T>
 void attend_group(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs) {
   simd::with_score_features(jobs[0].problem->variant.score_features(), [&]<unsigned F>() {
-    using T = Tile<RV, DT, F, KV>;
-    const std::size_t own = T::own_floats(*jobs[0].problem);
+    const std::size_t own = T<F>::own_floats(*jobs[0].problem);
     float* buffers = static_cast<float*>(scratch(0, jobs.size() * own * 4));
-    TileGroup<T> group(jobs, buffers, own);
+    TileGroup<T<F>> group(jobs, buffers, own);
     drive_chunk_runs(group, jobs[0], outs);
   });
 }
 
-// The fast head_dims as template values, the others at run time.
-template <class KV, int RV>
-void attend_dim(const ChunkJob& job, const ChunkOut& out) {
-  switch (job.problem->shape.head_dim) {
-    case 64: return attend<KV, RV, 64>(job, out);
-    case 128: return attend<KV, RV, 128>(job, out);
-    case 256: return attend<KV, RV, 256>(job, out);
-    default: return attend<KV, RV, 0>(job, out);
-  }
+template <class KV, int RV, int DT>
+struct Wide {
+  template <unsigned F>
+  using T = Tile<RV, DT, F, KV>;
+};
+template <class KV, int R, int DT>
+struct Narrow {
+  template <unsigned F>
+  using T = NarrowTile<R, DT, F, KV>;
+};
+
+// The tile flavour of `rows` rows (<= 32) as L<KV, width, DT>::T: narrow tiles for <= 4 rows,
+// wide ones (RV ymm of rows) above; the fast head_dims as template values, the others at run
+// time.
+template <class KV, class Fn>
+void with_tile(std::int64_t rows, std::int64_t head_dim, Fn&& fn) {
+  auto dims = [&]<template <class, int, int> class L, int X>() {
+    switch (head_dim) {
+      case 64: return fn.template operator()<L<KV, X, 64>::template T>();
+      case 128: return fn.template operator()<L<KV, X, 128>::template T>();
+      case 256: return fn.template operator()<L<KV, X, 256>::template T>();
+      default: return fn.template operator()<L<KV, X, 0>::template T>();
+    }
+  };
+  if (rows <= 2) dims.template operator()<Narrow, 2>();
+  else if (rows <= 4) dims.template operator()<Narrow, 4>();
+  else if (rows <= 8) dims.template operator()<Wide, 1>();
+  else if (rows <= 16) dims.template operator()<Wide, 2>();
+  else dims.template operator()<Wide, 4>();
 }
 
 // 32-row sub-tiles keep the accumulators in registers.
@@ -445,15 +688,12 @@ void attend_rows(const ChunkJob& job, const ChunkOut& out) {
     sub.row_begin = job.row_begin + r0;
     sub.rows = job.rows - r0 < 32 ? job.rows - r0 : 32;
     const ChunkOut part{out.o + r0 * dim, out.m + r0, out.l + r0};
-    if (sub.rows <= 8) attend_dim<KV, 1>(sub, part);
-    else if (sub.rows <= 16) attend_dim<KV, 2>(sub, part);
-    else attend_dim<KV, 4>(sub, part);
+    with_tile<KV>(sub.rows, dim, [&]<template <unsigned> class T>() { attend<T>(sub, part); });
   }
 }
 
-
-// Groups of narrow tiles (<= 8 rows: one ymm of rows) page by page; wider tiles read enough of
-// each row per K/V load already, and run one by one (their stages' registers are the bound).
+// Groups of narrow tiles (<= 8 rows) page by page; wider tiles read enough of each row per K/V
+// load already, and run one by one (their stages' registers are the bound).
 template <class KV>
 void attend_group_rows(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs) {
   constexpr std::size_t kMax = TileGroup<Tile<1, 0, 0, KV>>::kMax;
@@ -465,12 +705,8 @@ void attend_group_rows(std::span<const ChunkJob> jobs, std::span<const ChunkOut>
     const std::size_t n = std::min(kMax, jobs.size() - h0);
     const auto js = jobs.subspan(h0, n);
     const auto os = outs.subspan(h0, n);
-    switch (jobs[0].problem->shape.head_dim) {
-      case 64: attend_group<KV, 1, 64>(js, os); break;
-      case 128: attend_group<KV, 1, 128>(js, os); break;
-      case 256: attend_group<KV, 1, 256>(js, os); break;
-      default: attend_group<KV, 1, 0>(js, os); break;
-    }
+    with_tile<KV>(jobs[0].rows, jobs[0].problem->shape.head_dim,
+                  [&]<template <unsigned> class T>() { attend_group<T>(js, os); });
   }
 }
 

@@ -77,6 +77,10 @@ std::vector<CaseSpec> cpu_serving_specs() {
       serving("bs256", kBF, kBF, 1, 64, 256, {300, 255, 0}),
       serving("bs256_q4_e4m3", kE4, kF16, 4, 128, 256, {600, 4}, 32, 8),
       serving("bs3_hd112", kF16, kBF, 2, 112, 3, {11, 2, 40}),
+      // Tiles of 1 and 2 rows (the avx2 narrow tile's 2-row form), head_dims whose last PV pass
+      // is a single 16-position chunk.
+      serving("mha_hd80", kBF, kBF, 1, 80, 16, {33, 70}, 4, 4),
+      serving("gqa2_hd48_e4m3", kE4, kBF, 1, 48, 16, {50, 7}, 4, 2),
       // Long contexts over few logical blocks: split-KV chunks, each row's causal limit in the last.
       serving("split_q4_e4m3", kE4, kBF, 4, 128, 64, {9000}, 32, 8),
       serving("split_bs1_hd96", kBF, kBF, 2, 96, 1, {5000}, 8, 2),
@@ -98,6 +102,7 @@ std::vector<CaseSpec> cpu_serving_specs() {
   v.push_back(with_variant(serving("q2_softcap_hd48_bs3", kE4, kF16, 2, 48, 3, {11, 2}), 5.0, 7, true, true));
   v.push_back(with_variant(serving("q4_all_bs1", kF16, kF16, 4, 96, 1, {4, 150}, 32, 8), 2.0, 40, true, true, true));
   v.push_back(with_variant(serving("q16_all_hd192", kBF, kBF, 16, 192, 32, {16, 99}, 16, 4), 3.0, 20, true, true));
+  v.push_back(with_variant(serving("mha_q2_all_hd112_f16", kF16, kBF, 2, 112, 8, {40, 2}, 4, 4), 3.0, 11, true, true));
   v.push_back(with_variant(serving("split_all_q4_e4m3", kE4, kBF, 4, 128, 32, {5000}, 32, 8), 4.0, 2500, true, true));
   return v;
 }
