@@ -298,12 +298,33 @@ struct ServingRun {
   double bytes() const { return static_cast<double>(c->kv_bytes_read()) * calls; }
 };
 
-std::unique_ptr<ServingRun> serving_run(std::string label, const CaseSpec& spec, int threads, int calls = 1) {
+// The bf16 caches of c restored HND ([num_blocks, num_kv_heads, block_size, head_dim]).
+void restore_hnd(Case& c) {
+  const std::int64_t nb = c.num_blocks, bs = c.spec.block_size, kvh = c.spec.num_kv_heads, d = c.spec.head_dim;
+  for (KvVector* cache : {&c.key_cache, &c.value_cache}) {
+    KvVector hnd(cache->size());
+    parallel_chunks(nb, 64, hardware_threads(), [&](std::int64_t p0, std::int64_t p1) {
+      for (std::int64_t p = p0; p < p1; ++p)
+        for (std::int64_t k = 0; k < kvh; ++k)
+          for (std::int64_t r = 0; r < bs; ++r)
+            std::memcpy(&hnd[((p * kvh + k) * bs + r) * d], &(*cache)[((p * bs + r) * kvh + k) * d], d * sizeof(bf16));
+    });
+    cache->swap(hnd);
+  }
+  c.stored_shapes = {{c.spec.batch, c.spec.num_heads, d}, {nb, kvh, bs, d}, {nb, kvh, bs, d},
+                     {c.spec.batch, c.max_blocks_per_req}, {c.spec.batch}};
+  c.kv_layout = KvLayout::kHND;
+}
+
+std::unique_ptr<ServingRun> serving_run(std::string label, const CaseSpec& spec, int threads, int calls = 1,
+                                        KvLayout layout = KvLayout::kNHD) {
   auto r = std::make_unique<ServingRun>();
   r->label = std::move(label);
   r->calls = calls;
   r->c = std::make_unique<Case>(generate_case(spec, 1));
+  if (layout == KvLayout::kHND) restore_hnd(*r->c);
   Options o;
+  o.kv_layout = r->c->kv_layout;
   o.scale = r->c->scale;
   if (spec.k_scale != 0) o.k_scale = spec.k_scale;
   if (spec.v_scale != 0) o.v_scale = spec.v_scale;
@@ -367,7 +388,19 @@ int serving_main(const Args& a, int threads) {
     print_run(*y);
     std::printf("  => 4 x q_len 1 / q_len 4 = %.2fx (goal >= 3x cheaper)\n\n", x->seconds_median() / y->seconds_median());
   }
-  // 3. The general paths next to their fast neighbours, per byte read.
+  // 3. The same cache stored HND (each kv head's page rows contiguous) next to NHD (a kv head's
+  // rows num_kv_heads * head_dim elements apart).
+  {
+    const CaseSpec spec = find_case("Decode32k");
+    auto x = serving_run("Decode32k NHD", spec, threads);
+    auto y = serving_run("Decode32k HND", spec, threads, 1, KvLayout::kHND);
+    time_interleaved({x.get(), y.get()}, a.reps);
+    std::printf("Decode32k, kv_layout HND next to NHD:\n");
+    print_run(*x);
+    print_run(*y);
+    std::printf("  => NHD / HND time %.2f\n\n", x->seconds_median() / y->seconds_median());
+  }
+  // 4. The general paths next to their fast neighbours, per byte read.
   struct Pair {
     const char* what;
     std::int64_t head_dim, block_size;
