@@ -436,6 +436,13 @@ struct NarrowTile : Tile<1, DT, F, KV> {
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     return _mm256_zextps128_ps256(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
   }
+  // Two tokens of a 4-row tile: [r0..r3 of token 0, r0..r3 of token 1], each lane the sum
+  // row_sums4 forms (one cross-lane add for both tokens instead of one each).
+  static __m256 row_sums4x2(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 b0, __m256 b1, __m256 b2, __m256 b3) {
+    const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    const __m256 y = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+    return _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
+  }
   // Two tokens of a 2-row tile: x = [r0 t0, r1 t0, r0 t1, r1 t1].
   static __m128 row_sums2x2(__m256 a0t0, __m256 a1t0, __m256 a0t1, __m256 a1t1) {
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0t0, a1t0), _mm256_hadd_ps(a0t1, a1t1));
@@ -468,18 +475,42 @@ struct NarrowTile : Tile<1, DT, F, KV> {
 #pragma GCC unroll 2
     for (int c = 0; c < D; c += 16) {
       for (int k = 0; k < per; ++k) next.issue();
+      if constexpr (R * A + 2 * A + 1 <= 15) {
+        // All A tokens' 16 positions widened (2 A registers), then one Q vector at a time: the
+        // R x A accumulators, 2 A cache vectors and one Q vector fit the 16 ymm registers (the
+        // token-outer order below keeps 2 R Q vectors live and spilled an accumulator here).
+        __m256 lo[A], hi[A];
 #pragma GCC unroll 4
-      for (int t = 0; t < A; ++t) {
-        __m256 lo, hi;
-        Row::load16(k[t] + c, lo, hi);
+        for (int t = 0; t < A; ++t) Row::load16(k[t] + c, lo[t], hi[t]);
 #pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(qn + r * D + c), lo, acc[r][t]);
+        for (int r = 0; r < R; ++r) {
+          const __m256 ql = _mm256_load_ps(qn + r * D + c);
 #pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(qn + r * D + c + 8), hi, acc[r][t]);
+          for (int t = 0; t < A; ++t) acc[r][t] = _mm256_fmadd_ps(ql, lo[t], acc[r][t]);
+          const __m256 qh = _mm256_load_ps(qn + r * D + c + 8);
+#pragma GCC unroll 4
+          for (int t = 0; t < A; ++t) acc[r][t] = _mm256_fmadd_ps(qh, hi[t], acc[r][t]);
+        }
+      } else {
+        // One token at a time (2 registers), the 2 R Q vectors shared by the A tokens.
+#pragma GCC unroll 4
+        for (int t = 0; t < A; ++t) {
+          __m256 lo, hi;
+          Row::load16(k[t] + c, lo, hi);
+#pragma GCC unroll 4
+          for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(qn + r * D + c), lo, acc[r][t]);
+#pragma GCC unroll 4
+          for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(_mm256_load_ps(qn + r * D + c + 8), hi, acc[r][t]);
+        }
       }
     }
     const bool masked = rel[i0] < this->all_lo || rel[i0 + A - 1] > this->all_hi;
-    if constexpr (R == 4) {
+    if constexpr (R == 4 && A == 2) {
+      // Both tokens' row sums in one vector (the same adds as row_sums4 per token).
+      const __m256 x = row_sums4x2(acc[0][0], acc[1][0], acc[2][0], acc[3][0], acc[0][1], acc[1][1], acc[2][1], acc[3][1]);
+      store_score(i0, _mm256_zextps128_ps256(_mm256_castps256_ps128(x)), masked);
+      store_score(i0 + 1, _mm256_zextps128_ps256(_mm256_extractf128_ps(x, 1)), masked);
+    } else if constexpr (R == 4) {
 #pragma GCC unroll 4
       for (int t = 0; t < A; ++t) {
         const __m256 a[4] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
@@ -501,14 +532,25 @@ struct NarrowTile : Tile<1, DT, F, KV> {
     }
   }
 
+  // K rows are requested kAhead blocks before their block (spread over a block's steps: one
+  // block ahead, about 150 cycles, left a cold Decode32k waiting on them); PV's first V rows
+  // are spread over all of QK's blocks (issued at the last block, they were a burst of 4 lines
+  // per V row that stalled the prefetch queue).
+  static constexpr int kAhead = (6 + T - 1) / T;
+
   void qk(const PageRun& run) {
     this->collect(run);
+    const int blocks = n / T;
+    LineStream v = rows_of(vp, std::min(n, tbn), row_bytes);
+    const std::int64_t v_per = blocks > 0 ? (v.left + blocks - 1) / blocks : v.left;
     int i = 0;
     for (; i + T <= n; i += T) {
-      // The next block's K rows, or after the last block PV's first V rows.
-      LineStream next = i + 2 * T <= n ? rows_of(kp + i + T, T, row_bytes) : rows_of(vp, std::min(n, tbn), row_bytes);
+      const int ahead = i + kAhead * T;
+      LineStream next = ahead < n ? rows_of(kp + ahead, std::min(T, n - ahead), row_bytes) : LineStream{};
       qk_tokens<T>(i, next);
+      for (std::int64_t k = 0; k < v_per; ++k) v.issue();
     }
+    while (v.left > 0) v.issue();
     LineStream none;
     for (; i < n; ++i) qk_tokens<1>(i, none);
   }
@@ -562,10 +604,11 @@ struct NarrowTile : Tile<1, DT, F, KV> {
     const int D = dim();
     alignas(32) float alpha[kLanes];
     _mm256_store_ps(alpha, st.alpha[0]);
-    const char* next_rows[2 * T];
+    const char* next_rows[kAhead * T];
     int next_count = 0;
     if (run.next_page >= 0) {
-      const std::int64_t rows = std::min<std::int64_t>(2 * T, this->pr.shape.block_size);
+      // The next page's first kAhead blocks of K rows (its QK requests the rest ahead).
+      const std::int64_t rows = std::min<std::int64_t>(kAhead * T, this->pr.shape.block_size);
       for (; next_count < rows; ++next_count) next_rows[next_count] = this->key(run.next_page, next_count);
     }
     for (int j0 = 0; j0 < n; j0 += tbn) {
