@@ -315,14 +315,20 @@ struct Tile {
     }
   }
 
+  // The next block's K rows stream in over a block's steps; PV's first block of V rows is
+  // spread over all of QK's blocks (as one block's stream it got D / kEvery of its lines).
   void qk(const PageRun& run) {
     collect(run);
+    const int blocks = n / NJ;
+    LineStream v = rows_of(vp, n < tb ? n : tb, row_bytes);
+    const std::int64_t v_per = blocks > 0 ? (v.left + blocks - 1) / blocks : v.left;
     int i = 0;
     for (; i + NJ <= n; i += NJ) {
-      // The next block's K rows, or after the last block PV's first V rows.
-      LineStream next = i + 2 * NJ <= n ? rows_of(kp + i + NJ, NJ, row_bytes) : rows_of(vp, n < tb ? n : tb, row_bytes);
+      LineStream next = i + NJ < n ? rows_of(kp + i + NJ, n - i - NJ < NJ ? n - i - NJ : NJ, row_bytes) : LineStream{};
       qk_tokens<NJ>(i, next);
+      for (std::int64_t k = 0; k < v_per; ++k) v.issue();
     }
+    while (v.left > 0) v.issue();
     LineStream none;
     for (; i < n; ++i) qk_tokens<1>(i, none);
   }
