@@ -95,14 +95,17 @@ struct CacheRow<f16> {
   }
 };
 
-// fp8 rows, 16 elements per step: the bytes unpacked below zero bytes into 16-bit lanes
-// w = byte << 8 (elements 0-7, then 8-15), half(w) the fp16 bits, each 8 to fp32.
+// fp8 rows, 16 elements per step: the 16 bytes in both 128-bit lanes (a load-only broadcast),
+// one in-lane byte shuffle puts w = byte << 8 into 16-bit lanes (elements 0-7 in the low lane,
+// 8-15 in the high one), half(w) makes the fp16 bits of all 16 at once, then 8 to fp32 per lane.
 template <class Row>
 inline void load16_fp8(const std::uint8_t* src, __m256& lo, __m256& hi) {
-  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-  const __m128i z = _mm_setzero_si128();
-  lo = _mm256_cvtph_ps(Row::half(_mm_unpacklo_epi8(z, x)));
-  hi = _mm256_cvtph_ps(Row::half(_mm_unpackhi_epi8(z, x)));
+  const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  const __m256i spread = _mm256_setr_epi8(-1, 0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7,  //
+                                          -1, 8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15);
+  const __m256i h = Row::half(_mm256_shuffle_epi8(x, spread));
+  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 
 template <>
@@ -111,7 +114,7 @@ struct CacheRow<e5m2> {
   static constexpr bool kF16P = false;
   static int position_dim(int p) { return p; }
   // e5m2 is the high byte of an fp16.
-  static __m128i half(__m128i w) { return w; }
+  static __m256i half(__m256i w) { return w; }
   static void load16(const e5m2* src, __m256& lo, __m256& hi) { load16_fp8<CacheRow>(&src->bits, lo, hi); }
 };
 
@@ -121,10 +124,10 @@ struct CacheRow<e4m3> {
   static constexpr bool kF16P = false;
   static int position_dim(int p) { return p; }
   // w = byte << 8 per 16-bit lane -> the fp16 of value / 256 (NaN for 0x7f / 0xff).
-  static __m128i half(__m128i w) {
-    const __m128i h = _mm_and_si128(_mm_srai_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xbf80)));
-    const __m128i nan = _mm_cmpeq_epi16(_mm_slli_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xfe00)));
-    return _mm_or_si128(h, nan);
+  static __m256i half(__m256i w) {
+    const __m256i h = _mm256_and_si256(_mm256_srai_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
+    const __m256i nan = _mm256_cmpeq_epi16(_mm256_slli_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xfe00)));
+    return _mm256_or_si256(h, nan);
   }
   static void load16(const e4m3* src, __m256& lo, __m256& hi) { load16_fp8<CacheRow>(&src->bits, lo, hi); }
 };
