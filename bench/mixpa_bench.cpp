@@ -400,7 +400,22 @@ int serving_main(const Args& a, int threads) {
     print_run(*y);
     std::printf("  => NHD / HND time %.2f\n\n", x->seconds_median() / y->seconds_median());
   }
-  // 4. The general paths next to their fast neighbours, per byte read.
+  // 4. One query row per kv head (MHA, 8/8 heads) next to GQA 32/8 over the same KV: the
+  // narrow tiles' idle rows.
+  {
+    const CaseSpec gqa = find_case("Decode32k");
+    CaseSpec mha = gqa;
+    mha.num_heads = mha.num_kv_heads;
+    auto x = serving_run("Decode32k GQA 32/8", gqa, threads);
+    auto y = serving_run("Decode32k MHA 8/8", mha, threads);
+    time_interleaved({x.get(), y.get()}, a.reps);
+    std::printf("Decode32k, 1 query row per kv head (MHA) next to 4 (GQA), the same KV:\n");
+    print_run(*x);
+    print_run(*y);
+    std::printf("  => GQA / MHA time %.2f (the same bytes; MHA has a quarter of the FLOPs)\n\n",
+                x->seconds_median() / y->seconds_median());
+  }
+  // 5. The general paths next to their fast neighbours, per byte read.
   struct Pair {
     const char* what;
     std::int64_t head_dim, block_size;
