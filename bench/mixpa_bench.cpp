@@ -298,24 +298,6 @@ struct ServingRun {
   double bytes() const { return static_cast<double>(c->kv_bytes_read()) * calls; }
 };
 
-// The bf16 caches of c restored HND ([num_blocks, num_kv_heads, block_size, head_dim]).
-void restore_hnd(Case& c) {
-  const std::int64_t nb = c.num_blocks, bs = c.spec.block_size, kvh = c.spec.num_kv_heads, d = c.spec.head_dim;
-  for (KvVector* cache : {&c.key_cache, &c.value_cache}) {
-    KvVector hnd(cache->size());
-    parallel_chunks(nb, 64, hardware_threads(), [&](std::int64_t p0, std::int64_t p1) {
-      for (std::int64_t p = p0; p < p1; ++p)
-        for (std::int64_t k = 0; k < kvh; ++k)
-          for (std::int64_t r = 0; r < bs; ++r)
-            std::memcpy(&hnd[((p * kvh + k) * bs + r) * d], &(*cache)[((p * bs + r) * kvh + k) * d], d * sizeof(bf16));
-    });
-    cache->swap(hnd);
-  }
-  c.stored_shapes = {{c.spec.batch, c.spec.num_heads, d}, {nb, kvh, bs, d}, {nb, kvh, bs, d},
-                     {c.spec.batch, c.max_blocks_per_req}, {c.spec.batch}};
-  c.kv_layout = KvLayout::kHND;
-}
-
 std::unique_ptr<ServingRun> serving_run(std::string label, const CaseSpec& spec, int threads, int calls = 1,
                                         KvLayout layout = KvLayout::kNHD) {
   auto r = std::make_unique<ServingRun>();

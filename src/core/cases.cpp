@@ -195,6 +195,25 @@ std::int64_t Case::kv_bytes_read() const {
   return tokens * spec.num_kv_heads * spec.head_dim * static_cast<std::int64_t>(dtype_size(spec.kv_dtype)) * 2 /*K and V*/;
 }
 
+void restore_hnd(Case& c) {
+  if (c.spec.kv_dtype != DType::kBF16) throw Error("restore_hnd: bf16 caches only");
+  const std::int64_t nb = c.num_blocks, bs = c.spec.block_size, kvh = c.spec.num_kv_heads, d = c.spec.head_dim;
+  for (KvVector* cache : {&c.key_cache, &c.value_cache}) {
+    KvVector hnd(cache->size());
+    parallel_chunks(nb, 64, hardware_threads(), [&](std::int64_t p0, std::int64_t p1) {
+      for (std::int64_t p = p0; p < p1; ++p)
+        for (std::int64_t k = 0; k < kvh; ++k)
+          for (std::int64_t r = 0; r < bs; ++r)
+            std::memcpy(&hnd[((p * kvh + k) * bs + r) * d], &(*cache)[((p * bs + r) * kvh + k) * d], d * sizeof(bf16));
+    });
+    cache->swap(hnd);
+  }
+  std::vector<std::int64_t> query{c.spec.batch, c.spec.num_heads, d};
+  if (c.spec.q_len > 1) query.insert(query.begin() + 1, c.spec.q_len);
+  c.stored_shapes = {query, {nb, kvh, bs, d}, {nb, kvh, bs, d}, {c.spec.batch, c.max_blocks_per_req}, {c.spec.batch}};
+  c.kv_layout = KvLayout::kHND;
+}
+
 Case generate_case(const CaseSpec& spec, std::uint64_t seed, const std::function<void(double)>& progress) {
   if (spec.batch < 0 || spec.num_heads < 1 || spec.num_kv_heads < 1 || spec.head_dim < 1 || spec.block_size < 1)
     throw Error("case " + spec.name + ": batch must be >= 0 and heads, head_dim, block_size >= 1");

@@ -276,6 +276,18 @@ struct Tile {
   const char* value(std::int64_t page, std::int64_t j) const {
     return reinterpret_cast<const char*>(pr.value_row_as<KV>(page, j, job.kv_head));
   }
+  // The first (up to) `count` K rows of the page after the run into rows; how many.
+  int next_page_keys(const PageRun& run, const char** rows, int count) const {
+    if (run.next_page < 0) return 0;
+    const int k = static_cast<int>(std::min<std::int64_t>(count, pr.shape.block_size));
+    for (int j = 0; j < k; ++j) rows[j] = key(run.next_page, j);
+    return k;
+  }
+  // PV's stream while block [j0, j0 + tb) runs: the next block's V rows, or after the last
+  // block the next page's first K rows (`tail`).
+  LineStream pv_stream(int j0, const char* const* tail, int tail_count) const {
+    return j0 + tb < n ? rows_of(vp + j0 + tb, n - j0 - tb < tb ? n - j0 - tb : tb, row_bytes) : rows_of(tail, tail_count, row_bytes);
+  }
 
   // Cube QK for A consecutive tokens of the run from i0: widen their K rows, then A x RV chains
   // over the positions, the score epilogue on the way out, then each row's causal limit and
@@ -353,17 +365,11 @@ struct Tile {
     }
     const int D = dim();
     const char* next_rows[2 * kMaxNJ];
-    int next_count = 0;
-    if (run.next_page >= 0) {
-      const std::int64_t rows = std::min<std::int64_t>(2 * NJ, pr.shape.block_size);
-      for (; next_count < rows; ++next_count) next_rows[next_count] = key(run.next_page, next_count);
-    }
+    const int next_count = next_page_keys(run, next_rows, 2 * NJ);
     for (int j0 = 0; j0 < n; j0 += tb) {
       const int cnt = n - j0 < tb ? n - j0 : tb;
       for (int j = 0; j < cnt; ++j) widen_row<KV, DT>(reinterpret_cast<const KV*>(vp[j0 + j]), vf + j * D, D);
-      // The next block's V rows, or after the last block the next page's first K rows.
-      LineStream next = j0 + tb < n ? rows_of(vp + j0 + tb, n - j0 - tb < tb ? n - j0 - tb : tb, row_bytes)
-                                    : rows_of(next_rows, next_count, row_bytes);
+      LineStream next = pv_stream(j0, next_rows, next_count);
       const std::int64_t every = next.left > 0 ? (cnt * (D / TD) + next.left - 1) / next.left : 1 << 30;
       std::int64_t tick = 0;
       const float* p_block = s + j0 * W;
@@ -399,16 +405,11 @@ struct Tile {
     const int D = dim();
     constexpr int TP = TD / 2;
     const char* next_rows[2 * kMaxNJ];
-    int next_count = 0;
-    if (run.next_page >= 0) {
-      const std::int64_t rows = std::min<std::int64_t>(2 * NJ, pr.shape.block_size);
-      for (; next_count < rows; ++next_count) next_rows[next_count] = key(run.next_page, next_count);
-    }
+    const int next_count = next_page_keys(run, next_rows, 2 * NJ);
     const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
     for (int j0 = 0; j0 < n; j0 += tb) {
       const int cnt = n - j0 < tb ? n - j0 : tb;
-      LineStream next = j0 + tb < n ? rows_of(vp + j0 + tb, n - j0 - tb < tb ? n - j0 - tb : tb, row_bytes)
-                                    : rows_of(next_rows, next_count, row_bytes);
+      LineStream next = pv_stream(j0, next_rows, next_count);
       const std::int64_t every = next.left > 0 ? (cnt * (D / TD) + next.left - 1) / next.left : 1 << 30;
       std::int64_t tick = 0;
       const float* p_block = s + j0 * W;
@@ -685,13 +686,8 @@ struct NarrowTile : Tile<1, DT, F, KV> {
     const int D = dim();
     alignas(32) float alpha[kLanes];
     _mm256_store_ps(alpha, st.alpha[0]);
-    const char* next_rows[kAhead * T];
-    int next_count = 0;
-    if (run.next_page >= 0) {
-      // The next page's first kAhead blocks of K rows (its QK requests the rest ahead).
-      const std::int64_t rows = std::min<std::int64_t>(kAhead * T, this->pr.shape.block_size);
-      for (; next_count < rows; ++next_count) next_rows[next_count] = this->key(run.next_page, next_count);
-    }
+    const char* next_rows[kAhead * T];  // the next page's first kAhead blocks (its QK requests the rest ahead)
+    const int next_count = this->next_page_keys(run, next_rows, kAhead * T);
     for (int j0 = 0; j0 < n; j0 += tbn) {
       const int cnt = std::min(n - j0, tbn);
       // The next block's V rows, or after the last block the next page's first K rows.

@@ -235,27 +235,11 @@ TEST(VariantValidation, PagesBeforeTheWindowAreNotRead) {
 namespace mixpa {
 namespace {
 
-// The same case with its caches stored HND ([num_blocks, num_kv_heads, block_size, head_dim]).
-Case to_hnd(const Case& c) {
-  Case h = c;
-  const std::int64_t nb = c.num_blocks, bs = c.spec.block_size, kvh = c.spec.num_kv_heads, d = c.spec.head_dim;
-  for (KvVector* cache : {&h.key_cache, &h.value_cache}) {
-    const KvVector& src = cache == &h.key_cache ? c.key_cache : c.value_cache;
-    for (std::int64_t p = 0; p < nb; ++p)
-      for (std::int64_t r = 0; r < bs; ++r)
-        for (std::int64_t k = 0; k < kvh; ++k)
-          for (std::int64_t e = 0; e < d; ++e) (*cache)[((p * kvh + k) * bs + r) * d + e] = src[((p * bs + r) * kvh + k) * d + e];
-  }
-  h.stored_shapes = {{c.spec.batch, c.spec.num_heads, d}, {nb, kvh, bs, d}, {nb, kvh, bs, d},
-                     {c.spec.batch, c.max_blocks_per_req}, {c.spec.batch}};
-  h.kv_layout = KvLayout::kHND;
-  return h;
-}
-
 TEST(KvLayout, HndGivesTheSameBitsAsNhdOnEveryExecutor) {
   const Case nhd = generate_case(testing::with_variant(testing::small_spec("hnd", 3, 16, 4, 64, 16, {50, 0, 90}), 0, -1,
                                                        false, true), 4);
-  const Case hnd = to_hnd(nhd);
+  Case hnd = nhd;
+  restore_hnd(hnd);
   for (const char* executor : {"reference", "sim", "cpu"}) {
     const auto a = testing::run_case(nhd, executor);
     const auto b = testing::run_case(hnd, executor);  // the case's kv_layout, as the CLI takes it
