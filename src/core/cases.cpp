@@ -195,18 +195,31 @@ std::int64_t Case::kv_bytes_read() const {
   return tokens * spec.num_kv_heads * spec.head_dim * static_cast<std::int64_t>(dtype_size(spec.kv_dtype)) * 2 /*K and V*/;
 }
 
+namespace {
+
+// A cache's rows [page][row][kv head] moved to [page][kv head][row] (elements of `size` bytes).
+template <class Vec>
+void to_hnd(Vec& cache, std::int64_t nb, std::int64_t bs, std::int64_t kvh, std::int64_t d, std::size_t size) {
+  Vec hnd(cache.size());
+  const std::size_t row = static_cast<std::size_t>(d) * size / sizeof(typename Vec::value_type);
+  parallel_chunks(nb, 64, hardware_threads(), [&](std::int64_t p0, std::int64_t p1) {
+    for (std::int64_t p = p0; p < p1; ++p)
+      for (std::int64_t k = 0; k < kvh; ++k)
+        for (std::int64_t r = 0; r < bs; ++r)
+          std::memcpy(&hnd[((p * kvh + k) * bs + r) * row], &cache[((p * bs + r) * kvh + k) * row], row * sizeof(typename Vec::value_type));
+  });
+  cache.swap(hnd);
+}
+
+}  // namespace
+
 void restore_hnd(Case& c) {
-  if (c.spec.kv_dtype != DType::kBF16) throw Error("restore_hnd: bf16 caches only");
+  if (c.kv_layout == KvLayout::kHND) throw Error("restore_hnd: the caches are HND already");
   const std::int64_t nb = c.num_blocks, bs = c.spec.block_size, kvh = c.spec.num_kv_heads, d = c.spec.head_dim;
-  for (KvVector* cache : {&c.key_cache, &c.value_cache}) {
-    KvVector hnd(cache->size());
-    parallel_chunks(nb, 64, hardware_threads(), [&](std::int64_t p0, std::int64_t p1) {
-      for (std::int64_t p = p0; p < p1; ++p)
-        for (std::int64_t k = 0; k < kvh; ++k)
-          for (std::int64_t r = 0; r < bs; ++r)
-            std::memcpy(&hnd[((p * kvh + k) * bs + r) * d], &(*cache)[((p * bs + r) * kvh + k) * d], d * sizeof(bf16));
-    });
-    cache->swap(hnd);
+  if (c.spec.kv_dtype == DType::kBF16) {
+    for (KvVector* cache : {&c.key_cache, &c.value_cache}) to_hnd(*cache, nb, bs, kvh, d, sizeof(bf16));
+  } else {
+    for (KvBytes* cache : {&c.key_bytes, &c.value_bytes}) to_hnd(*cache, nb, bs, kvh, d, dtype_size(c.spec.kv_dtype));
   }
   std::vector<std::int64_t> query{c.spec.batch, c.spec.num_heads, d};
   if (c.spec.q_len > 1) query.insert(query.begin() + 1, c.spec.q_len);

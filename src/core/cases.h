@@ -102,8 +102,9 @@ struct Case {
 // `progress` (may be empty) gets the fraction done, possibly from a helper thread.
 Case generate_case(const CaseSpec& spec, std::uint64_t seed, const std::function<void(double)>& progress = {});
 
-// c's bf16 caches restored HND ([num_blocks, num_kv_heads, block_size, head_dim]; generated cases
-// are NHD): the same values, kv_layout and the stored shapes that validate() reads set to match.
+// c's caches (any dtype) restored HND ([num_blocks, num_kv_heads, block_size, head_dim]; generated
+// cases are NHD): the same values, kv_layout and the stored shapes that validate() reads set to
+// match.
 void restore_hnd(Case& c);
 
 }  // namespace mixpa

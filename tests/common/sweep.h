@@ -1,0 +1,99 @@
+// Random SPEC §6 problems drawn from the whole contract at once (tests/cpu/sweep_test.cpp runs
+// them through the library on every executor, tests/cli/sweep_cli_test.cpp through `mixpa run`).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "common/check.h"
+#include "common/poison.h"
+
+namespace mixpa::testing {
+
+struct Drawn {
+  CaseSpec spec;
+  bool hnd = false;
+  std::string text;  // the spec, as a failure message prints it
+};
+
+template <class T>
+T pick(std::mt19937_64& g, std::initializer_list<T> xs) {
+  std::uniform_int_distribution<std::size_t> u(0, xs.size() - 1);
+  return *(xs.begin() + u(g));
+}
+
+inline std::int64_t uniform(std::mt19937_64& g, std::int64_t lo, std::int64_t hi) {
+  return std::uniform_int_distribution<std::int64_t>(lo, hi)(g);
+}
+
+inline bool chance(std::mt19937_64& g, double p) { return std::bernoulli_distribution(p)(g); }
+
+inline Drawn draw(std::uint64_t seed) {
+  std::mt19937_64 g(seed * 0x9e3779b97f4a7c15ull + 17);
+  Drawn d;
+  CaseSpec& s = d.spec;
+  s.name = "sweep" + std::to_string(seed);
+  s.kv_dtype = pick(g, {DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kF8E5M2});
+  s.query_dtype = pick(g, {DType::kBF16, DType::kF16});
+  s.head_dim = 16 * uniform(g, 1, 16);
+  s.block_size = chance(g, 0.5) ? pick<std::int64_t>(g, {16, 32, 64, 128}) : uniform(g, 1, 256);
+  s.num_kv_heads = uniform(g, 1, 4);
+  const std::int64_t group = pick<std::int64_t>(g, {1, 1, 2, 3, 4, 4, 5, 8, 16});
+  s.num_heads = s.num_kv_heads * group;
+  s.q_len = chance(g, 0.5) ? 1 : uniform(g, 2, 16);
+  s.batch = uniform(g, 1, 4);
+  // Context lengths: 0, exactly q_len, a page edge, short, or long enough to split the KV.
+  s.context_lens.clear();
+  for (std::int64_t b = 0; b < s.batch; ++b) {
+    std::int64_t len;
+    switch (uniform(g, 0, 6)) {
+      case 0: len = 0; break;
+      case 1: len = s.q_len; break;
+      case 2: len = std::max(s.q_len, s.block_size * uniform(g, 1, 3) + uniform(g, -1, 1)); break;
+      case 3: len = uniform(g, 2400, 4700); break;  // split-KV chunks (SPEC §3: >= 2048 tokens each)
+      default: len = uniform(g, s.q_len, 300); break;
+    }
+    s.context_lens.push_back(static_cast<std::int32_t>(len));
+  }
+  std::int32_t longest = 1;
+  for (auto l : s.context_lens) longest = std::max(longest, l);
+  s.max_model_len = longest + uniform(g, 0, 2) * s.block_size;  // spare table columns
+  s.scale = std::uniform_real_distribution<double>(0.03, 0.4)(g);
+  if (s.kv_dtype == DType::kF8E4M3 || s.kv_dtype == DType::kF8E5M2) {
+    if (chance(g, 0.6)) {
+      s.k_scale = std::uniform_real_distribution<double>(0.05, 4.0)(g);
+      s.v_scale = std::uniform_real_distribution<double>(0.05, 4.0)(g);
+    }
+  }
+  if (chance(g, 0.3)) s.softcap = std::uniform_real_distribution<double>(0.5, 6.0)(g);
+  if (chance(g, 0.35)) s.window_left = chance(g, 0.2) ? 0 : uniform(g, 1, longest + 10);
+  if (chance(g, 0.3)) s.alibi_slopes = alibi_slopes_for(s.num_heads);
+  if (chance(g, 0.3)) s.sinks = sinks_for(s.num_heads, chance(g, 0.3));
+  s.int64_indices = chance(g, 0.25);
+  d.hnd = chance(g, 0.3);
+  std::ostringstream t;
+  t << s.name << ": kv " << dtype_name(s.kv_dtype) << " q " << dtype_name(s.query_dtype) << " heads " << s.num_heads << "/"
+    << s.num_kv_heads << " head_dim " << s.head_dim << " block_size " << s.block_size << " q_len " << s.q_len << " lens {";
+  for (auto l : s.context_lens) t << l << ",";
+  t << "} scale " << s.scale << " k/v_scale " << s.k_scale << "/" << s.v_scale << " softcap " << s.softcap << " window "
+    << s.window_left << " alibi " << !s.alibi_slopes.empty() << " sinks " << !s.sinks.empty() << " int64 " << s.int64_indices
+    << (d.hnd ? " HND" : " NHD");
+  d.text = t.str();
+  return d;
+}
+
+
+// The drawn problem as a case: rows no query row sees hold NaN / Inf (they must not leak into
+// any output), then the caches restored HND when drawn so.
+inline Case sweep_case(const Drawn& d, std::uint64_t seed) {
+  Case c = generate_case(d.spec, seed);
+  poison_unused_cache_rows(c);
+  if (d.hnd) restore_hnd(c);
+  return c;
+}
+
+}  // namespace mixpa::testing
