@@ -87,6 +87,35 @@ inline Drawn draw(std::uint64_t seed) {
 }
 
 
+// A draw kept inside what every cpu flavour computes (the origin's problems: bf16 caches and
+// queries, q_len 1, head_dim 64/128/256, block_size 16..128), the rest of it (heads, lengths,
+// layout, index width, variants) as drawn; context lengths cut to 600 tokens unless they split.
+inline Drawn draw_origin(std::uint64_t seed) {
+  Drawn d = draw(seed);
+  CaseSpec& s = d.spec;
+  std::mt19937_64 g(seed * 31 + 7);
+  s.name = "origin_" + s.name;
+  s.kv_dtype = s.query_dtype = DType::kBF16;
+  s.k_scale = s.v_scale = 0;
+  s.q_len = 1;
+  s.head_dim = pick<std::int64_t>(g, {64, 128, 128, 256});
+  s.block_size = pick<std::int64_t>(g, {16, 32, 64, 128});
+  std::int32_t longest = 1;
+  for (auto& l : s.context_lens) {
+    if (l > 600 && l < 2400) l = 600;
+    longest = std::max(longest, l);
+  }
+  s.max_model_len = longest + s.block_size;
+  std::ostringstream t;
+  t << s.name << ": heads " << s.num_heads << "/" << s.num_kv_heads << " head_dim " << s.head_dim << " block_size "
+    << s.block_size << " lens {";
+  for (auto l : s.context_lens) t << l << ",";
+  t << "} scale " << s.scale << " softcap " << s.softcap << " window " << s.window_left << " alibi "
+    << !s.alibi_slopes.empty() << " sinks " << !s.sinks.empty() << " int64 " << s.int64_indices << (d.hnd ? " HND" : " NHD");
+  d.text = t.str();
+  return d;
+}
+
 // The drawn problem as a case: rows no query row sees hold NaN / Inf (they must not leak into
 // any output), then the caches restored HND when drawn so.
 inline Case sweep_case(const Drawn& d, std::uint64_t seed) {
