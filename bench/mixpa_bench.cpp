@@ -339,7 +339,7 @@ void print_run(const ServingRun& r) {
 int serving_main(const Args& a, int threads) {
   std::printf("mixpa_bench --serving: SPEC §6 shapes through the cpu executor, %d threads, median of %d interleaved runs\n",
               threads, a.reps);
-  for (cpu::TileClass tile : {cpu::TileClass::kWide, cpu::TileClass::kNarrow})
+  for (cpu::TileClass tile : cpu::kTileClasses)
     std::printf("auto for %s tiles: %s\n", cpu::tile_class_name(tile), cpu::auto_choice(tile).reason.c_str());
   std::printf("(a shared machine is noisy: only the same-run ratios mean much)\n\n");
   // 1. An e4m3 cache next to bf16: half the bytes.
@@ -458,7 +458,7 @@ int bench_main(int argc, char** argv) {
     std::string flavours;
     for (cpu::Isa isa : cpu::supported_isas()) flavours += (flavours.empty() ? "" : ", ") + std::string(cpu::isa_name(isa));
     std::cout << "cpu flavours this CPU runs: " << flavours << "\n";
-    for (cpu::TileClass tile : {cpu::TileClass::kWide, cpu::TileClass::kNarrow})
+    for (cpu::TileClass tile : cpu::kTileClasses)
       std::cout << "auto for " << cpu::tile_class_name(tile) << " tiles: " << cpu::auto_choice(tile).reason << '\n';
   }
   std::cout << "roofline compute term uses " << peak.instruction << " at the best peak seen so far in this run\n\n";

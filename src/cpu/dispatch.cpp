@@ -12,8 +12,12 @@
 #include <unistd.h>
 #endif
 #include <string>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 #include "core/cases.h"
+#include "cpu/calibration_cache.h"
 #include "core/validate.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/cpu_executor.h"
@@ -85,7 +89,14 @@ bool isa_supported(Isa isa) {
 
 Isa default_isa() { return auto_choice(TileClass::kWide).isa; }
 
-const char* tile_class_name(TileClass c) { return c == TileClass::kNarrow ? "4-row" : "16-row"; }
+const char* tile_class_name(TileClass c) {
+  switch (c) {
+    case TileClass::kNarrow: return "4-row";
+    case TileClass::kWide: return "16-row";
+    case TileClass::kTall: return "64-row";
+  }
+  return "?";
+}
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> isas;
@@ -123,29 +134,81 @@ FlavourChoice choose_flavour(std::span<const FlavourRate> rates, TileClass tile)
     if (&r == best || !(std::isfinite(r.gflops) && r.gflops > 0)) continue;
     others += (others.empty() ? " > " : ", ") + std::string(isa_name(r.isa)) + " " + rate_string(r.gflops);
   }
-  choice.reason += others + " (measured)";
+  choice.reason += others + " (measured, KV read from memory)";
   return choice;
 }
 
 namespace {
 
-// The calibration problems: one thread, hot in cache (~0.25-1 MiB of KV), ~4 MFLOP each, so a
-// round of every flavour takes well under a millisecond on a SIMD flavour. Wide: 16-row tiles
-// of 128-token pages (Case1's shape); narrow: 4-row GQA tiles of 64-token pages over 4 kv heads
-// (Decode32k's shape, enough requests that a group kernel runs as it does there).
-CaseSpec calibration_spec(TileClass tile) {
-  CaseSpec s;
+// The calibration problems, timed from memory as a decode step reads its KV (each layer reads
+// other pages): the K and V lines are flushed from every cache level before each timed run, so
+// the rates include how well a flavour's loads and prefetches overlap memory with its FMAs (hot
+// rates rank the flavours otherwise: on a Zen 4, avx512bf16's 4-row tiles are the fastest hot
+// and the slowest from memory, and the Decode32k bench agrees with the latter). One thread,
+// ~17 MFLOP each: wide, 16-row tiles of 128-token pages (Case1's shape, 1 MiB of KV); narrow,
+// 4-row GQA tiles of 64-token pages over 4 kv heads (Decode32k's shape, 4 MiB of KV, enough
+// requests that a group kernel runs as it does there); tall, 64-row tiles of 64-token pages
+// (Case2's shape, 256 KiB). Contexts of 512-1024 tokens, so the start of a chunk (the first
+// page's latency) weighs as little as in a long decode.
+struct CalibrationShape {
+  CaseSpec spec;             // one page per request: what generate_case fills (cheap)
+  std::int64_t context = 0;  // tokens per request in the timed problem
+};
+
+CalibrationShape calibration_shape(TileClass tile) {
+  CalibrationShape c;
+  CaseSpec& s = c.spec;
   s.name = std::string("calibration_") + tile_class_name(tile);
   if (tile == TileClass::kWide) {
     s.batch = 2, s.num_heads = 16, s.num_kv_heads = 1, s.head_dim = 128, s.block_size = 128;
-    s.context_lens = {256};
+    c.context = 1024;
+  } else if (tile == TileClass::kTall) {
+    s.batch = 1, s.num_heads = 64, s.num_kv_heads = 1, s.head_dim = 128, s.block_size = 64;
+    c.context = 512;
   } else {
     s.batch = 4, s.num_heads = 16, s.num_kv_heads = 4, s.head_dim = 128, s.block_size = 64;
-    s.context_lens = {128};
+    c.context = 256;
   }
-  s.max_model_len = 1024;
+  s.context_lens = {s.block_size};
+  s.max_model_len = s.block_size;
   s.scale = 0.088;
-  return s;
+  return c;
+}
+
+// The timed problem's caches: every request's pages its own (distinct memory), filled by
+// repeating the generated pages (the values do not change the time; generating 5 MiB would
+// cost more than the whole calibration).
+struct CalibrationCaches {
+  KvVector key, value;
+  std::vector<std::int32_t> block_table, context_lens;
+  std::int64_t pages = 0, pages_per_request = 0;
+};
+
+CalibrationCaches calibration_caches(const Case& c, std::int64_t context) {
+  CalibrationCaches k;
+  const CaseSpec& s = c.spec;
+  const std::int64_t page = s.block_size * s.num_kv_heads * s.head_dim;
+  k.pages_per_request = context / s.block_size;
+  k.pages = s.batch * k.pages_per_request;
+  k.key.resize(static_cast<std::size_t>(k.pages * page));
+  k.value.resize(k.key.size());
+  for (std::int64_t p = 0; p < k.pages; ++p) {
+    const std::int64_t from = (p % c.num_blocks) * page;
+    std::copy_n(c.key_cache.begin() + from, page, k.key.begin() + p * page);
+    std::copy_n(c.value_cache.begin() + from, page, k.value.begin() + p * page);
+    k.block_table.push_back(static_cast<std::int32_t>(p));
+  }
+  k.context_lens.assign(static_cast<std::size_t>(s.batch), static_cast<std::int32_t>(context));
+  return k;
+}
+
+// Evicts [p, p + bytes) from every cache level (clflush: SSE2, every x86-64).
+void flush_from_caches([[maybe_unused]] const void* p, [[maybe_unused]] std::int64_t bytes) {
+#if defined(__x86_64__)
+  const char* c = static_cast<const char*>(p);
+  for (std::int64_t o = 0; o < bytes; o += 64) _mm_clflush(c + o);
+  _mm_mfence();
+#endif
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -155,25 +218,35 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 std::vector<FlavourRate> calibrate(std::span<const Isa> isas, TileClass tile, int rounds) {
-  const Case c = generate_case(calibration_spec(tile), 17);
+  const CalibrationShape shape = calibration_shape(tile);
+  const Case c = generate_case(shape.spec, 17);
+  const CalibrationCaches kv = calibration_caches(c, shape.context);
+  const CaseSpec& s = c.spec;
+  Inputs in = c.tensor_inputs();
+  in.key_cache = TensorView::contiguous(kv.key.data(), DType::kBF16, {kv.pages, s.block_size, s.num_kv_heads, s.head_dim});
+  in.value_cache = TensorView::contiguous(kv.value.data(), DType::kBF16, {kv.pages, s.block_size, s.num_kv_heads, s.head_dim});
+  in.block_table = TensorView::contiguous(kv.block_table.data(), DType::kI32, {s.batch, kv.pages_per_request});
+  in.context_lens = TensorView::contiguous(kv.context_lens.data(), DType::kI32, {s.batch});
   Options options;
   options.scale = c.scale;
   options.num_threads = 1;
   std::vector<float> out(static_cast<std::size_t>(c.out_elements()));
-  const Problem pr =
-      validate(c.inputs(), options, OutputView{out.data(), {c.spec.batch, c.spec.num_heads, c.spec.head_dim}});
+  const Problem pr = validate(in, options, OutputView{out.data(), {s.batch, s.num_heads, s.head_dim}});
   const Plan plan = make_plan(pr.shape, pr.variant.scale);
   double flops = 0;
-  for (std::int64_t b = 0; b < c.spec.batch; ++b) flops += 4.0 * c.context_lens[b] * c.spec.num_heads * c.spec.head_dim;
+  for (std::int32_t len : kv.context_lens) flops += 4.0 * len * s.num_heads * s.head_dim;
   std::vector<ExecPlan> plans(isas.size());
   for (std::size_t i = 0; i < isas.size(); ++i) {
     prepare(plans[i], pr, plan, 1, isas[i]);
     execute(plans[i], pr, plan, out.data());  // warm-up: scratch, caches
   }
+  const std::int64_t cache_bytes = static_cast<std::int64_t>(kv.key.size() * sizeof(bf16));
   std::vector<double> best(isas.size(), 1e30);
   // Interleaved rounds, best round per flavour: a neighbour's burst hits one round, not one flavour.
   for (int round = 0; round < std::max(1, rounds); ++round)
     for (std::size_t i = 0; i < isas.size(); ++i) {
+      flush_from_caches(kv.key.data(), cache_bytes);
+      flush_from_caches(kv.value.data(), cache_bytes);
       const auto t0 = std::chrono::steady_clock::now();
       execute(plans[i], pr, plan, out.data());
       best[i] = std::min(best[i], seconds_since(t0));
@@ -184,6 +257,33 @@ std::vector<FlavourRate> calibrate(std::span<const Isa> isas, TileClass tile, in
 }
 
 namespace {
+
+// `reason` ends in ')': the cache file's part goes inside.
+FlavourChoice noting(FlavourChoice c, const std::string& note) {
+  if (!c.reason.empty() && c.reason.back() == ')') c.reason.insert(c.reason.size() - 1, "; " + note);
+  return c;
+}
+
+bool all_positive(std::span<const FlavourRate> rates) {
+  return std::all_of(rates.begin(), rates.end(), [](const FlavourRate& r) { return std::isfinite(r.gflops) && r.gflops > 0; });
+}
+
+// The rates of this machine's cache file when it has them (calibration_cache.h), else measured
+// and recorded there. Just before writing, the file is read again: when another process recorded
+// this class meanwhile, its rates are taken, so processes that start together agree.
+FlavourChoice measured_or_cached(std::span<const Isa> simd, TileClass tile) {
+  const std::string path = calibration_cache_path();
+  const std::string key = machine_key(simd);
+  if (!path.empty())
+    if (const auto cached = find_rates(read_cache(path), key, tile, simd))
+      return noting(choose_flavour(*cached, tile), "read from " + path);
+  const std::vector<FlavourRate> rates = calibrate(simd, tile);
+  if (path.empty() || !all_positive(rates)) return choose_flavour(rates, tile);
+  const std::string text = read_cache(path);
+  if (const auto cached = find_rates(text, key, tile, simd)) return noting(choose_flavour(*cached, tile), "read from " + path);
+  if (!write_cache(path, with_rates(text, key, tile, rates))) return choose_flavour(rates, tile);
+  return noting(choose_flavour(rates, tile), "saved in " + path);
+}
 
 FlavourChoice forced_or_measured(TileClass tile) {
   if (const char* env = std::getenv("MIXPA_CPU_ISA"); env != nullptr && *env != '\0') {
@@ -196,8 +296,7 @@ FlavourChoice forced_or_measured(TileClass tile) {
   if (simd.empty()) return {Isa::kScalar, "scalar: this CPU runs no SIMD flavour of this build", {}};
   if (simd.size() == 1)
     return {simd[0], std::string(isa_name(simd[0])) + ": the only SIMD flavour this CPU runs", {}};
-  const std::vector<FlavourRate> rates = calibrate(simd, tile);
-  return choose_flavour(rates, tile);
+  return measured_or_cached(simd, tile);
 }
 
 }  // namespace
@@ -213,6 +312,10 @@ const FlavourChoice& auto_choice(TileClass tile) {
   if (tile == TileClass::kNarrow) {
     static const FlavourChoice narrow = forced_or_measured(TileClass::kNarrow);
     return narrow;
+  }
+  if (tile == TileClass::kTall) {
+    static const FlavourChoice tall = forced_or_measured(TileClass::kTall);
+    return tall;
   }
   static const FlavourChoice wide = forced_or_measured(TileClass::kWide);
   return wide;

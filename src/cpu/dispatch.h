@@ -1,13 +1,17 @@
 // How `auto` picks the cpu executor's kernel flavour: by measurement on this machine, never by
 // cpuid order alone. The first call that needs a pick times every SIMD flavour this CPU runs on
-// a small synthetic problem (hot in cache, one thread, a few ms, once per process per tile
-// class), and choose_flavour() - a pure function of those figures, tested with injected ones -
+// a small synthetic problem whose K/V lines are flushed from the caches before each timed run
+// (read from memory, as a decode step reads each layer's KV; one thread, 4-10 ms per tile class,
+// once per process), and choose_flavour() - a pure function of those figures, tested with injected ones -
 // takes the fastest. MIXPA_CPU_ISA=NAME forces a flavour instead.
 //
-// Tiles of <= 8 rows (GQA groups: the narrow kernels) and wider tiles are picked separately:
-// a flavour can win one and lose the other (e.g. AMX's idle columns on a 4-row tile).
+// Tiles of <= 8 rows (GQA groups: the narrow kernels), of 9-16 rows and of 64 rows (the plan's
+// large q_tile: 64 or more query rows per kv head) are picked separately: a flavour can win one
+// and lose another (AMX's idle columns on a 4-row tile; on a Zen 4, avx512bf16 is 1.4x faster
+// than avx512 on Case2's 64-row tiles and level with it on Case1's 16-row ones).
 #pragma once
 
+#include <array>
 #include <span>
 #include <string>
 #include <vector>
@@ -18,10 +22,13 @@
 
 namespace mixpa::cpu {
 
-enum class TileClass { kWide, kNarrow };
+enum class TileClass { kWide, kNarrow, kTall };
+inline constexpr std::array<TileClass, 3> kTileClasses = {TileClass::kWide, TileClass::kNarrow, TileClass::kTall};
 inline constexpr int kNarrowMaxRows = 8;
-inline TileClass tile_class_of_rows(int rows) { return rows <= kNarrowMaxRows ? TileClass::kNarrow : TileClass::kWide; }
-const char* tile_class_name(TileClass c);  // "16-row" / "4-row": the calibration tiles
+inline TileClass tile_class_of_rows(int rows) {
+  return rows <= kNarrowMaxRows ? TileClass::kNarrow : rows <= kSmallQTile ? TileClass::kWide : TileClass::kTall;
+}
+const char* tile_class_name(TileClass c);  // "16-row" / "4-row" / "64-row": the calibration tiles
 
 // One flavour's measured rate on a calibration problem (useful FLOPs / second).
 struct FlavourRate {
@@ -43,8 +50,9 @@ FlavourChoice choose_flavour(std::span<const FlavourRate> rates, TileClass tile)
 // listing: the pick is measured), scalar last.
 std::vector<Isa> supported_isas();
 
-// Times each flavour in `isas` on the calibration problem of `tile` (one thread; interleaved
-// rounds, best round per flavour). Every flavour must be isa_supported().
+// Times each flavour in `isas` on the calibration problem of `tile` (one thread; K/V flushed
+// from the caches before each run; interleaved rounds, best round per flavour). Every flavour
+// must be isa_supported().
 std::vector<FlavourRate> calibrate(std::span<const Isa> isas, TileClass tile, int rounds = 5);
 
 // The pick for tiles of this class: MIXPA_CPU_ISA if set (throws mixpa::Error when it names an

@@ -49,7 +49,7 @@ TEST(ChooseFlavour, TakesTheFastestMeasuredNotTheCpuidOrder) {
   const FlavourRate xeon[] = {{Isa::kAvx512Bf16, 171}, {Isa::kAvx512, 350}, {Isa::kAvx2, 180}};
   const cpu::FlavourChoice c = cpu::choose_flavour(xeon, TileClass::kWide);
   EXPECT_EQ(c.isa, Isa::kAvx512);
-  EXPECT_EQ(c.reason, "avx512: 350 GFLOP/s on 16-row tiles > avx512bf16 171, avx2 180 (measured)");
+  EXPECT_EQ(c.reason, "avx512: 350 GFLOP/s on 16-row tiles > avx512bf16 171, avx2 180 (measured, KV read from memory)");
   ASSERT_EQ(c.rates.size(), 3u);
 
   const FlavourRate zen5[] = {{Isa::kAvx512Bf16, 1100}, {Isa::kAvx512, 350}, {Isa::kAvx2, 175}};
@@ -68,12 +68,15 @@ TEST(ChooseFlavour, IgnoresFailedMeasurementsAndBreaksTiesByOrder) {
                              {Isa::kScalar, 2.5}};
   const cpu::FlavourChoice c = cpu::choose_flavour(bad, TileClass::kWide);
   EXPECT_EQ(c.isa, Isa::kScalar);
-  EXPECT_EQ(c.reason, "scalar: 2.5 GFLOP/s on 16-row tiles (measured)");
+  EXPECT_EQ(c.reason, "scalar: 2.5 GFLOP/s on 16-row tiles (measured, KV read from memory)");
   const FlavourRate tie[] = {{Isa::kAvx512, 300}, {Isa::kAvx512Bf16, 300}};
   EXPECT_EQ(cpu::choose_flavour(tie, TileClass::kWide).isa, Isa::kAvx512);
   EXPECT_EQ(cpu::choose_flavour({}, TileClass::kWide).isa, Isa::kScalar);
   EXPECT_EQ(cpu::tile_class_of_rows(8), TileClass::kNarrow);
   EXPECT_EQ(cpu::tile_class_of_rows(9), TileClass::kWide);
+  EXPECT_EQ(cpu::tile_class_of_rows(16), TileClass::kWide);
+  EXPECT_EQ(cpu::tile_class_of_rows(17), TileClass::kTall);
+  EXPECT_EQ(cpu::tile_class_of_rows(64), TileClass::kTall);
 }
 
 // The real calibration, on every flavour this CPU runs: a finite positive rate each.
@@ -81,7 +84,7 @@ TEST(Calibrate, MeasuresEveryFlavourThisCpuRuns) {
   const std::vector<Isa> isas = cpu::supported_isas();
   ASSERT_FALSE(isas.empty());
   EXPECT_EQ(isas.back(), Isa::kScalar);
-  for (TileClass tile : {TileClass::kWide, TileClass::kNarrow}) {
+  for (TileClass tile : cpu::kTileClasses) {
     const std::vector<FlavourRate> rates = cpu::calibrate(isas, tile, 1);
     ASSERT_EQ(rates.size(), isas.size());
     for (std::size_t i = 0; i < isas.size(); ++i) {
@@ -96,7 +99,7 @@ TEST(AutoChoice, IsSupportedAndExplainsItself) {
   ScopedIsaEnv env(nullptr);
   std::vector<Isa> simd = cpu::supported_isas();
   std::erase(simd, Isa::kScalar);
-  for (TileClass tile : {TileClass::kWide, TileClass::kNarrow}) {
+  for (TileClass tile : cpu::kTileClasses) {
     const cpu::FlavourChoice& c = cpu::auto_choice(tile);
     EXPECT_TRUE(cpu::isa_supported(c.isa));
     EXPECT_EQ(c.reason.rfind(std::string(cpu::isa_name(c.isa)) + ": ", 0), 0u) << c.reason;
@@ -105,7 +108,7 @@ TEST(AutoChoice, IsSupportedAndExplainsItself) {
       EXPECT_NE(c.reason.find("the only SIMD flavour"), std::string::npos) << c.reason;
     } else if (simd.size() > 1) {
       EXPECT_EQ(c.rates.size(), simd.size());
-      EXPECT_NE(c.reason.find("(measured)"), std::string::npos) << c.reason;
+      EXPECT_NE(c.reason.find("(measured, KV read from memory"), std::string::npos) << c.reason;
     }
   }
   EXPECT_EQ(cpu::default_isa(), cpu::auto_choice(TileClass::kWide).isa);
