@@ -327,44 +327,67 @@ namespace {
 
 bool computes_everything(Isa isa) { return isa == Isa::kScalar || isa == Isa::kAvx2; }
 
-bool origin_problem(const Problem& p) {
-  const Shape& s = p.shape;
-  return p.is_plain_bf16() && s.q_len == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) &&
+bool fast_shape(const Shape& s) {
+  return s.q_len == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) &&
          (s.block_size == 16 || s.block_size == 32 || s.block_size == 64 || s.block_size == 128);
+}
+
+bool origin_problem(const Problem& p) { return p.is_plain_bf16() && fast_shape(p.shape); }
+
+// avx512's wide tile also reads f16 / fp8 caches and f16 queries (its narrow kernels and group
+// kernel, for <= 8 rows per kv head, read bf16 only).
+bool avx512_wide_problem(const Problem& p) { return fast_shape(p.shape) && p.shape.rows_per_kv_head() > kNarrowMaxRows; }
+
+bool computes(Isa isa, const Problem& p) {
+  if (computes_everything(isa) || origin_problem(p)) return true;
+  return isa == Isa::kAvx512 && avx512_wide_problem(p);
 }
 
 int tile_rows(const Problem& p, const Plan& plan) {
   return static_cast<int>(std::min<std::int64_t>(plan.q_tile, p.shape.rows_per_kv_head()));
 }
 
-// The flavour that runs what `isa` cannot: avx2 where this CPU runs it, else scalar.
-Isa fallback_isa() { return isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar; }
+// The flavour that runs what `isa` cannot: avx512 where this CPU runs it and it computes the
+// problem, else avx2 where this CPU runs it, else scalar.
+Isa fallback_isa(const Problem& p) {
+  if (isa_supported(Isa::kAvx512) && computes(Isa::kAvx512, p)) return Isa::kAvx512;
+  return isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kScalar;
+}
+
+const char* scope_of(Isa isa) {
+  return isa == Isa::kAvx512 ? "bf16 caches and queries, or (more than 8 query rows per kv head) f16 / fp8 caches and f16 "
+                               "queries; q_len 1, head_dim 64/128/256, block_size 16-128"
+                             : "bf16 caches and queries, q_len 1, head_dim 64/128/256, block_size 16-128";
+}
 
 }  // namespace
 
 std::string beyond_flavour(Isa isa, const Problem& p) {
-  if (computes_everything(isa) || origin_problem(p)) return {};
+  if (computes(isa, p)) return {};
   const Shape& s = p.shape;
-  if (p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
-  if (p.kv_dtype != DType::kBF16) return std::string(dtype_name(p.kv_dtype)) + " caches";
+  const bool wide_dtypes = isa == Isa::kAvx512;  // its wide tile reads every dtype
+  if (!wide_dtypes && p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
+  if (!wide_dtypes && p.kv_dtype != DType::kBF16) return std::string(dtype_name(p.kv_dtype)) + " caches";
   if (s.q_len != 1) return "q_len " + std::to_string(s.q_len);
   if (s.head_dim != 64 && s.head_dim != 128 && s.head_dim != 256) return "head_dim " + std::to_string(s.head_dim);
-  return "block_size " + std::to_string(s.block_size);
+  if (!fast_shape(s)) return "block_size " + std::to_string(s.block_size);
+  const bool kv = p.kv_dtype != DType::kBF16;
+  return std::string(dtype_name(kv ? p.kv_dtype : p.query_dtype)) + (kv ? " caches" : " queries") + " with " +
+         std::to_string(s.rows_per_kv_head()) + " query rows per kv head";
 }
 
-bool flavour_computes(Isa isa, const Problem& p) { return computes_everything(isa) || origin_problem(p); }
+bool flavour_computes(Isa isa, const Problem& p) { return computes(isa, p); }
 
 Isa isa_for(const Problem& p, const Plan& plan) {
   const Isa isa = auto_isa_for_rows(tile_rows(p, plan));
-  return flavour_computes(isa, p) ? isa : fallback_isa();
+  return flavour_computes(isa, p) ? isa : fallback_isa(p);
 }
 
 std::string kernels_reason(const Problem& p, const Plan& plan) {
   const FlavourChoice& choice = auto_choice(tile_class_of_rows(tile_rows(p, plan)));
   if (flavour_computes(choice.isa, p)) return choice.reason;
   return choice.reason + "; " + beyond_flavour(choice.isa, p) + ": " + std::string(isa_name(choice.isa)) +
-         " computes only bf16 caches and queries, q_len 1, head_dim 64/128/256, block_size 16-128, so " +
-         std::string(isa_name(fallback_isa())) + " runs";
+         " computes only " + scope_of(choice.isa) + ", so " + std::string(isa_name(fallback_isa(p))) + " runs";
 }
 
 ChunkKernel chunk_kernel([[maybe_unused]] Isa isa) {

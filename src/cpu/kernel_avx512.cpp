@@ -17,6 +17,7 @@
 #include "cpu/x86_intrinsics.h"
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
@@ -45,9 +46,11 @@ using avx512::widen_row;
 constexpr int kMaxNJ = 16;
 constexpr int kPvBlockFloats = 4096;  // widened V floats per PV token block (16 KiB, in L1)
 
-// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features.
-template <int RV, int D, unsigned F>
+// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features,
+// KV = the cache's element type (SPEC §6: bf16, f16, e4m3, e5m2; widened in the K/V loads).
+template <int RV, int D, unsigned F, class KV>
 struct Avx512Tile {
+  using Row = avx512::CacheRow512<KV>;
   static constexpr int W = RV * kLanes;
   const ChunkJob& job;
   const Problem* pr;
@@ -58,6 +61,8 @@ struct Avx512Tile {
   float* vf;  // [TB][dim]  widened V rows of one PV token block
   float* ot;  // [dim][W]   running unnormalised output, position order
   simd::LaneRows<simd::Avx512, RV> st;  // m, l, alpha, l_i and the score epilogue per row
+  float score_scale;  // scale * k_scale (times Row::kFactor)
+  float out_scale;    // v_scale (times Row::kFactor)
 
   explicit Avx512Tile(const ChunkJob& j) : job(j), pr(j.problem), bs(pr->shape.block_size) {
     qt = static_cast<float*>(scratch(0, D * W * 4));
@@ -65,12 +70,14 @@ struct Avx512Tile {
     s = static_cast<float*>(scratch(2, bs * W * 4));
     vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
     ot = static_cast<float*>(scratch(4, D * W * 4));
-    // Q transposed (lanes = rows) in position order: each row widened like K, then scattered.
+    // Q transposed (lanes = rows) in the cache's position order.
     alignas(64) float q_row[256];
     for (int r = 0; r < W; ++r) {
-      if (r < job.rows) widen_row(pr->query_row(job.batch, job.head_begin + r), q_row, D);
-      for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = r < job.rows ? q_row[pos] : 0.0f;
+      if (r < job.rows) avx512::query_floats(*pr, job.batch, job.head_begin + r, q_row);
+      for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = r < job.rows ? q_row[Row::position_dim(pos)] : 0.0f;
     }
+    score_scale = pr->variant.scale * pr->k_scale * Row::kFactor;  // the formula of every flavour
+    out_scale = pr->v_scale * Row::kFactor;
     for (std::int64_t i = 0; i < D * W; ++i) ot[i] = 0.0f;
     st.init(*pr, job.batch, job.head_begin, job.rows);
   }
@@ -83,7 +90,7 @@ struct Avx512Tile {
   template <int NJ>
   void qk_tokens(std::int64_t page, std::int64_t j0, std::int64_t token0, __m512 scale, BlockStream& next_block) {
     constexpr int kL1Every = NJ >= 16 ? 2 : 32 / NJ;  // NJ*D/32 lines over D steps
-    for (int j = 0; j < NJ; ++j) widen_row(pr->key_row(page, j0 + j, job.kv_head), kf + j * D, D);
+    for (int j = 0; j < NJ; ++j) Row::widen(pr->key_row_as<KV>(page, j0 + j, job.kv_head), kf + j * D, D);
     __m512 acc[NJ][RV];
     simd::zero<simd::Avx512>(acc);
     for (std::int64_t pos = 0; pos < D; ++pos) {
@@ -100,7 +107,7 @@ struct Avx512Tile {
   // Cube QK: scores of the span's tokens.
   void qk(const PageSpan& span) {
     constexpr int NJ = RV == 3 ? 5 : kMaxNJ / RV;
-    const __m512 scale = _mm512_set1_ps(pr->variant.scale);
+    const __m512 scale = _mm512_set1_ps(score_scale);
     const std::int64_t page = span.page, end = span.end;
     std::int64_t j = span.begin;
     for (; j + NJ <= end; j += NJ) {
@@ -114,7 +121,7 @@ struct Avx512Tile {
   }
 
   // Vector SF (simd.h): running max, P = bf16(exp(s - M)) in place, l_i, alpha.
-  void softmax(const PageSpan& span) { st.softmax(s, span.begin, span.end); }
+  void softmax(const PageSpan& span) { st.template softmax<Row::kF16P>(s, span.begin, span.end); }
 
   // Cube PV then vector UP, in blocks of TB tokens whose widened V rows (16 KiB) stay in L1:
   // per block, TD positions at a time so the TD x RV accumulators stay in registers; UP is fused
@@ -127,7 +134,7 @@ struct Avx512Tile {
     const std::int64_t page = span.page, begin = span.begin, end = span.end;
     for (std::int64_t j0 = begin; j0 < end; j0 += TB) {
       const std::int64_t n = end - j0 < TB ? end - j0 : TB;
-      for (std::int64_t j = 0; j < n; ++j) widen_row(pr->value_row(page, j0 + j, job.kv_head), vf + j * D, D);
+      for (std::int64_t j = 0; j < n; ++j) Row::widen(pr->value_row_as<KV>(page, j0 + j, job.kv_head), vf + j * D, D);
       const float* p_block = s + j0 * W;
       // The next block's V rows, or after the last block the next page's first K rows.
       BlockStream next_block = j0 + TB < end ? block_lines(pr, job.kv_head, D, page, 2, j0 + TB, TB, end)
@@ -154,28 +161,40 @@ struct Avx512Tile {
 
   void finish(const ChunkOut& out) {
     for (int r = 0; r < job.rows; ++r) {
-      store_dim_order(ot + r, W, out.o + r * D, D);
+      if constexpr (std::is_same_v<KV, bf16>) store_dim_order(ot + r, W, out.o + r * D, D);
+      else
+        for (std::int64_t pos = 0; pos < D; ++pos) out.o[r * D + Row::position_dim(pos)] = ot[pos * W + r] * out_scale;
       out.m[r] = st.m[r];
       out.l[r] = st.l[r];
     }
   }
 };
 
-template <int RV, int D>
+template <int RV, int D, class KV>
 void attend(const ChunkJob& job, const ChunkOut& out) {
   simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
-    Avx512Tile<RV, D, F> tile(job);
+    Avx512Tile<RV, D, F, KV> tile(job);
     drive_chunk(tile, job, out);
   });
+}
+
+template <int RV, int D>
+void attend_dtype(const ChunkJob& job, const ChunkOut& out) {
+  switch (job.problem->kv_dtype) {
+    case DType::kF16: return attend<RV, D, f16>(job, out);
+    case DType::kF8E4M3: return attend<RV, D, e4m3>(job, out);
+    case DType::kF8E5M2: return attend<RV, D, e5m2>(job, out);
+    default: return attend<RV, D, bf16>(job, out);
+  }
 }
 
 // head_dim is a template value so every K/V row offset is a constant from one base register.
 template <int RV>
 void attend_rows(const ChunkJob& job, const ChunkOut& out) {
   switch (job.problem->shape.head_dim) {
-    case 64: return attend<RV, 64>(job, out);
-    case 128: return attend<RV, 128>(job, out);
-    default: return attend<RV, 256>(job, out);  // validate() admits 64, 128 and 256 only
+    case 64: return attend_dtype<RV, 64>(job, out);
+    case 128: return attend_dtype<RV, 128>(job, out);
+    default: return attend_dtype<RV, 256>(job, out);  // flavour_computes admits 64, 128 and 256 only
   }
 }
 
@@ -190,7 +209,9 @@ void exp_bf16_avx512(const float* x, float* p, std::int64_t n) {
 }
 
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out) {
-  if (job.rows <= 8) return attend_chunk_avx512_narrow(job, out);
+  // Tiles of <= 8 rows of bf16 problems run the narrow kernel; other cache dtypes (whose problems
+  // have > 8 rows per kv head: dispatch's flavour_computes) run a tail tile of <= 8 rows here.
+  if (job.rows <= 8 && job.problem->is_plain_bf16()) return attend_chunk_avx512_narrow(job, out);
   switch ((job.rows + kLanes - 1) / kLanes) {
     case 1: return attend_rows<1>(job, out);
     case 2: return attend_rows<2>(job, out);

@@ -30,24 +30,26 @@ constexpr std::int64_t kPrefetchPages = MIXPA_PREFETCH_PAGES;
 
 // Row j of `page` for kv head `kv_head` in the K (which = 1) or V (which = 2) cache, as bytes,
 // and the byte stride between a page's rows.
+// Element sizes come from kv_dtype: 2 bytes for bf16 / f16, 1 for fp8 (the wide avx512 kernel).
+inline std::int64_t kv_elem_bytes(const Problem* pr) { return pr->kv_is_fp8() ? 1 : 2; }
 inline const char* cache_row(const Problem* pr, int which, std::int64_t page, std::int64_t j, std::int64_t kv_head) {
-  return reinterpret_cast<const char*>(which == 1 ? pr->key_row(page, j, kv_head) : pr->value_row(page, j, kv_head));
+  const std::int64_t off = which == 1 ? pr->key_offset(page, j, kv_head) : pr->value_offset(page, j, kv_head);
+  return static_cast<const char*>(which == 1 ? pr->key_data : pr->value_data) + off * kv_elem_bytes(pr);
 }
 inline std::int64_t cache_row_bytes(const Problem* pr, int which) {
-  return (which == 1 ? pr->k_strides.row : pr->v_strides.row) * 2;
+  return (which == 1 ? pr->k_strides.row : pr->v_strides.row) * kv_elem_bytes(pr);
 }
 
 // `which`: 1 = K rows, 2 = V rows, 3 = both.
 inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
                           std::int64_t j0, std::int64_t j1, int which = 3) {
   if (page < 0) return;
+  const std::int64_t row_bytes = dim * kv_elem_bytes(pr);
   for (std::int64_t j = j0; j < j1 && j < pr->shape.block_size; ++j) {
     if (which & 1)
-      for (std::int64_t b = 0; b < dim * 2; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(pr->key_row(page, j, kv_head)) + b, _MM_HINT_T1);
+      for (std::int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(cache_row(pr, 1, page, j, kv_head) + b, _MM_HINT_T1);
     if (which & 2)
-      for (std::int64_t b = 0; b < dim * 2; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(pr->value_row(page, j, kv_head)) + b, _MM_HINT_T1);
+      for (std::int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(cache_row(pr, 2, page, j, kv_head) + b, _MM_HINT_T1);
   }
 }
 
@@ -103,8 +105,9 @@ inline LineStream<kHint> row_lines(const Problem* pr, std::int64_t kv_head, std:
   if (page < 0 || rows <= 0) return s;
   s.row = cache_row(pr, which, page, j0, kv_head);
   s.row_bytes = cache_row_bytes(pr, which);
-  s.lines_per_row = static_cast<int>(dim / 32);  // dim * 2 bytes / 64
-  s.left = rows * (dim / 32);
+  const std::int64_t lines = dim * kv_elem_bytes(pr) / 64;  // dim >= 64: whole lines
+  s.lines_per_row = static_cast<int>(lines);
+  s.left = rows * lines;
   return s;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "cpu/simd_avx512.h"
+#include "core/problem.h"
 #include "mixpa/dtype.h"
 
 namespace mixpa::cpu::avx512 {
@@ -47,6 +48,77 @@ inline void store_dim_order(const float* src, std::int64_t stride, float* dst, s
       dst[c + 2 * i] = src[(c + i) * stride];
       dst[c + 2 * i + 1] = src[(c + 16 + i) * stride];
     }
+}
+
+// How the wide fp32 kernel widens each cache dtype (SPEC §6), fused into its K/V loads: rows of
+// fp32 `kFactor` times smaller than float(K) (exactly), in an order of positions Q and O share.
+// The same values as the avx2 tile's CacheRow (kernel_avx2_tile.h), 16 or 32 elements a step.
+template <class KV>
+struct CacheRow512;
+
+template <>
+struct CacheRow512<bf16> {
+  static constexpr float kFactor = 1.0f;
+  static constexpr bool kF16P = false;
+  static std::int64_t position_dim(std::int64_t p) { return avx512::position_dim(p); }
+  static void widen(const bf16* src, float* dst, std::int64_t dim) { widen_row(src, dst, dim); }
+};
+
+// 16 fp16 bit patterns to fp32 (exact).
+inline void store_halves(__m256i h, float* dst) { _mm512_store_ps(dst, _mm512_cvtph_ps(h)); }
+
+template <>
+struct CacheRow512<f16> {
+  static constexpr float kFactor = 1.0f;
+  static constexpr bool kF16P = true;  // P rounded to fp16 for F16 caches
+  static std::int64_t position_dim(std::int64_t p) { return p; }
+  static void widen(const f16* src, float* dst, std::int64_t dim) {
+    for (std::int64_t c = 0; c < dim; c += 16) store_halves(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c)), dst + c);
+  }
+};
+
+// 16 fp8 bytes as w = byte << 8 in 16-bit lanes.
+inline __m256i fp8_words(const std::uint8_t* src) {
+  return _mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))), 8);
+}
+
+template <>
+struct CacheRow512<e5m2> {
+  static constexpr float kFactor = 1.0f;
+  static constexpr bool kF16P = false;
+  static std::int64_t position_dim(std::int64_t p) { return p; }
+  static void widen(const e5m2* src, float* dst, std::int64_t dim) {  // e5m2 is the high byte of an fp16
+    for (std::int64_t c = 0; c < dim; c += 16) store_halves(fp8_words(&src[c].bits), dst + c);
+  }
+};
+
+template <>
+struct CacheRow512<e4m3> {
+  static constexpr float kFactor = 256.0f;
+  static constexpr bool kF16P = false;
+  static std::int64_t position_dim(std::int64_t p) { return p; }
+  // w = byte << 8 -> the fp16 of value / 256: sign, then the 7 exponent/mantissa bits shifted
+  // into an fp16's (subnormals included); 0x7f / 0xff become NaN.
+  static void widen(const e4m3* src, float* dst, std::int64_t dim) {
+    for (std::int64_t c = 0; c < dim; c += 16) {
+      const __m256i w = fp8_words(&src[c].bits);
+      const __m256i h = _mm256_and_si256(_mm256_srai_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
+      const __m256i nan = _mm256_cmpeq_epi16(_mm256_slli_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xfe00)));
+      store_halves(_mm256_or_si256(h, nan), dst + c);
+    }
+  }
+};
+
+// A query row (bf16 or f16) as fp32 in dim order.
+inline void query_floats(const Problem& pr, std::int64_t b, std::int64_t h, float* dst) {
+  const std::int64_t d = pr.shape.head_dim;
+  if (pr.query_dtype == DType::kF16) {
+    const f16* q = pr.query_row_as<f16>(b, 0, h);
+    for (std::int64_t c = 0; c < d; c += 16) store_halves(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + c)), dst + c);
+  } else {
+    const bf16* q = pr.query_row_as<bf16>(b, 0, h);
+    for (std::int64_t i = 0; i < d; ++i) dst[i] = q[i].to_float();
+  }
 }
 
 // P = bf16(exp(x)) for x <= 0 (x = score - running max), kept in fp32: simd.h's one-rounding

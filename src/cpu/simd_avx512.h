@@ -44,6 +44,8 @@ struct Avx512 {
   static V round_down(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   // x rounded to a multiple of 2^-7, nearest even: one vrndscaleps.
   static V round_to_7_bits(V x) { return _mm512_roundscale_ps(x, (7 << 4) | _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // x rounded to the nearest fp16 and back (ties to even, subnormal halves kept: F16C's rounding).
+  static V round_to_f16(V x) { return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)); }
   // p * 2^n in live lanes, 0 elsewhere.
   static V scale_pow2(M live, V p, V n) { return _mm512_maskz_scalef_ps(live, p, n); }
 };

@@ -10,6 +10,7 @@
 #define MIXPA_CPU_NATIVE 0
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h>
 
 #include <cmath>
 #include <cstdint>
@@ -78,6 +79,27 @@ inline __m512 mixpa_emulated_roundscale_ps(__m512 a, int imm) {
 }
 #undef _mm512_roundscale_ps
 #define _mm512_roundscale_ps(a, imm) mixpa_emulated_roundscale_ps((a), (imm))
+
+// SIMDe 0.7.4 has the 256-bit F16C conversions only: the 512-bit ones as two of them.
+inline __m512 _mm512_cvtph_ps(__m256i h) {
+  __m128i half[2];
+  std::memcpy(half, &h, 32);
+  const __m256 lo = _mm256_cvtph_ps(half[0]), hi = _mm256_cvtph_ps(half[1]);
+  __m512 r;
+  std::memcpy(&r, &lo, 32);
+  std::memcpy(reinterpret_cast<char*>(&r) + 32, &hi, 32);
+  return r;
+}
+#define _mm512_cvtps_ph(a, imm) mixpa_emulated_cvtps_ph((a), (imm))
+inline __m256i mixpa_emulated_cvtps_ph(__m512 a, int) {  // round to nearest even: the kernels' only mode
+  __m256 f[2];
+  std::memcpy(f, &a, 64);
+  const __m128i lo = _mm256_cvtps_ph(f[0], 0), hi = _mm256_cvtps_ph(f[1], 0);
+  __m256i r;
+  std::memcpy(&r, &lo, 16);
+  std::memcpy(reinterpret_cast<char*>(&r) + 16, &hi, 16);
+  return r;
+}
 #else
 #define MIXPA_CPU_NATIVE 1
 #include <immintrin.h>

@@ -85,6 +85,16 @@ std::vector<CaseSpec> cpu_serving_specs() {
       serving("split_q4_e4m3", kE4, kBF, 4, 128, 64, {9000}, 32, 8),
       serving("split_bs1_hd96", kBF, kBF, 2, 96, 1, {5000}, 8, 2),
       serving("split_f16_hd80", kF16, kF16, 1, 80, 16, {6001, 4097}, 16, 4),
+      // More than 8 query rows per kv head: avx512's wide tile reads these dtypes too (16, 12,
+      // 20 = 16 + a 4-row tail tile, 64 rows = RV 4), each head_dim and block size it has.
+      serving("wide_e4m3", kE4, kBF, 1, 128, 16, {70, 17, 1, 0}, 16, 1),
+      scaled(serving("wide_e4m3_scales_tail", kE4, kBF, 1, 128, 64, {200, 5}, 20, 1), 0.05, 3.0),
+      serving("wide_e5m2_f16q", kE5, kF16, 1, 64, 32, {129, 64}, 32, 2),
+      scaled(serving("wide_e5m2_scales", kE5, kBF, 1, 256, 16, {90, 33}, 12, 1), 4.0, 0.125),
+      serving("wide_f16_hd256", kF16, kBF, 1, 256, 32, {31, 64, 0}, 12, 1),
+      serving("wide_f16_all_64rows", kF16, kF16, 1, 128, 128, {300, 1}, 64, 1),
+      serving("wide_bf16_f16q", kBF, kF16, 1, 128, 16, {50, 2}, 40, 2),
+      serving("wide_split_e4m3", kE4, kBF, 1, 128, 64, {9000}, 16, 1),
   };
   CaseSpec wide = serving("int64_indices", kBF, kBF, 2, 64, 16, {40, 0, 17});
   wide.int64_indices = true;
@@ -354,39 +364,49 @@ TEST(CpuServing, EachNewTokenIsItsOwnRequest) {
   }
 }
 
-// What the flavours compute, and what the dispatch does with the rest: the avx512 family and
-// amx compute the origin's problems only, and name the first feature beyond them; scalar and
-// avx2 compute everything; a call runs on a flavour that computes it.
+// What the flavours compute, and what the dispatch does with the rest: amx and avx512bf16
+// compute the origin's problems only, avx512 also f16 / fp8 caches and f16 queries where a kv
+// head has more than 8 query rows (its wide tile), and each names the first feature beyond it;
+// scalar and avx2 compute everything; a call runs on a flavour that computes it.
 TEST(CpuServing, DispatchSendsWhatAFlavourCannotComputeToOneThatCan) {
   struct Probe {
     CaseSpec spec;
-    const char* beyond;  // what the avx512 family reports ("" = computes it)
+    const char* beyond;         // what amx and avx512bf16 report ("" = computes it)
+    const char* beyond_avx512;  // what avx512 reports
   };
   const std::vector<Probe> probes = {
-      {serving("origin", kBF, kBF, 1, 128, 16, {20}), ""},
-      {serving("fp8", kE4, kBF, 1, 128, 16, {20}), "F8_E4M3 caches"},
-      {serving("e5m2", kE5, kBF, 1, 128, 16, {20}), "F8_E5M2 caches"},
-      {serving("f16q", kBF, kF16, 1, 128, 16, {20}), "query dtype F16"},
-      {serving("q4", kBF, kBF, 4, 128, 16, {20}), "q_len 4"},
-      {serving("hd96", kBF, kBF, 1, 96, 16, {20}), "head_dim 96"},
-      {serving("bs1", kBF, kBF, 1, 128, 1, {20}), "block_size 1"},
-      {serving("bs256", kBF, kBF, 1, 128, 256, {20}), "block_size 256"},
+      {serving("origin", kBF, kBF, 1, 128, 16, {20}), "", ""},
+      {serving("fp8", kE4, kBF, 1, 128, 16, {20}), "F8_E4M3 caches", "F8_E4M3 caches with 4 query rows per kv head"},
+      {serving("e5m2", kE5, kBF, 1, 128, 16, {20}), "F8_E5M2 caches", "F8_E5M2 caches with 4 query rows per kv head"},
+      {serving("f16q", kBF, kF16, 1, 128, 16, {20}), "query dtype F16", "F16 queries with 4 query rows per kv head"},
+      {serving("fp8_wide", kE4, kBF, 1, 128, 16, {20}, 16, 1), "F8_E4M3 caches", ""},
+      {serving("f16_wide", kF16, kF16, 1, 64, 32, {20}, 18, 2), "query dtype F16", ""},
+      {serving("q4", kBF, kBF, 4, 128, 16, {20}), "q_len 4", "q_len 4"},
+      {serving("q4_fp8_wide", kE4, kBF, 4, 128, 16, {20}, 16, 1), "F8_E4M3 caches", "q_len 4"},
+      {serving("hd96", kBF, kBF, 1, 96, 16, {20}), "head_dim 96", "head_dim 96"},
+      {serving("bs1", kBF, kBF, 1, 128, 1, {20}), "block_size 1", "block_size 1"},
+      {serving("bs256", kBF, kBF, 1, 128, 256, {20}), "block_size 256", "block_size 256"},
   };
+  const auto beyond_of = [](const Probe& probe, Isa isa) { return isa == Isa::kAvx512 ? probe.beyond_avx512 : probe.beyond; };
   for (const Probe& probe : probes) {
     const Case c = generate_case(probe.spec, 1);
     std::vector<float> out;
     const Problem p = problem_of(c, out);
     const Plan plan = make_plan(p.shape, p.variant.scale);
     for (Isa isa : {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512}) {
-      EXPECT_EQ(cpu::beyond_flavour(isa, p), probe.beyond) << probe.spec.name << " " << cpu::isa_name(isa);
-      EXPECT_EQ(cpu::flavour_computes(isa, p), std::string(probe.beyond).empty()) << probe.spec.name;
+      EXPECT_EQ(cpu::beyond_flavour(isa, p), beyond_of(probe, isa)) << probe.spec.name << " " << cpu::isa_name(isa);
+      EXPECT_EQ(cpu::flavour_computes(isa, p), std::string(beyond_of(probe, isa)).empty()) << probe.spec.name;
     }
     for (Isa isa : {Isa::kAvx2, Isa::kScalar}) EXPECT_EQ(cpu::beyond_flavour(isa, p), "") << probe.spec.name;
     const Isa ran = cpu::isa_for(p, plan);
     EXPECT_TRUE(cpu::isa_supported(ran) && cpu::flavour_computes(ran, p)) << probe.spec.name << " " << cpu::isa_name(ran);
     EXPECT_FALSE(cpu::kernels_reason(p, plan).empty());
-    if (!cpu::flavour_computes(cpu::auto_isa_for_rows(static_cast<int>(std::min<std::int64_t>(plan.q_tile, p.shape.rows_per_kv_head()))), p))
-      EXPECT_NE(cpu::kernels_reason(p, plan).find(probe.beyond), std::string::npos) << cpu::kernels_reason(p, plan);
+    const Isa picked = cpu::auto_isa_for_rows(static_cast<int>(std::min<std::int64_t>(plan.q_tile, p.shape.rows_per_kv_head())));
+    if (!cpu::flavour_computes(picked, p)) {
+      EXPECT_NE(cpu::kernels_reason(p, plan).find(beyond_of(probe, picked)), std::string::npos) << cpu::kernels_reason(p, plan);
+      EXPECT_NE(cpu::kernels_reason(p, plan).find(", so " + std::string(cpu::isa_name(ran)) + " runs"), std::string::npos)
+          << cpu::kernels_reason(p, plan);
+    }
     // A forced flavour that cannot compute the problem is a clear error, not a wrong answer.
     for (Isa isa : {Isa::kAmx, Isa::kAvx512Bf16, Isa::kAvx512})
       if (cpu::isa_supported(isa) && !cpu::flavour_computes(isa, p)) {
@@ -394,7 +414,7 @@ TEST(CpuServing, DispatchSendsWhatAFlavourCannotComputeToOneThatCan) {
           cpu::run_with_isa(p, plan, {}, out.data(), isa);
           ADD_FAILURE() << "forced " << cpu::isa_name(isa) << " ran " << probe.spec.name;
         } catch (const Error& e) {
-          EXPECT_NE(std::string(e.what()).find(probe.beyond), std::string::npos) << e.what();
+          EXPECT_NE(std::string(e.what()).find(beyond_of(probe, isa)), std::string::npos) << e.what();
         }
       }
     // The registered executor computes it (its unsupported hook accepts everything).
