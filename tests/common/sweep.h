@@ -32,6 +32,19 @@ inline std::int64_t uniform(std::mt19937_64& g, std::int64_t lo, std::int64_t hi
 
 inline bool chance(std::mt19937_64& g, double p) { return std::bernoulli_distribution(p)(g); }
 
+// The drawn problem as a failure message prints it.
+inline std::string describe(const Drawn& d) {
+  const CaseSpec& s = d.spec;
+  std::ostringstream t;
+  t << s.name << ": kv " << dtype_name(s.kv_dtype) << " q " << dtype_name(s.query_dtype) << " heads " << s.num_heads << "/"
+    << s.num_kv_heads << " head_dim " << s.head_dim << " block_size " << s.block_size << " q_len " << s.q_len << " lens {";
+  for (auto l : s.context_lens) t << l << ",";
+  t << "} scale " << s.scale << " k/v_scale " << s.k_scale << "/" << s.v_scale << " softcap " << s.softcap << " window "
+    << s.window_left << " alibi " << !s.alibi_slopes.empty() << " sinks " << !s.sinks.empty() << " int64 " << s.int64_indices
+    << (d.hnd ? " HND" : " NHD");
+  return t.str();
+}
+
 inline Drawn draw(std::uint64_t seed) {
   std::mt19937_64 g(seed * 0x9e3779b97f4a7c15ull + 17);
   Drawn d;
@@ -75,14 +88,7 @@ inline Drawn draw(std::uint64_t seed) {
   if (chance(g, 0.3)) s.sinks = sinks_for(s.num_heads, chance(g, 0.3));
   s.int64_indices = chance(g, 0.25);
   d.hnd = chance(g, 0.3);
-  std::ostringstream t;
-  t << s.name << ": kv " << dtype_name(s.kv_dtype) << " q " << dtype_name(s.query_dtype) << " heads " << s.num_heads << "/"
-    << s.num_kv_heads << " head_dim " << s.head_dim << " block_size " << s.block_size << " q_len " << s.q_len << " lens {";
-  for (auto l : s.context_lens) t << l << ",";
-  t << "} scale " << s.scale << " k/v_scale " << s.k_scale << "/" << s.v_scale << " softcap " << s.softcap << " window "
-    << s.window_left << " alibi " << !s.alibi_slopes.empty() << " sinks " << !s.sinks.empty() << " int64 " << s.int64_indices
-    << (d.hnd ? " HND" : " NHD");
-  d.text = t.str();
+  d.text = describe(d);
   return d;
 }
 
@@ -106,13 +112,33 @@ inline Drawn draw_origin(std::uint64_t seed) {
     longest = std::max(longest, l);
   }
   s.max_model_len = longest + s.block_size;
-  std::ostringstream t;
-  t << s.name << ": heads " << s.num_heads << "/" << s.num_kv_heads << " head_dim " << s.head_dim << " block_size "
-    << s.block_size << " lens {";
-  for (auto l : s.context_lens) t << l << ",";
-  t << "} scale " << s.scale << " softcap " << s.softcap << " window " << s.window_left << " alibi "
-    << !s.alibi_slopes.empty() << " sinks " << !s.sinks.empty() << " int64 " << s.int64_indices << (d.hnd ? " HND" : " NHD");
-  d.text = t.str();
+  d.text = describe(d);
+  return d;
+}
+
+// A draw of what avx512's wide tile computes beyond the origin's: more than 8 query rows per kv
+// head (9-20, 32 or 64), q_len 1, head_dim 64/128/256, block_size 16..128, the dtypes, scales,
+// lengths, layout, index width and variants as drawn (bf16 only where both drew bf16).
+inline Drawn draw_wide(std::uint64_t seed) {
+  Drawn d = draw(seed);
+  CaseSpec& s = d.spec;
+  std::mt19937_64 g(seed * 131 + 3);
+  s.name = "wide_" + s.name;
+  s.q_len = 1;
+  s.head_dim = pick<std::int64_t>(g, {64, 128, 128, 256});
+  s.block_size = pick<std::int64_t>(g, {16, 32, 64, 128});
+  s.num_kv_heads = uniform(g, 1, 2);
+  s.num_heads = s.num_kv_heads * (chance(g, 0.75) ? uniform(g, 9, 20) : pick<std::int64_t>(g, {32, 64}));
+  if (!s.alibi_slopes.empty()) s.alibi_slopes = alibi_slopes_for(s.num_heads);
+  if (!s.sinks.empty()) s.sinks = sinks_for(s.num_heads, chance(g, 0.3));
+  std::int32_t longest = 1;
+  for (auto& l : s.context_lens) {
+    if (l > 600 && l < 2400) l = 600;
+    longest = std::max(longest, l);
+  }
+  s.max_model_len = longest + s.block_size;
+  if (s.window_left > longest + 10) s.window_left = longest + 10;
+  d.text = describe(d);
   return d;
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/run_cpu.h"
 #include "common/variants.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/cpu_executor.h"
@@ -118,16 +119,7 @@ std::vector<CaseSpec> cpu_serving_specs() {
 }
 
 // Runs the cpu executor with a forced flavour; out and lse.
-testing::RunOutput run_isa(const Case& c, Isa isa, int threads = 0, const Options& base = {}) {
-  Options options = testing::case_options(c, base);
-  options.num_threads = threads;
-  testing::RunOutput r;
-  r.out.assign(c.out_elements(), -12345.0f);
-  r.lse.assign(c.lse_elements(), -12345.0f);
-  const Problem p = validate(c.inputs(), options, c.output_view(r.out.data(), r.lse.data()));
-  cpu::run_with_isa(p, make_plan(p.shape, p.variant.scale), options, Results{r.out.data(), r.lse.data()}, isa);
-  return r;
-}
+using testing::run_isa;
 
 Problem problem_of(const Case& c, std::vector<float>& out) {
   out.assign(c.out_elements(), 0.0f);

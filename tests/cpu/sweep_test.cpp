@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/run_cpu.h"
 #include "common/sweep.h"
 #include "cpu/cpu_executor.h"
 #include "cpu/dispatch.h"
@@ -22,9 +23,7 @@
 namespace mixpa {
 namespace {
 
-struct Got {
-  std::vector<float> out, lse;
-};
+using Got = testing::RunOutput;
 
 Got run_executor(const Case& c, const std::string& executor) {
   Got r;
@@ -32,23 +31,11 @@ Got run_executor(const Case& c, const std::string& executor) {
   return r;
 }
 
-Got run_flavour(const Case& c, cpu::Isa isa, int threads) {
-  Options options = testing::case_options(c, {});
-  options.num_threads = threads;
-  Got r;
-  r.out.assign(c.out_elements(), -12345.0f);
-  r.lse.assign(c.lse_elements(), -12345.0f);
-  const Problem p = validate(c.inputs(), options, c.output_view(r.out.data(), r.lse.data()));
-  cpu::run_with_isa(p, make_plan(p.shape, p.variant.scale), options, Results{r.out.data(), r.lse.data()}, isa);
-  return r;
-}
-
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-void check_seed(std::uint64_t seed) {
-  const testing::Drawn d = testing::draw(seed);
+void check_drawn(const testing::Drawn& d, std::uint64_t seed) {
   SCOPED_TRACE(d.text);
   const Case c = testing::sweep_case(d, seed);
   std::vector<double> ref_lse;
@@ -77,12 +64,14 @@ void check_seed(std::uint64_t seed) {
   for (cpu::Isa isa : {cpu::Isa::kAmx, cpu::Isa::kAvx512Bf16, cpu::Isa::kAvx512, cpu::Isa::kAvx2, cpu::Isa::kScalar}) {
     if (!cpu::isa_supported(isa) || !cpu::flavour_computes(isa, p)) continue;
     SCOPED_TRACE("cpu " + std::string(cpu::isa_name(isa)));
-    const Got one = run_flavour(c, isa, 1);
+    const Got one = testing::run_isa(c, isa, 1);
     check(one);
-    const Got three = run_flavour(c, isa, 3);
+    const Got three = testing::run_isa(c, isa, 3);
     EXPECT_TRUE(same_bits(one.out, three.out) && same_bits(one.lse, three.lse)) << "1 and 3 threads differ";
   }
 }
+
+void check_seed(std::uint64_t seed) { check_drawn(testing::draw(seed), seed); }
 
 // Fast: 40 draws (every ctest run, sanitizer builds included).
 class Sweep : public ::testing::TestWithParam<int> {};
@@ -95,6 +84,15 @@ TEST_P(SweepSlow, RandomSpec6ProblemAgreesWithExactOnEveryExecutor) {
   for (int k = 0; k < 20; ++k) check_seed(1000 + static_cast<std::uint64_t>(GetParam()) * 20 + k);
 }
 INSTANTIATE_TEST_SUITE_P(Seeds, SweepSlow, ::testing::Range(0, 10));
+
+// Fast: 16 draws of more than 8 query rows per kv head (common/sweep.h draw_wide), where the
+// avx512 wide tile reads every dtype.
+class WideSweep : public ::testing::TestWithParam<int> {};
+TEST_P(WideSweep, RandomWideProblemAgreesWithExactOnEveryExecutor) {
+  const auto seed = static_cast<std::uint64_t>(GetParam());
+  check_drawn(testing::draw_wide(seed), seed);
+}
+INSTANTIATE_TEST_SUITE_P(Seeds, WideSweep, ::testing::Range(0, 16));
 
 }  // namespace
 }  // namespace mixpa

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/run_cpu.h"
 #include "common/sweep.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/cpu_executor.h"
@@ -15,19 +16,8 @@
 namespace mixpa {
 namespace {
 
-struct Got {
-  std::vector<float> out, lse;
-};
-
-Got run_kernels(const Case& c, cpu::ChunkKernel chunk, cpu::GroupKernel group) {
-  const Options options = testing::case_options(c, {});
-  Got r;
-  r.out.assign(c.out_elements(), -12345.0f);
-  r.lse.assign(c.lse_elements(), -12345.0f);
-  const Problem p = validate(c.inputs(), options, c.output_view(r.out.data(), r.lse.data()));
-  cpu::run_with_kernels(p, make_plan(p.shape, p.variant.scale), options, Results{r.out.data(), r.lse.data()}, chunk, group);
-  return r;
-}
+using Got = testing::RunOutput;
+using testing::run_kernels;
 
 class EmulatedSweep : public ::testing::TestWithParam<int> {};
 
@@ -51,6 +41,24 @@ TEST_P(EmulatedSweep, RandomOriginProblemAgreesWithExact) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Seeds, EmulatedSweep, ::testing::Range(0, 40));
+
+// The avx512 wide tile on what it computes beyond the origin's problems (draw_wide: more than 8
+// query rows per kv head, every cache and query dtype, fp8 scales, the variants): against exact.
+class EmulatedWideSweep : public ::testing::TestWithParam<int> {};
+
+TEST_P(EmulatedWideSweep, RandomWideProblemAgreesWithExact) {
+  const auto seed = static_cast<std::uint64_t>(GetParam());
+  const testing::Drawn d = testing::draw_wide(seed);
+  SCOPED_TRACE(d.text);
+  const Case c = testing::sweep_case(d, seed);
+  std::vector<double> ref_lse;
+  const std::vector<double> ref = testing::exact(c, {}, &ref_lse);
+  const Got got = run_kernels(c, &cpu::emulated::attend_chunk_avx512, nullptr);
+  testing::expect_close_to_exact(c, got.out, ref);
+  testing::expect_lse_close_to_exact(c, got.lse, ref_lse);
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, EmulatedWideSweep, ::testing::Range(0, 24));
 
 }  // namespace
 }  // namespace mixpa
