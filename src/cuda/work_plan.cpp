@@ -24,10 +24,12 @@ std::int64_t split_target_items(std::int64_t logical_blocks, int sm_count, doubl
   return std::max(logical_blocks, static_cast<std::int64_t>(items_per_sm * sm_count + 0.5));
 }
 
-std::int64_t estimate_makespan(const Plan& plan, IndexView context_lens, const SplitKvPlan& split, int sm_count) {
+std::int64_t estimate_makespan([[maybe_unused]] const Plan& plan, [[maybe_unused]] IndexView context_lens,
+                               const SplitKvPlan& split, int sm_count) {
+  // The chunks' token ranges already hold the lengths: the plan and the lengths are in the
+  // signature for cost models that weigh pages (block_size) or requests.
   const std::int64_t items = static_cast<std::int64_t>(split.chunks.size());
   const std::int64_t grid = std::max<std::int64_t>(1, std::min<std::int64_t>(items, sm_count));
-  const std::int64_t bs = plan.shape.block_size;
   std::vector<std::int64_t> load(static_cast<std::size_t>(grid), 0);
   bool any_split = false;
   for (std::int64_t i = 0; i < items; ++i) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <fcntl.h>
 #include <filesystem>
@@ -16,6 +17,9 @@
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <vector>
+
+#include "io/safetensors.h"
 
 namespace mixpa::testing {
 
@@ -34,6 +38,13 @@ inline std::string slurp(const std::filesystem::path& p) {
 
 inline void spit(const std::filesystem::path& p, const std::string& bytes) {
   std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// A stored F32 tensor's values (out, lse of a run's output file).
+inline std::vector<float> floats(const StoredTensor& t) {
+  std::vector<float> v(t.bytes.size() / 4);
+  std::memcpy(v.data(), t.bytes.data(), v.size() * 4);
+  return v;
 }
 
 inline std::string cli_path() {

@@ -83,11 +83,7 @@ StoredTensor& tensor(SafetensorsFile& f, const std::string& name) {
   throw std::runtime_error("no tensor " + name);
 }
 
-std::vector<float> floats(const StoredTensor& t) {
-  std::vector<float> v(t.bytes.size() / 4);
-  std::memcpy(v.data(), t.bytes.data(), v.size() * 4);
-  return v;
-}
+using testing::floats;
 
 TEST_F(ServingCli, CaseFileRoundTripsDtypesShapesAndScales) {
   for (const CaseSpec& spec : hidden_style_specs()) {

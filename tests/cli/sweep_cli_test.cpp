@@ -18,11 +18,7 @@
 namespace mixpa {
 namespace {
 
-std::vector<float> floats(const StoredTensor& t) {
-  std::vector<float> v(t.bytes.size() / 4);
-  std::memcpy(v.data(), t.bytes.data(), v.size() * 4);
-  return v;
-}
+using testing::floats;
 
 class SweepCli : public testing::CliFixture, public ::testing::WithParamInterface<int> {
  protected:
