@@ -41,7 +41,9 @@ inline std::int64_t cache_row_bytes(const Problem* pr, int which) {
 }
 
 // `which`: 1 = K rows, 2 = V rows, 3 = both.
-inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
+// always_inline: a function whose only effect is prefetches is "const" to GCC (__builtin_prefetch
+// touches no memory it models), so a call of it that is not inlined first is deleted as dead.
+__attribute__((always_inline)) inline void prefetch_rows(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::int64_t page,
                           std::int64_t j0, std::int64_t j1, int which = 3) {
   if (page < 0) return;
   const std::int64_t row_bytes = dim * kv_elem_bytes(pr);
