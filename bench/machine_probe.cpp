@@ -31,7 +31,13 @@ __attribute__((target("avx512f"))) std::uint64_t read_avx512(const char* p, std:
     a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(p + i + 192));
   }
   for (; i + 64 <= bytes; i += 64) a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(p + i));
-  return static_cast<std::uint64_t>(_mm512_reduce_add_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3))));
+  // Folded by xor in unsigned lanes: _mm512_reduce_add_epi64 adds signed 64-bit lanes, which
+  // overflows (undefined behaviour, UBSan's finding on an AVX-512 machine) for arbitrary data.
+  alignas(64) std::uint64_t lanes[8];
+  _mm512_store_si512(lanes, _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)));
+  std::uint64_t r = 0;
+  for (std::uint64_t x : lanes) r ^= x;
+  return r;
 }
 
 std::uint64_t read_plain(const char* p, std::int64_t bytes) {
