@@ -93,6 +93,25 @@ inline Drawn draw(std::uint64_t seed) {
 }
 
 
+// The shapes the SIMD flavours have fast paths for: q_len 1, head_dim 64/128/256, block_size 16..128.
+inline void fast_shape(std::mt19937_64& g, CaseSpec& s) {
+  s.q_len = 1;
+  s.head_dim = pick<std::int64_t>(g, {64, 128, 128, 256});
+  s.block_size = pick<std::int64_t>(g, {16, 32, 64, 128});
+}
+
+// Context lengths cut to 600 tokens unless they split the KV; the table sized to them. Returns
+// the longest.
+inline std::int32_t cut_lengths(CaseSpec& s) {
+  std::int32_t longest = 1;
+  for (auto& l : s.context_lens) {
+    if (l > 600 && l < 2400) l = 600;
+    longest = std::max(longest, l);
+  }
+  s.max_model_len = longest + s.block_size;
+  return longest;
+}
+
 // A draw kept inside what every cpu flavour computes (the origin's problems: bf16 caches and
 // queries, q_len 1, head_dim 64/128/256, block_size 16..128), the rest of it (heads, lengths,
 // layout, index width, variants) as drawn; context lengths cut to 600 tokens unless they split.
@@ -103,15 +122,8 @@ inline Drawn draw_origin(std::uint64_t seed) {
   s.name = "origin_" + s.name;
   s.kv_dtype = s.query_dtype = DType::kBF16;
   s.k_scale = s.v_scale = 0;
-  s.q_len = 1;
-  s.head_dim = pick<std::int64_t>(g, {64, 128, 128, 256});
-  s.block_size = pick<std::int64_t>(g, {16, 32, 64, 128});
-  std::int32_t longest = 1;
-  for (auto& l : s.context_lens) {
-    if (l > 600 && l < 2400) l = 600;
-    longest = std::max(longest, l);
-  }
-  s.max_model_len = longest + s.block_size;
+  fast_shape(g, s);
+  cut_lengths(s);
   d.text = describe(d);
   return d;
 }
@@ -124,19 +136,12 @@ inline Drawn draw_wide(std::uint64_t seed) {
   CaseSpec& s = d.spec;
   std::mt19937_64 g(seed * 131 + 3);
   s.name = "wide_" + s.name;
-  s.q_len = 1;
-  s.head_dim = pick<std::int64_t>(g, {64, 128, 128, 256});
-  s.block_size = pick<std::int64_t>(g, {16, 32, 64, 128});
+  fast_shape(g, s);
   s.num_kv_heads = uniform(g, 1, 2);
   s.num_heads = s.num_kv_heads * (chance(g, 0.75) ? uniform(g, 9, 20) : pick<std::int64_t>(g, {32, 64}));
   if (!s.alibi_slopes.empty()) s.alibi_slopes = alibi_slopes_for(s.num_heads);
   if (!s.sinks.empty()) s.sinks = sinks_for(s.num_heads, chance(g, 0.3));
-  std::int32_t longest = 1;
-  for (auto& l : s.context_lens) {
-    if (l > 600 && l < 2400) l = 600;
-    longest = std::max(longest, l);
-  }
-  s.max_model_len = longest + s.block_size;
+  const std::int32_t longest = cut_lengths(s);
   if (s.window_left > longest + 10) s.window_left = longest + 10;
   d.text = describe(d);
   return d;
