@@ -334,13 +334,11 @@ bool fast_shape(const Shape& s) {
 
 bool origin_problem(const Problem& p) { return p.is_plain_bf16() && fast_shape(p.shape); }
 
-// avx512's wide tile also reads f16 / fp8 caches and f16 queries (its narrow kernels and group
-// kernel, for <= 8 rows per kv head, read bf16 only).
-bool avx512_wide_problem(const Problem& p) { return fast_shape(p.shape) && p.shape.rows_per_kv_head() > kNarrowMaxRows; }
-
+// avx512's kernels (wide tile, narrow kernels, group kernel) also read f16 / fp8 caches and f16
+// queries.
 bool computes(Isa isa, const Problem& p) {
   if (computes_everything(isa) || origin_problem(p)) return true;
-  return isa == Isa::kAvx512 && avx512_wide_problem(p);
+  return isa == Isa::kAvx512 && fast_shape(p.shape);
 }
 
 int tile_rows(const Problem& p, const Plan& plan) {
@@ -355,8 +353,7 @@ Isa fallback_isa(const Problem& p) {
 }
 
 const char* scope_of(Isa isa) {
-  return isa == Isa::kAvx512 ? "bf16 caches and queries, or (more than 8 query rows per kv head) f16 / fp8 caches and f16 "
-                               "queries; q_len 1, head_dim 64/128/256, block_size 16-128"
+  return isa == Isa::kAvx512 ? "bf16 / f16 / fp8 caches, bf16 / f16 queries, q_len 1, head_dim 64/128/256, block_size 16-128"
                              : "bf16 caches and queries, q_len 1, head_dim 64/128/256, block_size 16-128";
 }
 
@@ -365,15 +362,11 @@ const char* scope_of(Isa isa) {
 std::string beyond_flavour(Isa isa, const Problem& p) {
   if (computes(isa, p)) return {};
   const Shape& s = p.shape;
-  const bool wide_dtypes = isa == Isa::kAvx512;  // its wide tile reads every dtype
-  if (!wide_dtypes && p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
-  if (!wide_dtypes && p.kv_dtype != DType::kBF16) return std::string(dtype_name(p.kv_dtype)) + " caches";
+  if (isa != Isa::kAvx512 && p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
+  if (isa != Isa::kAvx512 && p.kv_dtype != DType::kBF16) return std::string(dtype_name(p.kv_dtype)) + " caches";
   if (s.q_len != 1) return "q_len " + std::to_string(s.q_len);
   if (s.head_dim != 64 && s.head_dim != 128 && s.head_dim != 256) return "head_dim " + std::to_string(s.head_dim);
-  if (!fast_shape(s)) return "block_size " + std::to_string(s.block_size);
-  const bool kv = p.kv_dtype != DType::kBF16;
-  return std::string(dtype_name(kv ? p.kv_dtype : p.query_dtype)) + (kv ? " caches" : " queries") + " with " +
-         std::to_string(s.rows_per_kv_head()) + " query rows per kv head";
+  return "block_size " + std::to_string(s.block_size);
 }
 
 bool flavour_computes(Isa isa, const Problem& p) { return computes(isa, p); }

@@ -209,9 +209,8 @@ void exp_bf16_avx512(const float* x, float* p, std::int64_t n) {
 }
 
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out) {
-  // Tiles of <= 8 rows of bf16 problems run the narrow kernel; other cache dtypes (whose problems
-  // have > 8 rows per kv head: dispatch's flavour_computes) run a tail tile of <= 8 rows here.
-  if (job.rows <= 8 && job.problem->is_plain_bf16()) return attend_chunk_avx512_narrow(job, out);
+  // Tiles of <= 8 rows run the narrow kernel (every cache dtype, as here).
+  if (job.rows <= 8) return attend_chunk_avx512_narrow(job, out);
   switch ((job.rows + kLanes - 1) / kLanes) {
     case 1: return attend_rows<1>(job, out);
     case 2: return attend_rows<2>(job, out);

@@ -30,7 +30,7 @@ constexpr std::int64_t kPrefetchPages = MIXPA_PREFETCH_PAGES;
 
 // Row j of `page` for kv head `kv_head` in the K (which = 1) or V (which = 2) cache, as bytes,
 // and the byte stride between a page's rows.
-// Element sizes come from kv_dtype: 2 bytes for bf16 / f16, 1 for fp8 (the wide avx512 kernel).
+// Element sizes come from kv_dtype: 2 bytes for bf16 / f16, 1 for fp8 (the fp32 avx512 kernels).
 inline std::int64_t kv_elem_bytes(const Problem* pr) { return pr->kv_is_fp8() ? 1 : 2; }
 inline const char* cache_row(const Problem* pr, int which, std::int64_t page, std::int64_t j, std::int64_t kv_head) {
   const std::int64_t off = which == 1 ? pr->key_offset(page, j, kv_head) : pr->value_offset(page, j, kv_head);

@@ -11,13 +11,16 @@
 // Kf is the K rows widened to fp32 (kernel_avx512_parts.h), read by broadcast loads. Every lane
 // does useful work: per token QK costs head_dim / C FMAs instead of head_dim. The page loop is
 // the chunk driver's (chunk_driver.h), with one group flavour for the kv heads of a request
-// (a single chunk is a group of one).
+// (a single chunk is a group of one). KV = the cache's element type (SPEC §6: bf16, f16, e4m3,
+// e5m2), widened in the K/V loads as in the wide tile (CacheRow512: fp8 scales folded into the
+// score scale and the output, P rounded to fp16 for F16 caches).
 #include "cpu/x86_intrinsics.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <type_traits>
 
 #include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
@@ -37,12 +40,9 @@ MIXPA_CPU_FLAVOURS_BEGIN
 namespace {
 
 using avx512::kLanes;
-using avx512::position_dim;
 using avx512::reduce_tokens;
 using avx512::exp_bf16;
 using avx512::store_dim_order;
-using avx512::widen_chunk;
-using avx512::widen_row;
 
 constexpr int kBlockTokens = 16;  // tokens per QK block: 16 independent accumulator chains
 constexpr int kMaxGroup = 16;     // kv heads computed together by attend_group
@@ -92,17 +92,18 @@ inline RowLines rows_of(const Problem& pr, std::int64_t kv_head, std::int64_t pa
 
 // Cube QK for 16 tokens from j0 (tokens outside the span [begin, valid) read zeros and score
 // -inf). Meanwhile the 16 rows of `next` stream into L1 (memory as in kernel_avx512.cpp): their
-// D/32 lines each over the D/C steps, C/2 lines a step.
-template <int C, int D, unsigned F>
+// D * sizeof(KV) / 64 lines each spread evenly over the D/C steps (a row's lines over
+// kStepsPerRow steps, or kRowsPerStep whole rows a step).
+template <int C, int D, unsigned F, class KV>
 void qk_block(Tile<C>& t, const Problem& pr, float* kf, std::int64_t page, std::int64_t j0, std::int64_t begin,
               std::int64_t valid, __m512 scale, RowLines next, std::int64_t token0) {
-  constexpr int kRowLines = D / 32, kStepLines = C / 2;
-  constexpr int kStepsPerRow = kStepLines < kRowLines ? kRowLines / kStepLines : 1;
-  constexpr int kRowsPerStep = kStepLines > kRowLines ? kStepLines / kRowLines : 1;
-  constexpr int kLines = kStepLines < kRowLines ? kStepLines : kRowLines;  // per row and step
+  using Row = avx512::CacheRow512<KV>;
+  constexpr int kRowLines = D * static_cast<int>(sizeof(KV)) / 64, kSteps = D / C;
+  constexpr int kStepsPerRow = kSteps >= kBlockTokens ? kSteps / kBlockTokens : 1;
+  constexpr int kRowsPerStep = kSteps >= kBlockTokens ? 1 : kBlockTokens / kSteps;
   for (int j = 0; j < kBlockTokens; ++j) {
     float* dst = kf + j * D;
-    if (j0 + j >= begin && j0 + j < valid) widen_row(pr.key_row(page, j0 + j, t.job->kv_head), dst, D);
+    if (j0 + j >= begin && j0 + j < valid) Row::widen(pr.key_row_as<KV>(page, j0 + j, t.job->kv_head), dst, D);
     else
       for (std::int64_t d = 0; d < D; d += kLanes) _mm512_store_ps(dst + d, _mm512_setzero_ps());
   }
@@ -116,7 +117,8 @@ void qk_block(Tile<C>& t, const Problem& pr, float* kf, std::int64_t page, std::
 #pragma GCC unroll 4
       for (int r = 0; r < kRowsPerStep; ++r)
 #pragma GCC unroll 8
-        for (int k = 0; k < kLines; ++k) _mm_prefetch(pf + r * next.stride + (u * kStepLines + k) * 64, _MM_HINT_T0);
+        for (int k = u * kRowLines / kStepsPerRow; k < (u + 1) * kRowLines / kStepsPerRow; ++k)
+          _mm_prefetch(pf + r * next.stride + k * 64, _MM_HINT_T0);
       const std::int64_t p = p0 + u;
       const __m512 q = _mm512_load_ps(t.qt + p * kLanes);
 #pragma GCC unroll 16
@@ -136,13 +138,14 @@ void qk_block(Tile<C>& t, const Problem& pr, float* kf, std::int64_t page, std::
   }
 }
 
-// Vector SF: running max per row, P rounded to bf16 in place of the scores, l_i.
-template <int C>
+// Vector SF: running max per row, P rounded to bf16 (kF16P: fp16) in place of the scores, l_i.
+template <int C, bool kF16P>
 void softmax_page(Tile<C>& t, std::int64_t g0, std::int64_t groups) {
   const __m512 mx = t.st.running_max(t.s, g0, groups);
   __m512 sum = _mm512_setzero_ps();
   for (std::int64_t g = g0; g < groups; ++g) {
-    const __m512 p = exp_bf16(_mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx));
+    const __m512 x = _mm512_sub_ps(_mm512_load_ps(t.s + g * kLanes), mx);
+    const __m512 p = kF16P ? simd::exp_f16<simd::Avx512>(x) : exp_bf16(x);
     sum = _mm512_add_ps(sum, p);
     _mm512_store_ps(t.s + g * kLanes, p);
   }
@@ -151,37 +154,40 @@ void softmax_page(Tile<C>& t, std::int64_t g0, std::int64_t groups) {
 
 // Cube PV then vector UP for the page's valid tokens, positions in lanes: per row r of the
 // layout, O_r[16 positions] += bcst(P[r][j]) * V_j[16 positions]. V_j is widened in registers
-// (a 64-byte load gives the even positions by x << 16 and the odd ones by x & 0xffff0000) and
-// never stored; P[r][j] is one float of the scores' layout. kPass position vectors per pass keep
+// 32 elements at a time (CacheRow512::pair; bf16: a 64-byte load gives the even positions by
+// x << 16 and the odd ones by x & 0xffff0000) and never stored; P[r][j] is one float of the
+// scores' layout. kPass position vectors per pass keep
 // R x kPass accumulators in registers over all the tokens, then UP: O = alpha * O + oi.
 // Meanwhile the rows of `next` stream into L1, row j's lines of this pass with token j. V rows
 // past the context are never read.
-template <int C, int D>
+template <int C, int D, class KV>
 void pv_page(Tile<C>& t, const Problem& pr, std::int64_t page, std::int64_t begin, std::int64_t valid, RowLines next) {
-  constexpr int R = kLanes / C, kVecs = D / kLanes;
+  using Row = avx512::CacheRow512<KV>;
+  constexpr int R = kLanes / C, kVecs = D / kLanes, kEB = static_cast<int>(sizeof(KV));
   // R x kPass accumulators plus kPass widened vectors stay in the 32 zmm registers.
   constexpr int kPass = std::min({kVecs, std::max(2, 16 / R), 8});
+  constexpr int kPassLines = std::max(1, kPass * kLanes * kEB / 64);  // of a row, per pass
   alignas(64) float al[kLanes];
   _mm512_store_ps(al, t.st.alpha);
-  const char* row0 = reinterpret_cast<const char*>(pr.value_row(page, 0, t.job->kv_head));
-  const std::int64_t stride = pr.v_strides.row * 2;
+  const char* row0 = avx512::cache_row(&pr, 2, page, 0, t.job->kv_head);
+  const std::int64_t stride = avx512::cache_row_bytes(&pr, 2);
   for (int v0 = 0; v0 < kVecs; v0 += kPass) {
     __m512 acc[R][kPass];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
       for (int k = 0; k < kPass; ++k) acc[r][k] = _mm512_setzero_ps();
-    const char* vrow = row0 + begin * stride + v0 * 32;  // vectors v0, v0 + 1 are the even and odd halves of chunk v0 / 2
-    const char* pf = next.row + v0 * 32;  // this pass's kPass / 2 lines of next row j
+    const char* vrow = row0 + begin * stride + v0 * kLanes * kEB;  // vectors v0, v0 + 1: chunk v0 / 2
+    const char* pf = next.row + v0 * kLanes * kEB;  // this pass's kPassLines lines of next row j
     // Token j: its P is pj[r * C] for row r.
     auto token = [&](std::int64_t j, const float* pj) __attribute__((always_inline)) {
       if (j < next.rows)
 #pragma GCC unroll 4
-        for (int k = 0; k < kPass / 2; ++k) _mm_prefetch(pf + k * 64, _MM_HINT_T0);
+        for (int k = 0; k < kPassLines; ++k) _mm_prefetch(pf + k * 64, _MM_HINT_T0);
       pf += next.stride;
       __m512 x[kPass];
 #pragma GCC unroll 16
-      for (int k = 0; k < kPass; k += 2) widen_chunk(_mm512_loadu_si512(vrow + k * 32), x[k], x[k + 1]);
+      for (int k = 0; k < kPass; k += 2) Row::pair(reinterpret_cast<const KV*>(vrow + k * kLanes * kEB), x[k], x[k + 1]);
       vrow += stride;
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
@@ -217,8 +223,9 @@ inline avx512::LineStream<_MM_HINT_T1> streamer_starts(const Problem& pr, std::i
   if (page < 0) return {};
   const std::int64_t bs = pr.shape.block_size;
   const char* lo = avx512::cache_row(&pr, which, page, 0, h_lo);
-  const char* hi = avx512::cache_row(&pr, which, page, bs - 1, h_hi) + dim * 2;
-  const std::int64_t needed = bs * (h_hi - h_lo + 1) * dim * 2;
+  const std::int64_t row_bytes = dim * avx512::kv_elem_bytes(&pr);
+  const char* hi = avx512::cache_row(&pr, which, page, bs - 1, h_hi) + row_bytes;
+  const std::int64_t needed = bs * (h_hi - h_lo + 1) * row_bytes;
   if (hi <= lo || 2 * needed < hi - lo) return {};
   return avx512::page_starts(lo, hi);
 }
@@ -228,15 +235,17 @@ inline avx512::LineStream<_MM_HINT_T1> streamer_starts(const Problem& pr, std::i
 // (contiguously when the heads are neighbours in the cache), QK token block by token block
 // across the heads, then SF and PV head by head. Each head has its own scores and O, and its
 // arithmetic is exactly that of computing its chunk alone, in the same order.
-template <int C, int D, unsigned F>
+template <int C, int D, unsigned F, class KV>
 struct NarrowGroup {
+  using Row = avx512::CacheRow512<KV>;
   const ChunkJob* jobs;
   int n;
   const Problem& pr;
   std::int64_t bs;
   float* kf;  // [16][dim]  widened K rows of one token block (zeros past the context)
   Tile<C> tiles[kMaxGroup];
-  __m512 scale;
+  __m512 scale;     // scale * k_scale (times Row::kFactor)
+  float out_scale;  // v_scale (times Row::kFactor)
   std::int64_t h_lo, h_hi;  // the group's kv heads span [h_lo, h_hi]
   // This page's L2 streamer starts for the next page's K rows (during QK) and V rows (PV).
   avx512::LineStream<_MM_HINT_T1> k_starts, v_starts;
@@ -256,16 +265,18 @@ struct NarrowGroup {
       t.s = s + h * s_floats;
       t.ot = ot + h * D / C * kLanes;
       t.st.init(pr, jobs[h].batch, jobs[h].head_begin, jobs[h].rows);
+      alignas(64) float q_rows[kLanes / C][D];  // the tile's query rows as fp32, dim order
+      for (int r = 0; r < kLanes / C; ++r)
+        if (r < jobs[h].rows) avx512::query_floats(pr, jobs[h].batch, jobs[h].head_begin + r, q_rows[r]);
       for (std::int64_t p = 0; p < D / C; ++p)
         for (int lane = 0; lane < kLanes; ++lane) {
           const int r = lane / C;
-          t.qt[p * kLanes + lane] =
-              r < jobs[h].rows ? pr.query_row(jobs[h].batch, jobs[h].head_begin + r)[position_dim(p * C + lane % C)].to_float()
-                               : 0.0f;
+          t.qt[p * kLanes + lane] = r < jobs[h].rows ? q_rows[r][Row::position_dim(p * C + lane % C)] : 0.0f;
         }
       for (std::int64_t i = 0; i < D / C * kLanes; ++i) t.ot[i] = 0.0f;
     }
-    scale = _mm512_set1_ps(pr.variant.scale);
+    scale = _mm512_set1_ps(pr.variant.scale * pr.k_scale * Row::kFactor);  // the formula of every flavour
+    out_scale = pr.v_scale * Row::kFactor;
     h_lo = h_hi = jobs[0].kv_head;
     for (int h = 1; h < n; ++h) {
       h_lo = std::min(h_lo, jobs[h].kv_head);
@@ -302,7 +313,7 @@ struct NarrowGroup {
             ahead_block < blocks    ? rows_of(pr, ahead_head_kv, page, 1, ahead_block * kBlockTokens, kBlockTokens, kf)
             : ahead_block == blocks ? rows_of(pr, ahead_head_kv, page, 2, 0, kBlockTokens, kf)
                                     : rows_of(pr, 0, -1, 1, 0, 0, kf);
-        qk_block<C, D, F>(tiles[h], pr, kf, page, j0, begin, valid, scale, next_block, span.token0);
+        qk_block<C, D, F, KV>(tiles[h], pr, kf, page, j0, begin, valid, scale, next_block, span.token0);
         for (std::int64_t q = 0; q < k_per_step; ++q) k_starts.issue();
         if (++ahead_head == n) {
           ahead_head = 0;
@@ -315,7 +326,7 @@ struct NarrowGroup {
   // Vector SF, head by head.
   void softmax(const PageSpan& span) {
     const std::int64_t b0 = span.begin / kBlockTokens, blocks = (span.end + kBlockTokens - 1) / kBlockTokens;
-    for (int h = 0; h < n; ++h) softmax_page<C>(tiles[h], b0 * kBlockTokens / C, blocks * kBlockTokens / C);
+    for (int h = 0; h < n; ++h) softmax_page<C, Row::kF16P>(tiles[h], b0 * kBlockTokens / C, blocks * kBlockTokens / C);
   }
 
   // Cube PV and UP, head by head. Each head's PV streams the next head's V rows into L1; the
@@ -325,7 +336,7 @@ struct NarrowGroup {
     for (int h = 0; h < n; ++h) {
       const RowLines next_rows = h + 1 < n ? rows_of(pr, tiles[h + 1].job->kv_head, page, 2, 0, valid, kf)
                                            : rows_of(pr, tiles[0].job->kv_head, span.next_page, 1, 0, kBlockTokens, kf);
-      pv_page<C, D>(tiles[h], pr, page, begin, valid, next_rows);
+      pv_page<C, D, KV>(tiles[h], pr, page, begin, valid, next_rows);
       for (std::int64_t q = 0; q < v_per_head; ++q) v_starts.issue();
     }
     for (int h = 0; h < n; ++h) tiles[h].st.update_l();
@@ -334,17 +345,30 @@ struct NarrowGroup {
   void finish(const GroupOut& out) {
     for (int h = 0; h < n; ++h)
       for (int r = 0; r < jobs[h].rows; ++r) {
-        store_dim_order(tiles[h].ot + r * D, 1, out.outs[h].o + r * D, D);
+        const float* o = tiles[h].ot + r * D;
+        if constexpr (std::is_same_v<KV, bf16>) store_dim_order(o, 1, out.outs[h].o + r * D, D);
+        else
+          for (std::int64_t pos = 0; pos < D; ++pos) out.outs[h].o[r * D + Row::position_dim(pos)] = o[pos] * out_scale;
         out.outs[h].m[r] = tiles[h].st.m_of(r);
         out.outs[h].l[r] = tiles[h].st.l_of(r);
       }
   }
 };
 
-template <int C, int D, unsigned F>
+template <int C, int D, unsigned F, class KV>
 void attend_group(const ChunkJob* jobs, const ChunkOut* outs, int n) {
-  NarrowGroup<C, D, F> group(jobs, n);
+  NarrowGroup<C, D, F, KV> group(jobs, n);
   drive_chunk(group, jobs[0], GroupOut{outs, n});
+}
+
+template <int C, int D, unsigned F>
+void attend_dtype(const ChunkJob* jobs, const ChunkOut* outs, int n) {
+  switch (jobs[0].problem->kv_dtype) {
+    case DType::kF16: return attend_group<C, D, F, f16>(jobs, outs, n);
+    case DType::kF8E4M3: return attend_group<C, D, F, e4m3>(jobs, outs, n);
+    case DType::kF8E5M2: return attend_group<C, D, F, e5m2>(jobs, outs, n);
+    default: return attend_group<C, D, F, bf16>(jobs, outs, n);
+  }
 }
 
 // head_dim is a template value so every K/V row offset is a constant from one base register.
@@ -352,9 +376,9 @@ template <int C>
 void attend_columns(const ChunkJob* jobs, const ChunkOut* outs, int n) {
   simd::with_score_features(jobs[0].problem->variant.score_features(), [&]<unsigned F>() {
     switch (jobs[0].problem->shape.head_dim) {
-      case 64: return attend_group<C, 64, F>(jobs, outs, n);
-      case 128: return attend_group<C, 128, F>(jobs, outs, n);
-      default: return attend_group<C, 256, F>(jobs, outs, n);  // validate() admits 64, 128 and 256 only
+      case 64: return attend_dtype<C, 64, F>(jobs, outs, n);
+      case 128: return attend_dtype<C, 128, F>(jobs, outs, n);
+      default: return attend_dtype<C, 256, F>(jobs, outs, n);  // flavour_computes admits 64, 128 and 256 only
     }
   });
 }

@@ -50,9 +50,10 @@ inline void store_dim_order(const float* src, std::int64_t stride, float* dst, s
     }
 }
 
-// How the wide fp32 kernel widens each cache dtype (SPEC §6), fused into its K/V loads: rows of
-// fp32 `kFactor` times smaller than float(K) (exactly), in an order of positions Q and O share.
-// The same values as the avx2 tile's CacheRow (kernel_avx2_tile.h), 16 or 32 elements a step.
+// How the fp32 kernels (wide and narrow) widen each cache dtype (SPEC §6), fused into their K/V
+// loads: rows of fp32 `kFactor` times smaller than float(K) (exactly), in an order of positions
+// Q and O share. The same values as the avx2 tile's CacheRow (kernel_avx2_tile.h). `pair` widens
+// the 32 elements from src in registers: positions [0, 16) and [16, 32) of that chunk.
 template <class KV>
 struct CacheRow512;
 
@@ -62,10 +63,12 @@ struct CacheRow512<bf16> {
   static constexpr bool kF16P = false;
   static std::int64_t position_dim(std::int64_t p) { return avx512::position_dim(p); }
   static void widen(const bf16* src, float* dst, std::int64_t dim) { widen_row(src, dst, dim); }
+  static void pair(const bf16* src, __m512& a, __m512& b) { widen_chunk(_mm512_loadu_si512(src), a, b); }
 };
 
 // 16 fp16 bit patterns to fp32 (exact).
 inline void store_halves(__m256i h, float* dst) { _mm512_store_ps(dst, _mm512_cvtph_ps(h)); }
+inline __m256i load_halves(const void* src) { return _mm256_loadu_si256(static_cast<const __m256i*>(src)); }
 
 template <>
 struct CacheRow512<f16> {
@@ -73,7 +76,11 @@ struct CacheRow512<f16> {
   static constexpr bool kF16P = true;  // P rounded to fp16 for F16 caches
   static std::int64_t position_dim(std::int64_t p) { return p; }
   static void widen(const f16* src, float* dst, std::int64_t dim) {
-    for (std::int64_t c = 0; c < dim; c += 16) store_halves(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c)), dst + c);
+    for (std::int64_t c = 0; c < dim; c += 16) store_halves(load_halves(src + c), dst + c);
+  }
+  static void pair(const f16* src, __m512& a, __m512& b) {
+    a = _mm512_cvtph_ps(load_halves(src));
+    b = _mm512_cvtph_ps(load_halves(src + 16));
   }
 };
 
@@ -90,6 +97,10 @@ struct CacheRow512<e5m2> {
   static void widen(const e5m2* src, float* dst, std::int64_t dim) {  // e5m2 is the high byte of an fp16
     for (std::int64_t c = 0; c < dim; c += 16) store_halves(fp8_words(&src[c].bits), dst + c);
   }
+  static void pair(const e5m2* src, __m512& a, __m512& b) {
+    a = _mm512_cvtph_ps(fp8_words(&src[0].bits));
+    b = _mm512_cvtph_ps(fp8_words(&src[16].bits));
+  }
 };
 
 template <>
@@ -99,13 +110,18 @@ struct CacheRow512<e4m3> {
   static std::int64_t position_dim(std::int64_t p) { return p; }
   // w = byte << 8 -> the fp16 of value / 256: sign, then the 7 exponent/mantissa bits shifted
   // into an fp16's (subnormals included); 0x7f / 0xff become NaN.
+  static __m256i halves(const e4m3* src) {
+    const __m256i w = fp8_words(&src[0].bits);
+    const __m256i h = _mm256_and_si256(_mm256_srai_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
+    const __m256i nan = _mm256_cmpeq_epi16(_mm256_slli_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xfe00)));
+    return _mm256_or_si256(h, nan);
+  }
   static void widen(const e4m3* src, float* dst, std::int64_t dim) {
-    for (std::int64_t c = 0; c < dim; c += 16) {
-      const __m256i w = fp8_words(&src[c].bits);
-      const __m256i h = _mm256_and_si256(_mm256_srai_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xbf80)));
-      const __m256i nan = _mm256_cmpeq_epi16(_mm256_slli_epi16(w, 1), _mm256_set1_epi16(static_cast<short>(0xfe00)));
-      store_halves(_mm256_or_si256(h, nan), dst + c);
-    }
+    for (std::int64_t c = 0; c < dim; c += 16) store_halves(halves(src + c), dst + c);
+  }
+  static void pair(const e4m3* src, __m512& a, __m512& b) {
+    a = _mm512_cvtph_ps(halves(src));
+    b = _mm512_cvtph_ps(halves(src + 16));
   }
 };
 
@@ -114,7 +130,7 @@ inline void query_floats(const Problem& pr, std::int64_t b, std::int64_t h, floa
   const std::int64_t d = pr.shape.head_dim;
   if (pr.query_dtype == DType::kF16) {
     const f16* q = pr.query_row_as<f16>(b, 0, h);
-    for (std::int64_t c = 0; c < d; c += 16) store_halves(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + c)), dst + c);
+    for (std::int64_t c = 0; c < d; c += 16) store_halves(load_halves(q + c), dst + c);
   } else {
     const bf16* q = pr.query_row_as<bf16>(b, 0, h);
     for (std::int64_t i = 0; i < d; ++i) dst[i] = q[i].to_float();

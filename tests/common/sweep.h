@@ -147,6 +147,21 @@ inline Drawn draw_wide(std::uint64_t seed) {
   return d;
 }
 
+// A draw of every shape the avx512 kernels compute (narrow and wide tiles): q_len 1, head_dim
+// 64/128/256, block_size 16..128, the heads (1-16 query rows per kv head), dtypes, scales,
+// lengths, layout, index width and variants as drawn.
+inline Drawn draw_fast(std::uint64_t seed) {
+  Drawn d = draw(seed);
+  CaseSpec& s = d.spec;
+  std::mt19937_64 g(seed * 173 + 11);
+  s.name = "fast_" + s.name;
+  fast_shape(g, s);
+  const std::int32_t longest = cut_lengths(s);
+  if (s.window_left > longest + 10) s.window_left = longest + 10;
+  d.text = describe(d);
+  return d;
+}
+
 // The drawn problem as a case: rows no query row sees hold NaN / Inf (they must not leak into
 // any output), then the caches restored HND when drawn so.
 inline Case sweep_case(const Drawn& d, std::uint64_t seed) {

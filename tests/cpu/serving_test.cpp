@@ -357,8 +357,8 @@ TEST(CpuServing, EachNewTokenIsItsOwnRequest) {
 }
 
 // What the flavours compute, and what the dispatch does with the rest: amx and avx512bf16
-// compute the origin's problems only, avx512 also f16 / fp8 caches and f16 queries where a kv
-// head has more than 8 query rows (its wide tile), and each names the first feature beyond it;
+// compute the origin's problems only, avx512 also f16 / fp8 caches and f16 queries (narrow and
+// wide tiles), and each names the first feature beyond it;
 // scalar and avx2 compute everything; a call runs on a flavour that computes it.
 TEST(CpuServing, DispatchSendsWhatAFlavourCannotComputeToOneThatCan) {
   struct Probe {
@@ -368,9 +368,12 @@ TEST(CpuServing, DispatchSendsWhatAFlavourCannotComputeToOneThatCan) {
   };
   const std::vector<Probe> probes = {
       {serving("origin", kBF, kBF, 1, 128, 16, {20}), "", ""},
-      {serving("fp8", kE4, kBF, 1, 128, 16, {20}), "F8_E4M3 caches", "F8_E4M3 caches with 4 query rows per kv head"},
-      {serving("e5m2", kE5, kBF, 1, 128, 16, {20}), "F8_E5M2 caches", "F8_E5M2 caches with 4 query rows per kv head"},
-      {serving("f16q", kBF, kF16, 1, 128, 16, {20}), "query dtype F16", "F16 queries with 4 query rows per kv head"},
+      {serving("fp8", kE4, kBF, 1, 128, 16, {20}), "F8_E4M3 caches", ""},
+      {serving("e5m2", kE5, kBF, 1, 128, 16, {20}), "F8_E5M2 caches", ""},
+      {serving("f16q", kBF, kF16, 1, 128, 16, {20}), "query dtype F16", ""},
+      {serving("f16_mqa", kF16, kF16, 1, 64, 64, {20}, 8, 8), "query dtype F16", ""},
+      {serving("fp8_hd256", kE4, kF16, 1, 256, 32, {20}, 16, 2), "query dtype F16", ""},
+      {serving("fp8_hd96", kE4, kBF, 1, 96, 16, {20}), "F8_E4M3 caches", "head_dim 96"},
       {serving("fp8_wide", kE4, kBF, 1, 128, 16, {20}, 16, 1), "F8_E4M3 caches", ""},
       {serving("f16_wide", kF16, kF16, 1, 64, 32, {20}, 18, 2), "query dtype F16", ""},
       {serving("q4", kBF, kBF, 4, 128, 16, {20}), "q_len 4", "q_len 4"},

@@ -94,5 +94,14 @@ TEST_P(WideSweep, RandomWideProblemAgreesWithExactOnEveryExecutor) {
 }
 INSTANTIATE_TEST_SUITE_P(Seeds, WideSweep, ::testing::Range(0, 16));
 
+// Fast: 16 draws of every dtype on the shapes the avx512 kernels compute (common/sweep.h
+// draw_fast: mostly <= 8 query rows per kv head, the narrow kernels and group kernel).
+class FastShapeSweep : public ::testing::TestWithParam<int> {};
+TEST_P(FastShapeSweep, RandomFastShapeProblemAgreesWithExactOnEveryExecutor) {
+  const auto seed = static_cast<std::uint64_t>(GetParam());
+  check_drawn(testing::draw_fast(seed), seed);
+}
+INSTANTIATE_TEST_SUITE_P(Seeds, FastShapeSweep, ::testing::Range(0, 16));
+
 }  // namespace
 }  // namespace mixpa

@@ -60,5 +60,27 @@ TEST_P(EmulatedWideSweep, RandomWideProblemAgreesWithExact) {
 
 INSTANTIATE_TEST_SUITE_P(Seeds, EmulatedWideSweep, ::testing::Range(0, 24));
 
+// The avx512 narrow kernels and group kernel on every cache and query dtype (draw_fast: q_len 1,
+// head_dim 64/128/256, block_size 16..128, fp8 scales, the variants): against exact, and the
+// group kernel bit for bit its chunk kernel.
+class EmulatedFastShapeSweep : public ::testing::TestWithParam<int> {};
+
+TEST_P(EmulatedFastShapeSweep, RandomFastShapeProblemAgreesWithExact) {
+  const auto seed = static_cast<std::uint64_t>(GetParam());
+  const testing::Drawn d = testing::draw_fast(seed);
+  SCOPED_TRACE(d.text);
+  const Case c = testing::sweep_case(d, seed);
+  std::vector<double> ref_lse;
+  const std::vector<double> ref = testing::exact(c, {}, &ref_lse);
+  const Got grouped = run_kernels(c, &cpu::emulated::attend_chunk_avx512, &cpu::emulated::attend_group_avx512);
+  const Got chunks = run_kernels(c, &cpu::emulated::attend_chunk_avx512, nullptr);
+  testing::expect_close_to_exact(c, grouped.out, ref);
+  testing::expect_lse_close_to_exact(c, grouped.lse, ref_lse);
+  EXPECT_EQ(grouped.out, chunks.out) << "the avx512 group kernel differs from its chunk kernel";
+  EXPECT_EQ(grouped.lse, chunks.lse) << "the avx512 group kernel differs from its chunk kernel";
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, EmulatedFastShapeSweep, ::testing::Range(0, 24));
+
 }  // namespace
 }  // namespace mixpa
