@@ -169,7 +169,7 @@ CalibrationShape calibration_shape(TileClass tile) {
     s.batch = 4, s.num_heads = 16, s.num_kv_heads = 4, s.head_dim = 128, s.block_size = 64;
     c.context = 256;
   }
-  s.context_lens = {s.block_size};
+  s.context_lens = {static_cast<std::int32_t>(s.block_size)};
   s.max_model_len = s.block_size;
   s.scale = 0.088;
   return c;
@@ -327,18 +327,19 @@ namespace {
 
 bool computes_everything(Isa isa) { return isa == Isa::kScalar || isa == Isa::kAvx2; }
 
-bool fast_shape(const Shape& s) {
-  return s.q_len == 1 && (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) &&
+// The head_dims and block sizes the SIMD kernels are instantiated for.
+bool fast_dims(const Shape& s) {
+  return (s.head_dim == 64 || s.head_dim == 128 || s.head_dim == 256) &&
          (s.block_size == 16 || s.block_size == 32 || s.block_size == 64 || s.block_size == 128);
 }
 
-bool origin_problem(const Problem& p) { return p.is_plain_bf16() && fast_shape(p.shape); }
+bool origin_problem(const Problem& p) { return p.is_plain_bf16() && p.shape.q_len == 1 && fast_dims(p.shape); }
 
 // avx512's kernels (wide tile, narrow kernels, group kernel) also read f16 / fp8 caches and f16
-// queries.
+// queries, and its wide tile computes q_len 1..16 (rows = (new token, head) pairs, per-row masks).
 bool computes(Isa isa, const Problem& p) {
   if (computes_everything(isa) || origin_problem(p)) return true;
-  return isa == Isa::kAvx512 && fast_shape(p.shape);
+  return isa == Isa::kAvx512 && fast_dims(p.shape);
 }
 
 int tile_rows(const Problem& p, const Plan& plan) {
@@ -353,7 +354,7 @@ Isa fallback_isa(const Problem& p) {
 }
 
 const char* scope_of(Isa isa) {
-  return isa == Isa::kAvx512 ? "bf16 / f16 / fp8 caches, bf16 / f16 queries, q_len 1, head_dim 64/128/256, block_size 16-128"
+  return isa == Isa::kAvx512 ? "bf16 / f16 / fp8 caches, bf16 / f16 queries, q_len 1-16, head_dim 64/128/256, block_size 16-128"
                              : "bf16 caches and queries, q_len 1, head_dim 64/128/256, block_size 16-128";
 }
 
@@ -364,7 +365,7 @@ std::string beyond_flavour(Isa isa, const Problem& p) {
   const Shape& s = p.shape;
   if (isa != Isa::kAvx512 && p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
   if (isa != Isa::kAvx512 && p.kv_dtype != DType::kBF16) return std::string(dtype_name(p.kv_dtype)) + " caches";
-  if (s.q_len != 1) return "q_len " + std::to_string(s.q_len);
+  if (isa != Isa::kAvx512 && s.q_len != 1) return "q_len " + std::to_string(s.q_len);
   if (s.head_dim != 64 && s.head_dim != 128 && s.head_dim != 256) return "head_dim " + std::to_string(s.head_dim);
   return "block_size " + std::to_string(s.block_size);
 }

@@ -16,7 +16,9 @@
 // Qt and ot use the same "position" order, and ot is put back in dim order once per chunk.
 #include "cpu/x86_intrinsics.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "cpu/chunk_driver.h"
@@ -61,6 +63,13 @@ struct Avx512Tile {
   float* vf;  // [TB][dim]  widened V rows of one PV token block
   float* ot;  // [dim][W]   running unnormalised output, position order
   simd::LaneRows<simd::Avx512, RV> st;  // m, l, alpha, l_i and the score epilogue per row
+  // Rows are (new token, head) pairs (SPEC §6 q_len 1..16; job_row). Positions relative to
+  // pos_base = n - q_len: per row its position and first visible token (padding rows see
+  // everything), and the tokens every row sees, [all_lo, all_hi]. A token block inside that
+  // range needs no mask (q_len 1: every block of the chunk).
+  __m512i row_pos[RV], row_lo[RV];
+  std::int64_t pos_base;
+  std::int64_t all_lo, all_hi;
   float score_scale;  // scale * k_scale (times Row::kFactor)
   float out_scale;    // v_scale (times Row::kFactor)
 
@@ -70,16 +79,39 @@ struct Avx512Tile {
     s = static_cast<float*>(scratch(2, bs * W * 4));
     vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
     ot = static_cast<float*>(scratch(4, D * W * 4));
-    // Q transposed (lanes = rows) in the cache's position order.
+    // Q transposed (lanes = rows) in the cache's position order; each row's limits.
+    pos_base = pr->context_len(job.batch) - pr->shape.q_len;
+    all_lo = -(std::int64_t{1} << 40);
+    all_hi = std::int64_t{1} << 40;
     alignas(64) float q_row[256];
+    alignas(64) std::int32_t rp[W], rl[W];
+    std::int64_t heads[W], tokens[W];
     for (int r = 0; r < W; ++r) {
-      if (r < job.rows) avx512::query_floats(*pr, job.batch, job.head_begin + r, q_row);
-      for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = r < job.rows ? q_row[Row::position_dim(pos)] : 0.0f;
+      if (r < job.rows) {
+        const JobRow jr = job_row(job, r);
+        heads[r] = jr.head;
+        tokens[r] = jr.token;
+        avx512::query_floats(*pr, job.batch, jr.token, jr.head, q_row);
+        for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = q_row[Row::position_dim(pos)];
+        rp[r] = static_cast<std::int32_t>(jr.pos - pos_base);
+        rl[r] = static_cast<std::int32_t>(jr.first_visible - pos_base);
+        all_lo = std::max<std::int64_t>(all_lo, rl[r]);
+        all_hi = std::min<std::int64_t>(all_hi, rp[r]);
+      } else {
+        heads[r] = tokens[r] = 0;
+        for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = 0.0f;
+        rp[r] = std::numeric_limits<std::int32_t>::max();
+        rl[r] = std::numeric_limits<std::int32_t>::min();
+      }
+    }
+    for (int v = 0; v < RV; ++v) {
+      row_pos[v] = _mm512_load_si512(rp + v * kLanes);
+      row_lo[v] = _mm512_load_si512(rl + v * kLanes);
     }
     score_scale = pr->variant.scale * pr->k_scale * Row::kFactor;  // the formula of every flavour
     out_scale = pr->v_scale * Row::kFactor;
     for (std::int64_t i = 0; i < D * W; ++i) ot[i] = 0.0f;
-    st.init(*pr, job.batch, job.head_begin, job.rows);
+    st.init_rows(*pr, job.batch, heads, tokens, job.rows);
   }
 
   // The first page's K and V rows into L2 before its QK.
@@ -97,11 +129,21 @@ struct Avx512Tile {
       if (pos % kL1Every == 1) next_block.issue();
       simd::fma_step<simd::Avx512, RV, NJ, D>(acc, qt + pos * W, kf + pos);
     }
+    // Each row's causal limit and window, only for blocks holding a token some row does not see.
+    const std::int64_t rel0 = token0 + j0 - pos_base;
+    const bool masked = rel0 < all_lo || rel0 + NJ - 1 > all_hi;
 #pragma GCC unroll 16
     for (int j = 0; j < NJ; ++j)
 #pragma GCC unroll 4
-      for (int v = 0; v < RV; ++v)
-        _mm512_store_ps(s + (j0 + j) * W + v * kLanes, st.template logit<F>(acc[j][v], scale, v, token0 + j0 + j));
+      for (int v = 0; v < RV; ++v) {
+        __m512 x = st.template logit_rows<F>(acc[j][v], scale, v, token0 + j0 + j);
+        if (masked) {
+          const __m512i t = _mm512_set1_epi32(static_cast<std::int32_t>(rel0 + j));
+          const __mmask16 hidden = _mm512_cmpgt_epi32_mask(t, row_pos[v]) | _mm512_cmpgt_epi32_mask(row_lo[v], t);
+          x = _mm512_mask_mov_ps(x, hidden, _mm512_set1_ps(-__builtin_inff()));
+        }
+        _mm512_store_ps(s + (j0 + j) * W + v * kLanes, x);
+      }
   }
 
   // Cube QK: scores of the span's tokens.
@@ -209,8 +251,9 @@ void exp_bf16_avx512(const float* x, float* p, std::int64_t n) {
 }
 
 void attend_chunk_avx512(const ChunkJob& job, const ChunkOut& out) {
-  // Tiles of <= 8 rows run the narrow kernel (every cache dtype, as here).
-  if (job.rows <= 8) return attend_chunk_avx512_narrow(job, out);
+  // Tiles of <= 8 rows of one new token run the narrow kernel (every cache dtype, as here);
+  // q_len > 1 tiles (rows of several new tokens, per-row causal limits) run here.
+  if (job.rows <= 8 && job.problem->shape.q_len == 1) return attend_chunk_avx512_narrow(job, out);
   switch ((job.rows + kLanes - 1) / kLanes) {
     case 1: return attend_rows<1>(job, out);
     case 2: return attend_rows<2>(job, out);

@@ -267,7 +267,7 @@ struct NarrowGroup {
       t.st.init(pr, jobs[h].batch, jobs[h].head_begin, jobs[h].rows);
       alignas(64) float q_rows[kLanes / C][D];  // the tile's query rows as fp32, dim order
       for (int r = 0; r < kLanes / C; ++r)
-        if (r < jobs[h].rows) avx512::query_floats(pr, jobs[h].batch, jobs[h].head_begin + r, q_rows[r]);
+        if (r < jobs[h].rows) avx512::query_floats(pr, jobs[h].batch, 0, jobs[h].head_begin + r, q_rows[r]);
       for (std::int64_t p = 0; p < D / C; ++p)
         for (int lane = 0; lane < kLanes; ++lane) {
           const int r = lane / C;
@@ -398,7 +398,7 @@ void attend_chunk_avx512_narrow(const ChunkJob& job, const ChunkOut& out) { atte
 void attend_group_avx512(std::span<const ChunkJob> jobs, std::span<const ChunkOut> outs) {
   for (std::size_t h0 = 0; h0 < jobs.size(); h0 += kMaxGroup) {
     const int n = static_cast<int>(std::min<std::size_t>(kMaxGroup, jobs.size() - h0));
-    if (jobs[h0].rows > 8) {
+    if (jobs[h0].rows > 8 || jobs[h0].problem->shape.q_len != 1) {  // the wide tile's
       for (int h = 0; h < n; ++h) attend_chunk_avx512(jobs[h0 + h], outs[h0 + h]);
     } else {
       attend_group_columns(jobs.data() + h0, outs.data() + h0, n);

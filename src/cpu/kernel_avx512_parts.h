@@ -125,14 +125,14 @@ struct CacheRow512<e4m3> {
   }
 };
 
-// A query row (bf16 or f16) as fp32 in dim order.
-inline void query_floats(const Problem& pr, std::int64_t b, std::int64_t h, float* dst) {
+// Query row (new token t, head h) of request b (bf16 or f16) as fp32 in dim order.
+inline void query_floats(const Problem& pr, std::int64_t b, std::int64_t t, std::int64_t h, float* dst) {
   const std::int64_t d = pr.shape.head_dim;
   if (pr.query_dtype == DType::kF16) {
-    const f16* q = pr.query_row_as<f16>(b, 0, h);
+    const f16* q = pr.query_row_as<f16>(b, t, h);
     for (std::int64_t c = 0; c < d; c += 16) store_halves(load_halves(q + c), dst + c);
   } else {
-    const bf16* q = pr.query_row_as<bf16>(b, 0, h);
+    const bf16* q = pr.query_row_as<bf16>(b, t, h);
     for (std::int64_t i = 0; i < d; ++i) dst[i] = q[i].to_float();
   }
 }

@@ -128,38 +128,50 @@ inline Drawn draw_origin(std::uint64_t seed) {
   return d;
 }
 
-// A draw of what avx512's wide tile computes beyond the origin's: more than 8 query rows per kv
-// head (9-20, 32 or 64), q_len 1, head_dim 64/128/256, block_size 16..128, the dtypes, scales,
-// lengths, layout, index width and variants as drawn (bf16 only where both drew bf16).
-inline Drawn draw_wide(std::uint64_t seed) {
+// A draw on the fast head_dims and block sizes (fast_shape, from g), then `more(g, s)` redraws
+// what the caller narrows further (heads, q_len); context lengths cut to 600 tokens unless they
+// split, the window clamped to them, the name prefixed.
+template <class More>
+inline Drawn fast_draw(std::uint64_t seed, std::mt19937_64 g, const char* prefix, More&& more) {
   Drawn d = draw(seed);
   CaseSpec& s = d.spec;
-  std::mt19937_64 g(seed * 131 + 3);
-  s.name = "wide_" + s.name;
+  s.name = prefix + s.name;
   fast_shape(g, s);
-  s.num_kv_heads = uniform(g, 1, 2);
-  s.num_heads = s.num_kv_heads * (chance(g, 0.75) ? uniform(g, 9, 20) : pick<std::int64_t>(g, {32, 64}));
-  if (!s.alibi_slopes.empty()) s.alibi_slopes = alibi_slopes_for(s.num_heads);
-  if (!s.sinks.empty()) s.sinks = sinks_for(s.num_heads, chance(g, 0.3));
+  more(g, s);
   const std::int32_t longest = cut_lengths(s);
   if (s.window_left > longest + 10) s.window_left = longest + 10;
   d.text = describe(d);
   return d;
 }
 
-// A draw of every shape the avx512 kernels compute (narrow and wide tiles): q_len 1, head_dim
+// A draw of what avx512's wide tile computes beyond the origin's: more than 8 query rows per kv
+// head (9-20, 32 or 64), q_len 1, head_dim 64/128/256, block_size 16..128, the dtypes, scales,
+// lengths, layout, index width and variants as drawn (bf16 only where both drew bf16).
+inline Drawn draw_wide(std::uint64_t seed) {
+  return fast_draw(seed, std::mt19937_64(seed * 131 + 3), "wide_", [](std::mt19937_64& g, CaseSpec& s) {
+    s.num_kv_heads = uniform(g, 1, 2);
+    s.num_heads = s.num_kv_heads * (chance(g, 0.75) ? uniform(g, 9, 20) : pick<std::int64_t>(g, {32, 64}));
+    if (!s.alibi_slopes.empty()) s.alibi_slopes = alibi_slopes_for(s.num_heads);
+    if (!s.sinks.empty()) s.sinks = sinks_for(s.num_heads, chance(g, 0.3));
+  });
+}
+
+// A draw of every shape the avx512 kernels compute at q_len 1 (narrow and wide tiles): head_dim
 // 64/128/256, block_size 16..128, the heads (1-16 query rows per kv head), dtypes, scales,
 // lengths, layout, index width and variants as drawn.
 inline Drawn draw_fast(std::uint64_t seed) {
-  Drawn d = draw(seed);
-  CaseSpec& s = d.spec;
-  std::mt19937_64 g(seed * 173 + 11);
-  s.name = "fast_" + s.name;
-  fast_shape(g, s);
-  const std::int32_t longest = cut_lengths(s);
-  if (s.window_left > longest + 10) s.window_left = longest + 10;
-  d.text = describe(d);
-  return d;
+  return fast_draw(seed, std::mt19937_64(seed * 173 + 11), "fast_", [](std::mt19937_64&, CaseSpec&) {});
+}
+
+// Multi-token decode on the fast shapes (avx512's wide tile with per-row causal limits and
+// windows): q_len 2..16, the heads as drawn (2-256 rows per kv head), every dtype and variant;
+// nonzero context lengths raised to q_len where they fell below it.
+inline Drawn draw_multi(std::uint64_t seed) {
+  return fast_draw(seed, std::mt19937_64(seed * 197 + 5), "multi_", [](std::mt19937_64& g, CaseSpec& s) {
+    s.q_len = uniform(g, 2, 16);
+    for (auto& l : s.context_lens)
+      if (l != 0 && l < s.q_len) l = static_cast<std::int32_t>(s.q_len);
+  });
 }
 
 // The drawn problem as a case: rows no query row sees hold NaN / Inf (they must not leak into

@@ -103,5 +103,15 @@ TEST_P(FastShapeSweep, RandomFastShapeProblemAgreesWithExactOnEveryExecutor) {
 }
 INSTANTIATE_TEST_SUITE_P(Seeds, FastShapeSweep, ::testing::Range(0, 16));
 
+// Fast: 16 draws of multi-token decode on the fast shapes (common/sweep.h draw_multi: q_len
+// 2..16, every dtype and variant), where the avx512 wide tile applies each row's causal limit
+// and window.
+class MultiTokenSweep : public ::testing::TestWithParam<int> {};
+TEST_P(MultiTokenSweep, RandomMultiTokenProblemAgreesWithExactOnEveryExecutor) {
+  const auto seed = static_cast<std::uint64_t>(GetParam());
+  check_drawn(testing::draw_multi(seed), seed);
+}
+INSTANTIATE_TEST_SUITE_P(Seeds, MultiTokenSweep, ::testing::Range(0, 16));
+
 }  // namespace
 }  // namespace mixpa
