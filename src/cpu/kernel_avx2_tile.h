@@ -200,11 +200,7 @@ struct Tile {
   float* vf;  // [tb][d]  widened V rows of one PV block
   float* ot;  // [d][W]   running O, position order
   simd::LaneRows<D8, RV> st;  // m, l, alpha, l_i and the score epilogue per row (simd.h)
-  // Positions relative to pos_base = n - q_len (row p sits at pos_base + p): per row its
-  // position and first visible token, as int32 lanes (padding rows see everything).
-  __m256i row_pos[RV], row_lo[RV];
-  std::int64_t pos_base;
-  std::int64_t all_lo, all_hi;  // tokens (relative) every row of the tile sees: [all_lo, all_hi]
+  simd::RowLimits<D8, RV> lim;  // each row's causal limit and window, relative to lim.base (simd.h)
   __m256 score_scale;           // scale * k_scale (times Row::kFactor)
   float out_scale;              // v_scale (times Row::kFactor)
   // The current run: its tokens' K and V rows and relative positions.
@@ -235,36 +231,12 @@ struct Tile {
     s = own + 2 * D * W;
     kf = static_cast<float*>(scratch(1, kMaxNJ * D * 4));
     vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
-    pos_base = pr.context_len(job.batch) - pr.shape.q_len;
     alignas(32) float q_row[256];
-    alignas(32) std::int32_t rp[W], rl[W];
-    std::int64_t heads[W], tokens[W];
-    all_lo = -(std::int64_t{1} << 40);
-    all_hi = std::int64_t{1} << 40;
-    for (int r = 0; r < W; ++r) {
-      if (r < job.rows) {
-        const JobRow jr = job_row(job, r);
-        heads[r] = jr.head;
-        tokens[r] = jr.token;
-        mixpa::query_floats(pr, job.batch, jr.token, jr.head, q_row);  // core/element.h
-        for (int p = 0; p < D; ++p) qt[p * W + r] = q_row[Row::position_dim(p)];
-        rp[r] = static_cast<std::int32_t>(jr.pos - pos_base);
-        rl[r] = static_cast<std::int32_t>(jr.first_visible - pos_base);
-        all_lo = std::max<std::int64_t>(all_lo, rl[r]);
-        all_hi = std::min<std::int64_t>(all_hi, rp[r]);
-      } else {
-        heads[r] = tokens[r] = 0;
-        for (int p = 0; p < D; ++p) qt[p * W + r] = 0.0f;
-        rp[r] = std::numeric_limits<std::int32_t>::max();
-        rl[r] = std::numeric_limits<std::int32_t>::min();
-      }
-    }
+    lim.init(job, st, [&](int r, const JobRow* jr) {
+      if (jr != nullptr) mixpa::query_floats(pr, job.batch, jr->token, jr->head, q_row);  // core/element.h
+      for (int p = 0; p < D; ++p) qt[p * W + r] = jr != nullptr ? q_row[Row::position_dim(p)] : 0.0f;
+    });
     for (int i = 0; i < D * W; ++i) ot[i] = 0.0f;
-    st.init_rows(pr, job.batch, heads, tokens, job.rows);
-    for (int v = 0; v < RV; ++v) {
-      row_pos[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rp + v * kLanes));
-      row_lo[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rl + v * kLanes));
-    }
     const float sc = pr.variant.scale * pr.k_scale;  // the formula of every flavour
     score_scale = _mm256_set1_ps(sc * Row::kFactor);
     out_scale = pr.v_scale * Row::kFactor;
@@ -305,16 +277,12 @@ struct Tile {
       if (p % kEvery == 0) next.issue();
       fma_step<RV, A, DT>(acc, qt + p * W, kf + p, D);
     }
-    const bool masked = rel[i0] < all_lo || rel[i0 + A - 1] > all_hi;
+    const bool masked = lim.masked(rel[i0], rel[i0 + A - 1]);
     for (int j = 0; j < A; ++j) {
-      const __m256i t = _mm256_set1_epi32(rel[i0 + j]);
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v) {
-        __m256 x = st.template logit_rows<F>(acc[j][v], score_scale, v, pos_base + rel[i0 + j]);
-        if (masked) {
-          const __m256i hidden = _mm256_or_si256(_mm256_cmpgt_epi32(t, row_pos[v]), _mm256_cmpgt_epi32(row_lo[v], t));
-          x = _mm256_blendv_ps(x, _mm256_set1_ps(-__builtin_inff()), _mm256_castsi256_ps(hidden));
-        }
+        __m256 x = st.template logit_rows<F>(acc[j][v], score_scale, v, lim.base + rel[i0 + j]);
+        if (masked) x = lim.hide(x, v, rel[i0 + j]);
         _mm256_store_ps(s + (i0 + j) * W + v * kLanes, x);
       }
     }
@@ -328,7 +296,7 @@ struct Tile {
       for (std::int64_t j = sp.begin; j < sp.end; ++j, ++n) {
         kp[n] = key(sp.page, j);
         vp[n] = value(sp.page, j);
-        rel[n] = static_cast<std::int32_t>(sp.token0 + j - pos_base);
+        rel[n] = static_cast<std::int32_t>(sp.token0 + j - lim.base);
       }
     }
   }
@@ -532,12 +500,8 @@ struct NarrowTile : Tile<1, DT, F, KV> {
   }
 
   void store_score(int i, __m256 dot, bool masked) {
-    const __m256i t = _mm256_set1_epi32(rel[i]);
-    __m256 x = st.template logit_rows<F>(dot, this->score_scale, 0, this->pos_base + rel[i]);
-    if (masked) {
-      const __m256i hidden = _mm256_or_si256(_mm256_cmpgt_epi32(t, this->row_pos[0]), _mm256_cmpgt_epi32(this->row_lo[0], t));
-      x = _mm256_blendv_ps(x, _mm256_set1_ps(-__builtin_inff()), _mm256_castsi256_ps(hidden));
-    }
+    __m256 x = st.template logit_rows<F>(dot, this->score_scale, 0, this->lim.base + rel[i]);
+    if (masked) x = this->lim.hide(x, 0, rel[i]);
     _mm256_store_ps(s + i * W, x);
   }
 
@@ -586,7 +550,7 @@ struct NarrowTile : Tile<1, DT, F, KV> {
         }
       }
     }
-    const bool masked = rel[i0] < this->all_lo || rel[i0 + A - 1] > this->all_hi;
+    const bool masked = this->lim.masked(rel[i0], rel[i0 + A - 1]);
     if constexpr (R == 4 && A == 2) {
       // Both tokens' row sums in one vector (the same adds as row_sums4 per token).
       const __m256 x = row_sums4x2(acc[0][0], acc[1][0], acc[2][0], acc[3][0], acc[0][1], acc[1][1], acc[2][1], acc[3][1]);

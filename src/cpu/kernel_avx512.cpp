@@ -63,13 +63,9 @@ struct Avx512Tile {
   float* vf;  // [TB][dim]  widened V rows of one PV token block
   float* ot;  // [dim][W]   running unnormalised output, position order
   simd::LaneRows<simd::Avx512, RV> st;  // m, l, alpha, l_i and the score epilogue per row
-  // Rows are (new token, head) pairs (SPEC §6 q_len 1..16; job_row). Positions relative to
-  // pos_base = n - q_len: per row its position and first visible token (padding rows see
-  // everything), and the tokens every row sees, [all_lo, all_hi]. A token block inside that
-  // range needs no mask (q_len 1: every block of the chunk).
-  __m512i row_pos[RV], row_lo[RV];
-  std::int64_t pos_base;
-  std::int64_t all_lo, all_hi;
+  // Rows are (new token, head) pairs (SPEC §6 q_len 1..16; job_row): each row's causal limit and
+  // window (simd.h).
+  simd::RowLimits<simd::Avx512, RV> lim;
   float score_scale;  // scale * k_scale (times Row::kFactor)
   float out_scale;    // v_scale (times Row::kFactor)
 
@@ -79,39 +75,15 @@ struct Avx512Tile {
     s = static_cast<float*>(scratch(2, bs * W * 4));
     vf = static_cast<float*>(scratch(3, kPvBlockFloats * 4));
     ot = static_cast<float*>(scratch(4, D * W * 4));
-    // Q transposed (lanes = rows) in the cache's position order; each row's limits.
-    pos_base = pr->context_len(job.batch) - pr->shape.q_len;
-    all_lo = -(std::int64_t{1} << 40);
-    all_hi = std::int64_t{1} << 40;
+    // Q transposed (lanes = rows) in the cache's position order; each row's limits and state.
     alignas(64) float q_row[256];
-    alignas(64) std::int32_t rp[W], rl[W];
-    std::int64_t heads[W], tokens[W];
-    for (int r = 0; r < W; ++r) {
-      if (r < job.rows) {
-        const JobRow jr = job_row(job, r);
-        heads[r] = jr.head;
-        tokens[r] = jr.token;
-        avx512::query_floats(*pr, job.batch, jr.token, jr.head, q_row);
-        for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = q_row[Row::position_dim(pos)];
-        rp[r] = static_cast<std::int32_t>(jr.pos - pos_base);
-        rl[r] = static_cast<std::int32_t>(jr.first_visible - pos_base);
-        all_lo = std::max<std::int64_t>(all_lo, rl[r]);
-        all_hi = std::min<std::int64_t>(all_hi, rp[r]);
-      } else {
-        heads[r] = tokens[r] = 0;
-        for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = 0.0f;
-        rp[r] = std::numeric_limits<std::int32_t>::max();
-        rl[r] = std::numeric_limits<std::int32_t>::min();
-      }
-    }
-    for (int v = 0; v < RV; ++v) {
-      row_pos[v] = _mm512_load_si512(rp + v * kLanes);
-      row_lo[v] = _mm512_load_si512(rl + v * kLanes);
-    }
+    lim.init(job, st, [&](int r, const JobRow* jr) {
+      if (jr != nullptr) avx512::query_floats(*pr, job.batch, jr->token, jr->head, q_row);
+      for (std::int64_t pos = 0; pos < D; ++pos) qt[pos * W + r] = jr != nullptr ? q_row[Row::position_dim(pos)] : 0.0f;
+    });
     score_scale = pr->variant.scale * pr->k_scale * Row::kFactor;  // the formula of every flavour
     out_scale = pr->v_scale * Row::kFactor;
     for (std::int64_t i = 0; i < D * W; ++i) ot[i] = 0.0f;
-    st.init_rows(*pr, job.batch, heads, tokens, job.rows);
   }
 
   // The first page's K and V rows into L2 before its QK.
@@ -130,18 +102,14 @@ struct Avx512Tile {
       simd::fma_step<simd::Avx512, RV, NJ, D>(acc, qt + pos * W, kf + pos);
     }
     // Each row's causal limit and window, only for blocks holding a token some row does not see.
-    const std::int64_t rel0 = token0 + j0 - pos_base;
-    const bool masked = rel0 < all_lo || rel0 + NJ - 1 > all_hi;
+    const std::int64_t rel0 = token0 + j0 - lim.base;
+    const bool masked = lim.masked(rel0, rel0 + NJ - 1);
 #pragma GCC unroll 16
     for (int j = 0; j < NJ; ++j)
 #pragma GCC unroll 4
       for (int v = 0; v < RV; ++v) {
         __m512 x = st.template logit_rows<F>(acc[j][v], scale, v, token0 + j0 + j);
-        if (masked) {
-          const __m512i t = _mm512_set1_epi32(static_cast<std::int32_t>(rel0 + j));
-          const __mmask16 hidden = _mm512_cmpgt_epi32_mask(t, row_pos[v]) | _mm512_cmpgt_epi32_mask(row_lo[v], t);
-          x = _mm512_mask_mov_ps(x, hidden, _mm512_set1_ps(-__builtin_inff()));
-        }
+        if (masked) x = lim.hide(x, v, static_cast<std::int32_t>(rel0 + j));
         _mm512_store_ps(s + (j0 + j) * W + v * kLanes, x);
       }
   }

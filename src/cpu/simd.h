@@ -9,10 +9,13 @@
 // instantiation. Internal linkage keeps each copy in its own translation unit.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "core/problem.h"
 #include "core/variant.h"
+#include "cpu/chunk_kernel.h"
 
 namespace mixpa::cpu::simd {
 // Internal linkage: these are compiled under each flavour's target pragma, and must never be
@@ -291,6 +294,61 @@ struct LaneRows {
   // UP of the softmax state after the page's PV: L = alpha * L + l_i.
   void update_l() {
     for (int v = 0; v < RV; ++v) D::storeu(l + v * kLanes, up<D>(alpha[v], D::loadu(l + v * kLanes), l_i[v]));
+  }
+};
+
+// Each row's causal limit and window in a tile whose rows are (new token, head) pairs (SPEC §6
+// q_len 1..16; job_row), as int32 lanes relative to base = n - q_len (the rows sit at 0..q_len-1):
+// its position and its first visible token (padding rows see everything); and the tokens every
+// row of the tile sees, [all_lo, all_hi]. A block of tokens inside that range needs no mask
+// (q_len 1 without a window: every block of the chunk).
+template <class D, int RV>
+struct RowLimits {
+  using V = typename D::V;
+  using VI = typename D::VI;
+  static constexpr int kLanes = D::kLanes, W = RV * kLanes;
+  VI pos[RV], lo[RV];
+  std::int64_t base = 0;
+  std::int64_t all_lo = -(std::int64_t{1} << 40), all_hi = std::int64_t{1} << 40;
+
+  // Walks the tile's W rows: q_row(r, &row) for the job's rows (row = job_row(job, r)),
+  // q_row(r, nullptr) for the padding rows; then the softmax state of the rows (init_rows).
+  template <class QRow>
+  void init(const ChunkJob& job, LaneRows<D, RV>& st, QRow&& q_row) {
+    const Problem& pr = *job.problem;
+    base = pr.context_len(job.batch) - pr.shape.q_len;
+    alignas(64) std::int32_t rp[W], rl[W];
+    std::int64_t heads[W], tokens[W];
+    for (int r = 0; r < W; ++r) {
+      if (r < job.rows) {
+        const JobRow jr = job_row(job, r);
+        heads[r] = jr.head;
+        tokens[r] = jr.token;
+        q_row(r, &jr);
+        rp[r] = static_cast<std::int32_t>(jr.pos - base);
+        rl[r] = static_cast<std::int32_t>(jr.first_visible - base);
+        all_lo = std::max<std::int64_t>(all_lo, rl[r]);
+        all_hi = std::min<std::int64_t>(all_hi, rp[r]);
+      } else {
+        heads[r] = tokens[r] = 0;
+        q_row(r, nullptr);
+        rp[r] = std::numeric_limits<std::int32_t>::max();
+        rl[r] = std::numeric_limits<std::int32_t>::min();
+      }
+    }
+    for (int v = 0; v < RV; ++v) {
+      pos[v] = D::load_i32(rp + v * kLanes);
+      lo[v] = D::load_i32(rl + v * kLanes);
+    }
+    st.init_rows(pr, job.batch, heads, tokens, job.rows);
+  }
+
+  // Whether the relative tokens [first, last] hold one that some row does not see.
+  bool masked(std::int64_t first, std::int64_t last) const { return first < all_lo || last > all_hi; }
+  // x with -inf in the lanes of rows [v * kLanes, + kLanes) that do not see relative token t.
+  V hide(V x, int v, std::int32_t t) const {
+    const VI tv = D::set_i32(t);
+    return D::select(D::mask_or(D::gt_i32(tv, pos[v]), D::gt_i32(lo[v], tv)), D::set(-__builtin_inff()), x);
   }
 };
 

@@ -14,6 +14,7 @@ namespace {
 struct Avx2 {
   using V = __m256;
   using M = __m256;  // lanes of all ones or all zeros
+  using VI = __m256i;  // 8 x int32
   static constexpr int kLanes = 8;
 
   static V set(float x) { return _mm256_set1_ps(x); }
@@ -37,6 +38,10 @@ struct Avx2 {
   static M ge(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   static M lt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static V select(M m, V yes, V no) { return _mm256_blendv_ps(no, yes, m); }
+  static VI load_i32(const std::int32_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+  static VI set_i32(std::int32_t x) { return _mm256_set1_epi32(x); }
+  static M gt_i32(VI a, VI b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(a, b)); }
+  static M mask_or(M a, M b) { return _mm256_or_ps(a, b); }
   static V round_nearest(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V round_down(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   // x rounded to a multiple of 2^-7, nearest even (both scalings are exact).

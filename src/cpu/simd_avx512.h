@@ -14,6 +14,7 @@ namespace {
 struct Avx512 {
   using V = __m512;
   using M = __mmask16;
+  using VI = __m512i;  // 16 x int32
   static constexpr int kLanes = 16;
 
   static V set(float x) { return _mm512_set1_ps(x); }
@@ -40,6 +41,10 @@ struct Avx512 {
   static M ge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
   static M lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static V select(M m, V yes, V no) { return _mm512_mask_blend_ps(m, no, yes); }
+  static VI load_i32(const std::int32_t* p) { return _mm512_load_si512(p); }
+  static VI set_i32(std::int32_t x) { return _mm512_set1_epi32(x); }
+  static M gt_i32(VI a, VI b) { return _mm512_cmpgt_epi32_mask(a, b); }
+  static M mask_or(M a, M b) { return static_cast<M>(a | b); }
   static V round_nearest(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT); }
   static V round_down(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   // x rounded to a multiple of 2^-7, nearest even: one vrndscaleps.
