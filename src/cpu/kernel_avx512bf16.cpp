@@ -40,11 +40,13 @@ constexpr int kLanes = 16;
 template <int RV, unsigned F>
 struct Bf16Tile : avx512::PairRows<RV> {
   using Base = avx512::PairRows<RV>;
-  using Base::W, Base::job, Base::pr, Base::dim, Base::bs, Base::qt, Base::s, Base::pp, Base::vi, Base::o, Base::st;
+  using Base::W, Base::job, Base::pr, Base::dim, Base::bs, Base::qt, Base::s, Base::pp, Base::vi, Base::o, Base::st, Base::lim;
 
   explicit Bf16Tile(const ChunkJob& j) : Base(j, j.problem->shape.block_size / 2 + 1) {}
 
-  // QK for NJ consecutive valid tokens starting at j0; writes s[j0 .. j0+NJ).
+  // QK for NJ consecutive valid tokens starting at j0; writes s[j0 .. j0+NJ): the score
+  // epilogue, then each row's causal limit and window (only for blocks holding a token some
+  // row does not see; q_len 1: none).
   template <int NJ>
   inline void qk_tokens(std::int64_t page, std::int64_t j0, std::int64_t token0, __m512 scale) {
     constexpr int PB = RV == 3 ? 2 : 8 / RV;
@@ -71,9 +73,14 @@ struct Bf16Tile : avx512::PairRows<RV> {
           for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], q[b][v], kk);
         }
     }
+    const std::int64_t rel0 = token0 + j0 - lim.base;
+    const bool masked = lim.masked(rel0, rel0 + NJ - 1);
     for (int j = 0; j < NJ; ++j)
-      for (int v = 0; v < RV; ++v)
-        _mm512_store_ps(s + (j0 + j) * W + v * kLanes, st.template logit<F>(acc[j][v], scale, v, token0 + j0 + j));
+      for (int v = 0; v < RV; ++v) {
+        __m512 x = st.template logit_rows<F>(acc[j][v], scale, v, token0 + j0 + j);
+        if (masked) x = lim.hide(x, v, static_cast<std::int32_t>(rel0 + j));
+        _mm512_store_ps(s + (j0 + j) * W + v * kLanes, x);
+      }
   }
 
   // Cube QK: scores of the span's tokens; meanwhile prefetch the next page's K rows.
@@ -134,7 +141,8 @@ void attend(const ChunkJob& job, const ChunkOut& out) {
 }  // namespace
 
 void attend_chunk_avx512bf16(const ChunkJob& job, const ChunkOut& out) {
-  if (job.rows <= 8) return attend_chunk_avx512bf16_narrow(job, out);
+  // The narrow kernel computes q_len 1; multi-token tiles of <= 8 rows take one zmm of lanes.
+  if (job.rows <= 8 && job.problem->shape.q_len == 1) return attend_chunk_avx512bf16_narrow(job, out);
   simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
     switch ((job.rows + kLanes - 1) / kLanes) {
       case 1: return attend<1, F>(job, out);

@@ -67,6 +67,7 @@ struct PairRows {
   std::uint32_t* vi;  // [pairs][dim]  V pairs of one page, unpack position order
   float* o;           // [dim * W]     running unnormalised output (the flavour's order)
   simd::LaneRows<simd::Avx512, RV> st;
+  simd::RowLimits<simd::Avx512, RV> lim;  // each row's causal limit and window (rows = job_row's pairs)
 
   PairRows(const ChunkJob& j, std::int64_t pairs)
       : job(j), pr(j.problem), dim(pr->shape.head_dim), bs(pr->shape.block_size) {
@@ -75,11 +76,12 @@ struct PairRows {
     pp = static_cast<std::uint32_t*>(scratch(2, pairs * W * 4));
     vi = static_cast<std::uint32_t*>(scratch(3, pairs * dim * 4));
     o = static_cast<float*>(scratch(4, dim * W * 4));
-    for (std::int64_t p = 0; p < dim / 2; ++p)
-      for (int r = 0; r < W; ++r)
-        qt[p * W + r] = r < job.rows ? load_pair(pr->query_row(job.batch, job.head_begin + r) + 2 * p) : 0u;
+    // Q pairs of each row's (new token, head), transposed; the rows' limits and state.
+    lim.init(job, st, [&](int r, const JobRow* jr) {
+      const bf16* q = jr != nullptr ? pr->query_row_as<bf16>(job.batch, jr->token, jr->head) : nullptr;
+      for (std::int64_t p = 0; p < dim / 2; ++p) qt[p * W + r] = q != nullptr ? load_pair(q + 2 * p) : 0u;
+    });
     for (std::int64_t i = 0; i < dim * W; ++i) o[i] = 0.0f;
-    st.init(*pr, job.batch, job.head_begin, job.rows);
   }
 
   // Vector SF: running max, P = bf16(exp(s - M)) as token pairs, l_i = sum of rounded P, alpha.

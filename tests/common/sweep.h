@@ -174,6 +174,18 @@ inline Drawn draw_multi(std::uint64_t seed) {
   });
 }
 
+// Multi-token decode in bf16 (what avx512bf16's wide tile computes beyond q_len 1): draw_multi's
+// shapes, heads, lengths and variants from its own stream, bf16 caches and queries.
+inline Drawn draw_multi_bf16(std::uint64_t seed) {
+  return fast_draw(seed, std::mt19937_64(seed * 211 + 13), "multi_bf16_", [](std::mt19937_64& g, CaseSpec& s) {
+    s.kv_dtype = s.query_dtype = DType::kBF16;
+    s.k_scale = s.v_scale = 0;
+    s.q_len = uniform(g, 2, 16);
+    for (auto& l : s.context_lens)
+      if (l != 0 && l < s.q_len) l = static_cast<std::int32_t>(s.q_len);
+  });
+}
+
 // The drawn problem as a case: rows no query row sees hold NaN / Inf (they must not leak into
 // any output), then the caches restored HND when drawn so.
 inline Case sweep_case(const Drawn& d, std::uint64_t seed) {
