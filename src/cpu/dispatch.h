@@ -65,13 +65,15 @@ Isa auto_isa_for_rows(int rows);
 
 // What a flavour cannot compute of a (valid) problem: "" when it computes it, else the first
 // feature beyond it (e.g. "F8_E4M3 caches"). scalar and avx2 compute everything validate()
-// accepts (SPEC §6); the avx512 family and amx compute the origin's problems only: bf16 query
-// and caches, q_len 1, head_dim 64/128/256, block_size 16/32/64/128.
+// accepts (SPEC §6); amx computes the origin's problems only (bf16 query and caches, q_len 1,
+// head_dim 64/128/256, block_size 16/32/64/128), avx512bf16 those at q_len 1..16, avx512 also
+// f16 / fp8 caches and f16 queries.
 std::string beyond_flavour(Isa isa, const Problem& problem);
 bool flavour_computes(Isa isa, const Problem& problem);
 
 // The flavour a call runs: auto's pick for its tiles (or MIXPA_CPU_ISA's) when that flavour
-// computes the problem, else the best that does: avx2 when this CPU runs it, else scalar.
+// computes the problem, else the best that does: avx512 where it computes it, else avx2 when
+// this CPU runs it, else scalar.
 Isa isa_for(const Problem& problem, const Plan& plan);
 // Why: the pick's reason, and when it could not compute the problem, which flavour ran instead,
 // e.g. "avx512: ... (measured); F8_E4M3 caches: avx512 computes only bf16 ..., so avx2 runs".
