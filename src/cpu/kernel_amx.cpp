@@ -40,6 +40,13 @@ struct alignas(64) TileConfig {
   std::uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
   std::uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
+constexpr TileConfig kTileConfig;
+
+// ldtilecfg with the whole 64-byte config as its memory operand. GCC 12's _tile_loadconfig
+// names only its first 8 bytes ("m" of a void*), so the compiler may sink or drop the stores to
+// the rest of a stack config: seen on a Granite Rapids build, colsb left 0 with rows 16, and
+// ldtilecfg raised #GP (SIGSEGV) on the first chunk.
+inline void load_tile_config(const TileConfig& config) { __asm__ volatile("ldtilecfg %0" ::"m"(config)); }
 
 // 16x16 transpose of 32-bit words: four butterfly stages swapping off-diagonal blocks of b
 // (b = 8, 4, 2, 1). Index tables: lanes without bit b keep theirs / take the partner's.
@@ -80,8 +87,7 @@ struct AmxTile : avx512::PairRows<RV> {
 
   explicit AmxTile(const ChunkJob& j) : Base(j, padded_pairs(j)), pairs_pad(padded_pairs(j)) {
     prm = static_cast<std::uint32_t*>(scratch(5, W * pairs_pad * 4));
-    const TileConfig config;
-    _tile_loadconfig(&config);
+    load_tile_config(kTileConfig);
   }
 
   // The first page's K and V rows into L2 before its QK.
