@@ -124,6 +124,12 @@ if command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer $tool" sanitizer.log 40 env MIXPA_PIPE_SELFTEST_ROUNDS=20 compute-sanitizer --tool $tool --error-exitcode 3 \
       "$TEST" --gtest_filter="$SMALL"
   done
+  # The control: the warp-elected TFREE (one arrival per warp after __syncwarp) is a form
+  # racecheck cannot follow; it must report hazards there (exit 3), else the step above proves
+  # nothing about the kernels' per-lane form.
+  step "compute-sanitizer racecheck control (warp-elected TFREE must be flagged)" sanitizer.log 40 bash -c \
+    "MIXPA_PIPE_SELFTEST_ROUNDS=20 MIXPA_PIPE_SELFTEST_RELEASE=warp compute-sanitizer --tool racecheck --error-exitcode 3 \
+     $TEST --gtest_filter=CudaDeviceApi.PipeProtocolSelfTest; [ \$? -eq 3 ]"
 else
   note "compute-sanitizer not found: sanitizer checks skipped"
 fi

@@ -38,6 +38,9 @@ extern template cudaError_t dtype_entry<3>(KernelOp, const KernelParams*, int, i
 
 // Pipe protocol self-test (pipe_selftest.cu): `rounds` stages through a ring of `stages` on
 // `ctas` CTAs; *mismatches = words the consumers saw wrong (0 when the pipe is right). Syncs.
-cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long long* mismatches);
+// warp_elected_release: TFREE as one arrival per warp after __syncwarp (the form racecheck
+// cannot follow: a control for the sanitizer step) instead of the kernels' per-lane arrivals.
+cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long long* mismatches,
+                              bool warp_elected_release = false);
 
 }  // namespace mixpa::cuda

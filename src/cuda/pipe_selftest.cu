@@ -25,11 +25,13 @@ __host__ __device__ inline std::uint32_t selftest_word(std::uint32_t round, std:
 }
 
 __global__ void __launch_bounds__(kThreads, 1) pipe_selftest_kernel(const std::uint32_t* src, int rounds, int stages,
+                                                                     bool warp_elected_release,
                                                                      unsigned long long* mismatches) {
   extern __shared__ __align__(128) unsigned char smem[];
   auto* full = reinterpret_cast<std::uint64_t*>(smem);
   auto* empty = reinterpret_cast<std::uint64_t*>(smem + 8 * kMaxStages);
-  const SmemPipe pipe(full, empty, smem + 128, kSelftestStageBytes, stages);
+  const SmemPipe pipe(full, empty, smem + 128, kSelftestStageBytes, stages,
+                      warp_elected_release ? SmemPipe::Release::kWarpElected : SmemPipe::Release::kEveryLane);
   if (threadIdx.x == 0) pipe.init(32 * kProducerWarps, kComputeWarps);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -61,7 +63,7 @@ __global__ void fill_selftest_words(std::uint32_t* src, std::int64_t n) {
 
 }  // namespace
 
-cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long long* mismatches) {
+cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long long* mismatches, bool warp_elected_release) {
   if (stages < 1 || stages > kMaxStages || rounds < 1 || ctas < 1) return cudaErrorInvalidValue;
   std::uint32_t* src = nullptr;
   unsigned long long* d_bad = nullptr;
@@ -75,7 +77,7 @@ cudaError_t run_pipe_selftest(int stages, int rounds, int ctas, unsigned long lo
   }
   const int smem = 128 + stages * kSelftestStageBytes;
   if (e == cudaSuccess) {
-    pipe_selftest_kernel<<<ctas, kThreads, smem>>>(src, rounds, stages, d_bad);
+    pipe_selftest_kernel<<<ctas, kThreads, smem>>>(src, rounds, stages, warp_elected_release, d_bad);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) e = cudaDeviceSynchronize();

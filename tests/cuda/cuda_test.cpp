@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include "common/check.h"
 #include "cuda/serving_specs.h"
@@ -263,13 +264,17 @@ TEST_F(CudaExecutor, HostValidationStillRejectsBadPageIds) {
 #ifdef MIXPA_HAVE_CUDA
 // The pipe alone, before any attention test: a protocol fault shows here as mismatches or a
 // watchdog trap, separate from the math.
-// MIXPA_PIPE_SELFTEST_ROUNDS shortens it under compute-sanitizer.
+// MIXPA_PIPE_SELFTEST_ROUNDS shortens it under compute-sanitizer;
+// MIXPA_PIPE_SELFTEST_RELEASE=warp runs the warp-elected TFREE (the sanitizer step's control:
+// racecheck must report hazards there and none in the kernels' per-lane form).
 TEST_F(CudaDeviceApi, PipeProtocolSelfTest) {
   const char* env = std::getenv("MIXPA_PIPE_SELFTEST_ROUNDS");
   const int rounds = env ? std::max(1, std::atoi(env)) : 2000;
+  const char* release = std::getenv("MIXPA_PIPE_SELFTEST_RELEASE");
+  const bool warp_elected = release != nullptr && std::string_view(release) == "warp";
   for (int stages : {1, 2, 3, 5, 8}) {
     unsigned long long bad = ~0ull;
-    cuda::check(cuda::run_pipe_selftest(stages, rounds, 4, &bad), "run_pipe_selftest");
+    cuda::check(cuda::run_pipe_selftest(stages, rounds, 4, &bad, warp_elected), "run_pipe_selftest");
     EXPECT_EQ(bad, 0u) << stages << " stages";
   }
 }
