@@ -464,29 +464,46 @@ struct ComputeWarp {
 // A split block's partials, merged in chunk order (max first, then the weighted sums:
 // merge_log2_states' rule), finalized with the sink and v_scale, written to out and lse. Run
 // by the 128 compute threads of the CTA that finished the block's last item; reads with ld.cg
-// (the partials were written by other SMs, past this SM's L1).
+// (the partials were written by other SMs, past this SM's L1). Each thread takes four columns
+// of one row (16-byte loads of the partial outputs) and unrolls the partial loops, so its
+// loads are in flight together: the merge is latency-bound (a chain of L2 reads per partial),
+// and on an H200 one column per thread with rolled loops cost SmallCase1 (11 partials of 16
+// rows per block) tens of microseconds per merge on the kernel's critical path. Per element
+// the arithmetic and its order are unchanged.
 template <class C>
 __device__ void merge_block(const KernelParams& p, const MergeItem& mi, int thread) {
   constexpr int kHd = C::kHeadDim;  // the partials' row stride
-  const int hd = p.head_dim;
-  const std::int64_t elements = static_cast<std::int64_t>(mi.rows) * hd;
-  for (std::int64_t idx = thread; idx < elements; idx += 32 * kComputeWarps) {
-    const int r = static_cast<int>(idx / hd), c = static_cast<int>(idx % hd);
+  const int hd = p.head_dim;        // a multiple of 16
+  const int quads = hd / 4;
+  const int units = mi.rows * quads;
+  const std::int64_t first_row = static_cast<std::int64_t>(mi.first_partial) * p.q_tile;
+  for (int u = thread; u < units; u += 32 * kComputeWarps) {
+    const int r = u / quads, c = 4 * (u - r * quads);
+    const float* pm = p.part_m + first_row + r;  // partial k's row r at [k * q_tile]
+    const float* pl = p.part_l + first_row + r;
+    const float* po = p.part_o + (first_row + r) * kHd + c;
     Log2State all;
-    for (int k = 0; k < mi.num_partials; ++k)
-      all.m = fmaxf(all.m, __ldcg(p.part_m + static_cast<std::int64_t>(mi.first_partial + k) * p.q_tile + r));
-    float o = 0.0f;
+#pragma unroll 8
+    for (int k = 0; k < mi.num_partials; ++k) all.m = fmaxf(all.m, __ldcg(pm + static_cast<std::int64_t>(k) * p.q_tile));
+    float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
     for (int k = 0; k < mi.num_partials; ++k) {
-      const std::int64_t row = static_cast<std::int64_t>(mi.first_partial + k) * p.q_tile + r;
-      const float f = Log2State{__ldcg(p.part_m + row), 0.0f}.weight(all.m);
-      o += f * __ldcg(p.part_o + row * kHd + c);
-      all.l += f * __ldcg(p.part_l + row);
+      const std::int64_t off = static_cast<std::int64_t>(k) * p.q_tile;
+      const float f = Log2State{__ldcg(pm + off), 0.0f}.weight(all.m);
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(po + off * kHd));
+      o[0] += f * v.x;
+      o[1] += f * v.y;
+      o[2] += f * v.z;
+      o[3] += f * v.w;
+      all.l += f * __ldcg(pl + off);
     }
     const int kv0 = mi.kv_head * p.group, pair = mi.head_begin + r - kv0;
     const int head = kv0 + pair % p.group;
     const std::int64_t out_row = (static_cast<std::int64_t>(mi.batch) * p.q_len + pair / p.group) * p.num_heads + head;
     const float sink2 = p.sinks ? p.sinks[head] * kLog2e : kNegInf;
-    p.out[out_row * hd + c] = all.empty() ? 0.0f : p.v_scale * o / all.denominator(sink2);
+    float* dst = p.out + out_row * hd + c;  // the caller's pointer: 4-byte aligned only, scalar stores
+#pragma unroll
+    for (int j = 0; j < 4; ++j) dst[j] = all.empty() ? 0.0f : p.v_scale * o[j] / all.denominator(sink2);
     if (p.lse && c == 0) p.lse[out_row] = all.lse();
   }
 }
