@@ -243,8 +243,16 @@ std::vector<FlavourRate> calibrate(std::span<const Isa> isas, TileClass tile, in
   const std::int64_t cache_bytes = static_cast<std::int64_t>(kv.key.size() * sizeof(bf16));
   std::vector<double> best(isas.size(), 1e30);
   // Interleaved rounds, best round per flavour: a neighbour's burst hits one round, not one flavour.
+  // Each timed run follows an untimed one of the same flavour (both from memory): a decode step
+  // runs one flavour back to back, so its units are awake and its clock settled. Timed right
+  // after another flavour, AMX pays its tile unit's wake-up: on a Granite Rapids VM, 16-row
+  // tiles measured amx 88-112 GFLOP/s cold against 146-153 warm (avx512 ~104 either way), and
+  // only the warm ranking matched the cases (Case1: amx 1.39x faster than avx512).
   for (int round = 0; round < std::max(1, rounds); ++round)
     for (std::size_t i = 0; i < isas.size(); ++i) {
+      flush_from_caches(kv.key.data(), cache_bytes);
+      flush_from_caches(kv.value.data(), cache_bytes);
+      execute(plans[i], pr, plan, out.data());
       flush_from_caches(kv.key.data(), cache_bytes);
       flush_from_caches(kv.value.data(), cache_bytes);
       const auto t0 = std::chrono::steady_clock::now();
