@@ -79,7 +79,7 @@ inline void transpose16(__m512i* r) {
 template <int RV, unsigned F>
 struct AmxTile : avx512::PairRows<RV> {
   using Base = avx512::PairRows<RV>;
-  using Base::W, Base::job, Base::pr, Base::dim, Base::bs, Base::qt, Base::s, Base::pp, Base::vi, Base::o, Base::st;
+  using Base::W, Base::job, Base::pr, Base::dim, Base::bs, Base::qt, Base::s, Base::pp, Base::vi, Base::o, Base::st, Base::lim;
   std::int64_t pairs_pad;  // bs/2 rounded up to 16 (a PV k-step)
   std::uint32_t* prm;      // [W][pairs_pad]  P pairs row-major (AMX A operand)
 
@@ -137,13 +137,19 @@ struct AmxTile : avx512::PairRows<RV> {
       if constexpr (RV > 3) _tile_stored(3, out + 48, W * 4);
     }
     const __m512 scale = _mm512_set1_ps(pr->variant.scale);
-    if constexpr (F == kScorePlain) {
+    // Each row's causal limit and window (q_len > 1: rows are (new token, head) pairs), only
+    // when the span holds a token some row does not see (q_len 1: never, so the plain loop runs).
+    const std::int64_t rel0 = span.token0 - lim.base;
+    const bool masked = begin < valid && lim.masked(rel0 + begin, rel0 + valid - 1);
+    if (F == kScorePlain && !masked) {
       for (std::int64_t j = 0; j < valid * RV; ++j) _mm512_store_ps(s + j * kLanes, _mm512_mul_ps(_mm512_load_ps(s + j * kLanes), scale));
     } else {  // the score epilogue on the span's tokens (rows before `begin` are never read)
       for (std::int64_t j = begin; j < valid; ++j)
         for (int v = 0; v < RV; ++v) {
           float* x = s + (j * RV + v) * kLanes;
-          _mm512_store_ps(x, st.template logit<F>(_mm512_load_ps(x), scale, v, span.token0 + j));
+          __m512 y = st.template logit_rows<F>(_mm512_load_ps(x), scale, v, span.token0 + j);
+          if (masked) y = lim.hide(y, v, static_cast<std::int32_t>(rel0 + j));
+          _mm512_store_ps(x, y);
         }
     }
   }

@@ -113,8 +113,8 @@ TEST_P(MultiTokenSweep, RandomMultiTokenProblemAgreesWithExactOnEveryExecutor) {
 }
 INSTANTIATE_TEST_SUITE_P(Seeds, MultiTokenSweep, ::testing::Range(0, 16));
 
-// Fast: 12 draws of bf16 multi-token decode (draw_multi_bf16), which the avx512bf16 wide tile
-// computes too (each row's causal limit and window, tiles of <= 8 rows in one zmm of lanes).
+// Fast: 12 draws of bf16 multi-token decode (draw_multi_bf16), which the avx512bf16 and amx wide tiles
+// compute too (each row's causal limit and window, tiles of <= 8 rows in one zmm of lanes).
 class MultiTokenBf16Sweep : public ::testing::TestWithParam<int> {};
 TEST_P(MultiTokenBf16Sweep, RandomBf16MultiTokenProblemAgreesWithExactOnEveryExecutor) {
   const auto seed = static_cast<std::uint64_t>(GetParam());
