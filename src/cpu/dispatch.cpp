@@ -344,11 +344,14 @@ bool fast_dims(const Shape& s) {
 bool origin_problem(const Problem& p) { return p.is_plain_bf16() && p.shape.q_len == 1 && fast_dims(p.shape); }
 
 // avx512's kernels (wide tile, narrow kernels, group kernel) also read f16 / fp8 caches and f16
-// queries; the wide tiles of avx512, avx512bf16 and amx compute q_len 1..16 (rows = (new token,
-// head) pairs, per-row masks; a q_len > 1 tile never goes to a narrow kernel).
+// queries, amx's fp8 caches (converted to bf16, exact); the wide tiles of avx512, avx512bf16 and
+// amx compute q_len 1..16 (rows = (new token, head) pairs, per-row masks; a q_len > 1 tile never
+// goes to a narrow kernel).
 bool computes(Isa isa, const Problem& p) {
   if (computes_everything(isa) || origin_problem(p)) return true;
-  if (isa == Isa::kAvx512Bf16 || isa == Isa::kAmx) return p.is_plain_bf16() && fast_dims(p.shape);
+  if (isa == Isa::kAvx512Bf16) return p.is_plain_bf16() && fast_dims(p.shape);
+  if (isa == Isa::kAmx)
+    return p.query_dtype == DType::kBF16 && (p.kv_dtype == DType::kBF16 || p.kv_is_fp8()) && fast_dims(p.shape);
   return isa == Isa::kAvx512 && fast_dims(p.shape);
 }
 
@@ -365,6 +368,7 @@ Isa fallback_isa(const Problem& p) {
 
 const char* scope_of(Isa isa) {
   if (isa == Isa::kAvx512) return "bf16 / f16 / fp8 caches, bf16 / f16 queries, q_len 1-16, head_dim 64/128/256, block_size 16-128";
+  if (isa == Isa::kAmx) return "bf16 / fp8 caches, bf16 queries, q_len 1-16, head_dim 64/128/256, block_size 16-128";
   return "bf16 caches and queries, q_len 1-16, head_dim 64/128/256, block_size 16-128";
 }
 
@@ -374,7 +378,8 @@ std::string beyond_flavour(Isa isa, const Problem& p) {
   if (computes(isa, p)) return {};
   const Shape& s = p.shape;
   if (isa != Isa::kAvx512 && p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
-  if (isa != Isa::kAvx512 && p.kv_dtype != DType::kBF16) return std::string(dtype_name(p.kv_dtype)) + " caches";
+  if (isa != Isa::kAvx512 && p.kv_dtype != DType::kBF16 && !(isa == Isa::kAmx && p.kv_is_fp8()))
+    return std::string(dtype_name(p.kv_dtype)) + " caches";
   if (s.head_dim != 64 && s.head_dim != 128 && s.head_dim != 256) return "head_dim " + std::to_string(s.head_dim);
   return "block_size " + std::to_string(s.block_size);
 }

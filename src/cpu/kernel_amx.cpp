@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/chunk_driver.h"
 #include "cpu/chunk_kernel.h"
@@ -25,6 +26,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
+#include "cpu/kernel_avx512_parts.h"
 
 namespace mixpa::cpu {
 namespace {
@@ -74,19 +76,75 @@ inline void transpose16(__m512i* r) {
   }
 }
 
-// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features.
-// O is [W][dim] (the AMX accumulator's layout), unpack position order.
-template <int RV, unsigned F>
+// 32 elements of a cache row as bf16 patterns. fp8 values are exact in bf16 (e4m3 as value /
+// 256, CacheRow512's fp16 halves; the factor is folded into the score and output scales), so the
+// tile unit computes on fp8 caches what it computes on bf16 ones, without a dequantised copy of
+// the cache: K rows are converted per 16-token block into an L1 buffer, V rows in the
+// interleave that pairs them anyway.
+template <class KV>
+inline __m512i bf16_chunk(const KV* src) {
+  if constexpr (std::is_same_v<KV, bf16>) {
+    return _mm512_loadu_si512(src);
+  } else {
+    __m512 a, b;
+    avx512::CacheRow512<KV>::pair(src, a, b);
+    return (__m512i)_mm512_cvtne2ps_pbh(b, a);  // elements 0-15 from a, 16-31 from b
+  }
+}
+
+// interleave_v (kernel_avx512bf16_parts.h) for any cache dtype: vi[jp][dim] = V rows (2jp,
+// 2jp+1) paired per dim within 128-bit lanes; rows outside [begin, valid) pair as 0, never loaded.
+template <class KV>
+inline void interleave_v_as(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::uint32_t* vi,
+                            std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t pairs,
+                            std::int64_t next) {
+  if constexpr (std::is_same_v<KV, bf16>) {
+    interleave_v(pr, kv_head, dim, vi, page, begin, valid, 0, pairs, next);
+  } else {
+    const std::int64_t bs = pr->shape.block_size;
+    for (std::int64_t jp = 0; jp < pairs; ++jp) {
+      prefetch_rows(pr, kv_head, dim, next, jp * bs / pairs, (jp + 1) * bs / pairs, 2);
+      const KV* a = 2 * jp >= begin && 2 * jp < valid ? pr->value_row_as<KV>(page, 2 * jp, kv_head) : nullptr;
+      const KV* b = 2 * jp + 1 >= begin && 2 * jp + 1 < valid ? pr->value_row_as<KV>(page, 2 * jp + 1, kv_head) : nullptr;
+      for (std::int64_t c = 0; c < dim; c += 32) {
+        const __m512i va = a ? bf16_chunk(a + c) : _mm512_setzero_si512();
+        const __m512i vb = b ? bf16_chunk(b + c) : _mm512_setzero_si512();
+        _mm512_store_si512(vi + jp * dim + c, _mm512_unpacklo_epi16(va, vb));
+        _mm512_store_si512(vi + jp * dim + c + 16, _mm512_unpackhi_epi16(va, vb));
+      }
+    }
+  }
+}
+
+template <class KV>
+constexpr float kv_factor() {
+  if constexpr (std::is_same_v<KV, bf16>) return 1.0f;
+  else return avx512::CacheRow512<KV>::kFactor;
+}
+
+// One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features;
+// KV = the cache's element type (bf16, e4m3, e5m2). O is [W][dim] (the AMX accumulator's
+// layout), unpack position order.
+template <int RV, unsigned F, class KV>
 struct AmxTile : avx512::PairRows<RV> {
   using Base = avx512::PairRows<RV>;
   using Base::W, Base::job, Base::pr, Base::dim, Base::bs, Base::qt, Base::s, Base::pp, Base::vi, Base::o, Base::st, Base::lim;
+  static constexpr bool kConverted = !std::is_same_v<KV, bf16>;
   std::int64_t pairs_pad;  // bs/2 rounded up to 16 (a PV k-step)
   std::uint32_t* prm;      // [W][pairs_pad]  P pairs row-major (AMX A operand)
+  bf16* kb = nullptr;      // [16][dim]  one block's K rows as bf16 (converted caches)
+  float score_scale;       // scale * k_scale (times the dtype's factor)
+  float out_scale;         // v_scale (times the dtype's factor)
 
   static std::int64_t padded_pairs(const ChunkJob& j) { return (j.problem->shape.block_size / 2 + 15) / 16 * 16; }
 
   explicit AmxTile(const ChunkJob& j) : Base(j, padded_pairs(j)), pairs_pad(padded_pairs(j)) {
     prm = static_cast<std::uint32_t*>(scratch(5, W * pairs_pad * 4));
+    if constexpr (kConverted) kb = static_cast<bf16*>(scratch(6, 16 * dim * 2));
+    // bf16 caches: the scale as before (k_scale = 1, the product exact); fp8: the formula of
+    // every flavour, scale * k_scale * factor.
+    score_scale = kConverted ? pr->variant.scale * pr->k_scale * kv_factor<KV>() : pr->variant.scale;
+    out_scale = pr->v_scale * kv_factor<KV>();
     load_tile_config(kTileConfig);
   }
 
@@ -98,10 +156,19 @@ struct AmxTile : avx512::PairRows<RV> {
   // are never read).
   void qk(const PageSpan& span) {
     const std::int64_t page = span.page, begin = span.begin, valid = span.end, next = span.next_page;
-    const std::int64_t kstride = pr->k_strides.row * 2;
+    const std::int64_t kstride = kConverted ? dim * 2 : pr->k_strides.row * 2;
     for (std::int64_t j0 = 0; j0 < valid; j0 += 16) {
       prefetch_rows(pr, job.kv_head, dim, next, j0 * bs / valid, (j0 + 16) * bs / valid, 1);
-      const bf16* k = pr->key_row(page, j0, job.kv_head);
+      const bf16* k;
+      if constexpr (kConverted) {  // the block's 16 rows (inside the page) as bf16, into L1
+        for (int i = 0; i < 16; ++i) {
+          const KV* row = pr->template key_row_as<KV>(page, j0 + i, job.kv_head);
+          for (std::int64_t c = 0; c < dim; c += 32) _mm512_store_si512(kb + i * dim + c, bf16_chunk(row + c));
+        }
+        k = kb;
+      } else {
+        k = pr->key_row(page, j0, job.kv_head);
+      }
       // Accumulators in tiles 0..RV-1; K alternates between tiles 4/5 and Q between 6/7 so the
       // next load never waits for the tdpbf16ps still reading the previous one. (Tile numbers
       // must be literals: the intrinsics stringize them.)
@@ -136,7 +203,7 @@ struct AmxTile : avx512::PairRows<RV> {
       if constexpr (RV > 2) _tile_stored(2, out + 32, W * 4);
       if constexpr (RV > 3) _tile_stored(3, out + 48, W * 4);
     }
-    const __m512 scale = _mm512_set1_ps(pr->variant.scale);
+    const __m512 scale = _mm512_set1_ps(score_scale);
     // Each row's causal limit and window (q_len > 1: rows are (new token, head) pairs), only
     // when the span holds a token some row does not see (q_len 1: never, so the plain loop runs).
     const std::int64_t rel0 = span.token0 - lim.base;
@@ -176,7 +243,7 @@ struct AmxTile : avx512::PairRows<RV> {
   // then L = alpha * L + l_i.
   void pv(const PageSpan& span) {
     const std::int64_t pairs = (span.end + 1) / 2;
-    interleave_v(pr, job.kv_head, dim, vi, span.page, span.begin, span.end, 0, (pairs + 15) / 16 * 16, span.next_page);
+    interleave_v_as<KV>(pr, job.kv_head, dim, vi, span.page, span.begin, span.end, (pairs + 15) / 16 * 16, span.next_page);
     alignas(64) float a[W];
     for (int v = 0; v < RV; ++v) _mm512_store_ps(a + v * kLanes, st.alpha[v]);
     for (int r = 0; r < W; ++r) {
@@ -224,27 +291,38 @@ struct AmxTile : avx512::PairRows<RV> {
 
   void finish(const ChunkOut& out) {
     _tile_release();
+    if (out_scale != 1.0f)  // v_scale and the dtype's factor, once per chunk (O is linear in V)
+      for (std::int64_t i = 0; i < W * dim; ++i) o[i] *= out_scale;
     this->write_back(out, [d = dim](int r, std::int64_t pos) { return r * d + pos; });
   }
 };
 
-template <int RV, unsigned F>
+template <int RV, unsigned F, class KV>
 void attend(const ChunkJob& job, const ChunkOut& out) {
-  AmxTile<RV, F> tile(job);
+  AmxTile<RV, F, KV> tile(job);
   drive_chunk(tile, job, out);
+}
+
+template <class KV>
+void attend_as(const ChunkJob& job, const ChunkOut& out) {
+  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
+    switch ((job.rows + kLanes - 1) / kLanes) {
+      case 1: return attend<1, F, KV>(job, out);
+      case 2: return attend<2, F, KV>(job, out);
+      case 3: return attend<3, F, KV>(job, out);
+      default: return attend<4, F, KV>(job, out);
+    }
+  });
 }
 
 }  // namespace
 
 void attend_chunk_amx(const ChunkJob& job, const ChunkOut& out) {
-  simd::with_score_features(job.problem->variant.score_features(), [&]<unsigned F>() {
-    switch ((job.rows + kLanes - 1) / kLanes) {
-      case 1: return attend<1, F>(job, out);
-      case 2: return attend<2, F>(job, out);
-      case 3: return attend<3, F>(job, out);
-      default: return attend<4, F>(job, out);
-    }
-  });
+  switch (job.problem->kv_dtype) {
+    case DType::kF8E4M3: return attend_as<e4m3>(job, out);
+    case DType::kF8E5M2: return attend_as<e5m2>(job, out);
+    default: return attend_as<bf16>(job, out);
+  }
 }
 
 }  // namespace mixpa::cpu

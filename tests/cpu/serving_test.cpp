@@ -358,39 +358,42 @@ TEST(CpuServing, EachNewTokenIsItsOwnRequest) {
   }
 }
 
-// What the flavours compute, and what the dispatch does with the rest: amx and avx512bf16 compute
-// bf16 on the fast shapes at q_len 1..16 (their wide tiles), avx512 also f16 / fp8 caches, f16
-// queries (narrow and wide tiles), and each names the first feature beyond it;
+// What the flavours compute, and what the dispatch does with the rest: avx512bf16 computes bf16
+// on the fast shapes at q_len 1..16 (its wide tile), amx also fp8 caches (bf16 queries), avx512
+// also f16 / fp8 caches, f16 queries (narrow and wide tiles), and each names the first feature
+// beyond it;
 // scalar and avx2 compute everything; a call runs on a flavour that computes it.
 TEST(CpuServing, DispatchSendsWhatAFlavourCannotComputeToOneThatCan) {
   struct Probe {
     CaseSpec spec;
-    const char* beyond;         // what amx and avx512bf16 report ("" = computes it)
-    const char* beyond_avx512;  // what avx512 reports
+    const char* beyond;                // what avx512bf16 (and amx) report ("" = computes it)
+    const char* beyond_avx512;         // what avx512 reports
+    const char* beyond_amx = nullptr;  // what amx reports where it differs from avx512bf16
   };
   const std::vector<Probe> probes = {
       {serving("origin", kBF, kBF, 1, 128, 16, {20}), "", ""},
-      {serving("fp8", kE4, kBF, 1, 128, 16, {20}), "F8_E4M3 caches", ""},
-      {serving("e5m2", kE5, kBF, 1, 128, 16, {20}), "F8_E5M2 caches", ""},
+      {serving("fp8", kE4, kBF, 1, 128, 16, {20}), "F8_E4M3 caches", "", ""},
+      {serving("e5m2", kE5, kBF, 1, 128, 16, {20}), "F8_E5M2 caches", "", ""},
       {serving("f16q", kBF, kF16, 1, 128, 16, {20}), "query dtype F16", ""},
       {serving("f16_mqa", kF16, kF16, 1, 64, 64, {20}, 8, 8), "query dtype F16", ""},
       {serving("fp8_hd256", kE4, kF16, 1, 256, 32, {20}, 16, 2), "query dtype F16", ""},
-      {serving("fp8_hd96", kE4, kBF, 1, 96, 16, {20}), "F8_E4M3 caches", "head_dim 96"},
-      {serving("fp8_wide", kE4, kBF, 1, 128, 16, {20}, 16, 1), "F8_E4M3 caches", ""},
+      {serving("fp8_hd96", kE4, kBF, 1, 96, 16, {20}), "F8_E4M3 caches", "head_dim 96", "head_dim 96"},
+      {serving("fp8_wide", kE4, kBF, 1, 128, 16, {20}, 16, 1), "F8_E4M3 caches", "", ""},
       {serving("f16_wide", kF16, kF16, 1, 64, 32, {20}, 18, 2), "query dtype F16", ""},
       {serving("q4", kBF, kBF, 4, 128, 16, {20}), "", ""},
       {serving("q4_gqa32_8", kBF, kBF, 4, 64, 32, {20}, 32, 8), "", ""},
       {serving("q4_hd96", kBF, kBF, 4, 96, 16, {20}), "head_dim 96", "head_dim 96"},
-      {serving("q4_fp8_wide", kE4, kBF, 4, 128, 16, {20}, 16, 1), "F8_E4M3 caches", ""},
+      {serving("q4_fp8_wide", kE4, kBF, 4, 128, 16, {20}, 16, 1), "F8_E4M3 caches", "", ""},
       {serving("q2_gqa4_f16", kF16, kF16, 2, 64, 32, {20}, 8, 2), "query dtype F16", ""},
       {serving("q16_mha", kBF, kBF, 16, 256, 128, {40}, 4, 4), "", ""},
-      {serving("q4_fp8_hd96", kE4, kBF, 4, 96, 16, {20}), "F8_E4M3 caches", "head_dim 96"},
+      {serving("q4_fp8_hd96", kE4, kBF, 4, 96, 16, {20}), "F8_E4M3 caches", "head_dim 96", "head_dim 96"},
       {serving("hd96", kBF, kBF, 1, 96, 16, {20}), "head_dim 96", "head_dim 96"},
       {serving("bs1", kBF, kBF, 1, 128, 1, {20}), "block_size 1", "block_size 1"},
       {serving("bs256", kBF, kBF, 1, 128, 256, {20}), "block_size 256", "block_size 256"},
   };
   const auto beyond_of = [](const Probe& probe, Isa isa) {
-    return isa == Isa::kAvx512 ? probe.beyond_avx512 : probe.beyond;
+    if (isa == Isa::kAvx512) return probe.beyond_avx512;
+    return isa == Isa::kAmx && probe.beyond_amx != nullptr ? probe.beyond_amx : probe.beyond;
   };
   for (const Probe& probe : probes) {
     const Case c = generate_case(probe.spec, 1);
