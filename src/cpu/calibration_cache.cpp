@@ -79,7 +79,8 @@ bool key_matches(const std::vector<std::string_view>& lines, std::string_view ke
 std::string machine_key(std::span<const Isa> simd) {
   std::string flavours;
   for (Isa isa : simd) flavours += (flavours.empty() ? "" : " ") + std::string(isa_name(isa));
-  return cpu_identity() + " | " + (flavours.empty() ? "none" : flavours) + " | mixpa " + version();
+  return cpu_identity() + " | " + (flavours.empty() ? "none" : flavours) + " | mixpa " + version() + " | method " +
+         std::to_string(kCalibrationMethod);
 }
 
 std::string calibration_cache_path() {

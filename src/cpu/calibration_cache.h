@@ -5,12 +5,12 @@
 // A small text file, one line per tile class under a key naming the machine and the build:
 //
 //   # mixpa cpu calibration (docs/cpu.md): delete it to measure again
-//   key AMD EPYC | family 25 model 17 stepping 1 | avx512bf16 avx512 avx2 | mixpa 0.6.0
+//   key AMD EPYC | family 25 model 17 stepping 1 | avx512bf16 avx512 avx2 | mixpa 0.6.0 | method 2
 //   16-row avx512bf16 90.1 avx512 84.2 avx2 79.0
 //   4-row avx512 34.0 avx512bf16 29.1 avx2 28.0
 //
-// A file whose key differs (another CPU, a VM that hides other flags, another mixpa version)
-// is ignored and replaced; a malformed or incomplete line is ignored (the class is measured).
+// A file whose key differs (another CPU, a VM that hides other flags, another mixpa version or
+// calibration method) is ignored and replaced; a malformed or incomplete line is ignored (the class is measured).
 // Where: MIXPA_CALIBRATION_CACHE (a file path; "off" for none), else
 // $XDG_CACHE_HOME/mixpa/calibration.txt, else $HOME/.cache/mixpa/calibration.txt.
 #pragma once
@@ -25,8 +25,12 @@
 
 namespace mixpa::cpu {
 
+// How calibrate() measures; raised whenever that changes, so rates recorded the old way are
+// measured again (2: each timed run follows an untimed run of the same flavour).
+inline constexpr int kCalibrationMethod = 2;
+
 // This machine and build: cpuid's brand string, family / model / stepping, the SIMD flavours it
-// runs (`simd`, in order) and mixpa's version. One line.
+// runs (`simd`, in order), mixpa's version and the calibration method. One line.
 std::string machine_key(std::span<const Isa> simd);
 
 // The cache file's path, or "" when there is none (MIXPA_CALIBRATION_CACHE=off, or no

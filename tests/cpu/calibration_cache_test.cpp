@@ -147,6 +147,8 @@ TEST(CalibrationCache, MachineKeyNamesTheFlavoursAndTheBuild) {
   EXPECT_EQ(key.find('\n'), std::string::npos);
   EXPECT_NE(key.find("| avx512bf16 avx512 avx2 |"), std::string::npos) << key;
   EXPECT_NE(key.find(std::string("mixpa ") + version()), std::string::npos) << key;
+  // Rates measured by another calibration method are not reused.
+  EXPECT_NE(key.find(" | method " + std::to_string(cpu::kCalibrationMethod)), std::string::npos) << key;
   EXPECT_NE(key, cpu::machine_key(std::vector<Isa>{Isa::kAvx2}));
 }
 
