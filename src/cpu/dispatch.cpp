@@ -347,12 +347,16 @@ bool origin_problem(const Problem& p) { return p.is_plain_bf16() && p.shape.q_le
 // queries, amx's fp8 caches (converted to bf16, exact); the wide tiles of avx512, avx512bf16 and
 // amx compute q_len 1..16 (rows = (new token, head) pairs, per-row masks; a q_len > 1 tile never
 // goes to a narrow kernel).
+// The query and cache dtypes a SIMD flavour's kernels read.
+bool reads_query(Isa isa, DType q) { return isa == Isa::kAvx512 || q == DType::kBF16; }
+bool reads_cache(Isa isa, DType kv) {
+  return isa == Isa::kAvx512 || kv == DType::kBF16 || (isa == Isa::kAmx && (kv == DType::kF8E4M3 || kv == DType::kF8E5M2));
+}
+
 bool computes(Isa isa, const Problem& p) {
   if (computes_everything(isa) || origin_problem(p)) return true;
-  if (isa == Isa::kAvx512Bf16) return p.is_plain_bf16() && fast_dims(p.shape);
-  if (isa == Isa::kAmx)
-    return p.query_dtype == DType::kBF16 && (p.kv_dtype == DType::kBF16 || p.kv_is_fp8()) && fast_dims(p.shape);
-  return isa == Isa::kAvx512 && fast_dims(p.shape);
+  if (isa != Isa::kAvx512 && isa != Isa::kAvx512Bf16 && isa != Isa::kAmx) return false;
+  return reads_query(isa, p.query_dtype) && reads_cache(isa, p.kv_dtype) && fast_dims(p.shape);
 }
 
 int tile_rows(const Problem& p, const Plan& plan) {
@@ -377,9 +381,8 @@ const char* scope_of(Isa isa) {
 std::string beyond_flavour(Isa isa, const Problem& p) {
   if (computes(isa, p)) return {};
   const Shape& s = p.shape;
-  if (isa != Isa::kAvx512 && p.query_dtype != DType::kBF16) return "query dtype " + std::string(dtype_name(p.query_dtype));
-  if (isa != Isa::kAvx512 && p.kv_dtype != DType::kBF16 && !(isa == Isa::kAmx && p.kv_is_fp8()))
-    return std::string(dtype_name(p.kv_dtype)) + " caches";
+  if (!reads_query(isa, p.query_dtype)) return "query dtype " + std::string(dtype_name(p.query_dtype));
+  if (!reads_cache(isa, p.kv_dtype)) return std::string(dtype_name(p.kv_dtype)) + " caches";
   if (s.head_dim != 64 && s.head_dim != 128 && s.head_dim != 256) return "head_dim " + std::to_string(s.head_dim);
   return "block_size " + std::to_string(s.block_size);
 }

@@ -26,11 +26,11 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include "cpu/kernel_avx512bf16_parts.h"
-#include "cpu/kernel_avx512_parts.h"
 
 namespace mixpa::cpu {
 namespace {
 
+using avx512::bf16_chunk;
 using avx512::interleave_v;
 using avx512::prefetch_rows;
 
@@ -76,52 +76,9 @@ inline void transpose16(__m512i* r) {
   }
 }
 
-// 32 elements of a cache row as bf16 patterns. fp8 values are exact in bf16 (e4m3 as value /
-// 256, CacheRow512's fp16 halves; the factor is folded into the score and output scales), so the
-// tile unit computes on fp8 caches what it computes on bf16 ones, without a dequantised copy of
-// the cache: K rows are converted per 16-token block into an L1 buffer, V rows in the
-// interleave that pairs them anyway.
-template <class KV>
-inline __m512i bf16_chunk(const KV* src) {
-  if constexpr (std::is_same_v<KV, bf16>) {
-    return _mm512_loadu_si512(src);
-  } else {
-    __m512 a, b;
-    avx512::CacheRow512<KV>::pair(src, a, b);
-    return (__m512i)_mm512_cvtne2ps_pbh(b, a);  // elements 0-15 from a, 16-31 from b
-  }
-}
-
-// interleave_v (kernel_avx512bf16_parts.h) for any cache dtype: vi[jp][dim] = V rows (2jp,
-// 2jp+1) paired per dim within 128-bit lanes; rows outside [begin, valid) pair as 0, never loaded.
-template <class KV>
-inline void interleave_v_as(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::uint32_t* vi,
-                            std::int64_t page, std::int64_t begin, std::int64_t valid, std::int64_t pairs,
-                            std::int64_t next) {
-  if constexpr (std::is_same_v<KV, bf16>) {
-    interleave_v(pr, kv_head, dim, vi, page, begin, valid, 0, pairs, next);
-  } else {
-    const std::int64_t bs = pr->shape.block_size;
-    for (std::int64_t jp = 0; jp < pairs; ++jp) {
-      prefetch_rows(pr, kv_head, dim, next, jp * bs / pairs, (jp + 1) * bs / pairs, 2);
-      const KV* a = 2 * jp >= begin && 2 * jp < valid ? pr->value_row_as<KV>(page, 2 * jp, kv_head) : nullptr;
-      const KV* b = 2 * jp + 1 >= begin && 2 * jp + 1 < valid ? pr->value_row_as<KV>(page, 2 * jp + 1, kv_head) : nullptr;
-      for (std::int64_t c = 0; c < dim; c += 32) {
-        const __m512i va = a ? bf16_chunk(a + c) : _mm512_setzero_si512();
-        const __m512i vb = b ? bf16_chunk(b + c) : _mm512_setzero_si512();
-        _mm512_store_si512(vi + jp * dim + c, _mm512_unpacklo_epi16(va, vb));
-        _mm512_store_si512(vi + jp * dim + c + 16, _mm512_unpackhi_epi16(va, vb));
-      }
-    }
-  }
-}
-
-template <class KV>
-constexpr float kv_factor() {
-  if constexpr (std::is_same_v<KV, bf16>) return 1.0f;
-  else return avx512::CacheRow512<KV>::kFactor;
-}
-
+// fp8 caches (e4m3, e5m2) run as bf16 on the tile unit (bf16_chunk, kernel_avx512bf16_parts.h):
+// K rows are converted per 16-token block into an L1 buffer, V rows in the interleave that pairs
+// them anyway; no dequantised copy of the cache. CacheRow512<KV>::kFactor goes into the scales.
 // One head tile (W = RV * 16 rows in lanes) as the chunk driver's stages; F = the score features;
 // KV = the cache's element type (bf16, e4m3, e5m2). O is [W][dim] (the AMX accumulator's
 // layout), unpack position order.
@@ -133,18 +90,17 @@ struct AmxTile : avx512::PairRows<RV> {
   std::int64_t pairs_pad;  // bs/2 rounded up to 16 (a PV k-step)
   std::uint32_t* prm;      // [W][pairs_pad]  P pairs row-major (AMX A operand)
   bf16* kb = nullptr;      // [16][dim]  one block's K rows as bf16 (converted caches)
-  float score_scale;       // scale * k_scale (times the dtype's factor)
-  float out_scale;         // v_scale (times the dtype's factor)
+  float score_scale;       // scale * k_scale * kFactor (bf16: scale, exactly)
+  float out_scale;         // v_scale * kFactor (bf16: 1)
 
   static std::int64_t padded_pairs(const ChunkJob& j) { return (j.problem->shape.block_size / 2 + 15) / 16 * 16; }
 
   explicit AmxTile(const ChunkJob& j) : Base(j, padded_pairs(j)), pairs_pad(padded_pairs(j)) {
     prm = static_cast<std::uint32_t*>(scratch(5, W * pairs_pad * 4));
     if constexpr (kConverted) kb = static_cast<bf16*>(scratch(6, 16 * dim * 2));
-    // bf16 caches: the scale as before (k_scale = 1, the product exact); fp8: the formula of
-    // every flavour, scale * k_scale * factor.
-    score_scale = kConverted ? pr->variant.scale * pr->k_scale * kv_factor<KV>() : pr->variant.scale;
-    out_scale = pr->v_scale * kv_factor<KV>();
+    // The formula of every flavour (bf16 caches: k_scale = v_scale = kFactor = 1, exact).
+    score_scale = pr->variant.scale * pr->k_scale * avx512::CacheRow512<KV>::kFactor;
+    out_scale = pr->v_scale * avx512::CacheRow512<KV>::kFactor;
     load_tile_config(kTileConfig);
   }
 
@@ -243,7 +199,7 @@ struct AmxTile : avx512::PairRows<RV> {
   // then L = alpha * L + l_i.
   void pv(const PageSpan& span) {
     const std::int64_t pairs = (span.end + 1) / 2;
-    interleave_v_as<KV>(pr, job.kv_head, dim, vi, span.page, span.begin, span.end, (pairs + 15) / 16 * 16, span.next_page);
+    interleave_v<KV>(pr, job.kv_head, dim, vi, span.page, span.begin, span.end, 0, (pairs + 15) / 16 * 16, span.next_page);
     alignas(64) float a[W];
     for (int v = 0; v < RV; ++v) _mm512_store_ps(a + v * kLanes, st.alpha[v]);
     for (int r = 0; r < W; ++r) {

@@ -9,10 +9,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "core/problem.h"
 #include "cpu/chunk_kernel.h"
 #include "cpu/kernel_avx512_common.h"
+#include "cpu/kernel_avx512_parts.h"
 #include "cpu/scratch.h"
 
 namespace mixpa::cpu::avx512 {
@@ -24,19 +26,35 @@ inline std::uint32_t load_pair(const bf16* p) {
   return v;
 }
 
+// 32 elements of a cache row (KV: bf16, or an fp8 the amx flavour reads) as bf16 patterns, in
+// dim order. fp8 values are exact in bf16 (e4m3 as value / 256: CacheRow512's fp16 halves and
+// kFactor), so a bf16 product computes on them what it computes on bf16 caches.
+template <class KV>
+inline __m512i bf16_chunk(const KV* src) {
+  if constexpr (std::is_same_v<KV, bf16>) {
+    return _mm512_loadu_si512(src);
+  } else {
+    __m512 a, b;
+    CacheRow512<KV>::pair(src, a, b);
+    return (__m512i)_mm512_cvtne2ps_pbh(b, a);  // elements 0-15 from a, 16-31 from b
+  }
+}
+
 // vi[jp][dim] = V rows (2jp, 2jp+1) paired per dim within 128-bit lanes (vpunpck{l,h}wd), for
-// jp0 <= jp < pairs; rows outside the span [begin, valid) pair as 0 and are never loaded.
+// jp0 <= jp < pairs; rows outside the span [begin, valid) pair as 0 and are never loaded (KV:
+// the cache's element type, converted to bf16 on the way).
 // Meanwhile the V rows of `next` (a page id, or -1) are prefetched, spread over the pairs.
+template <class KV = bf16>
 inline void interleave_v(const Problem* pr, std::int64_t kv_head, std::int64_t dim, std::uint32_t* vi, std::int64_t page,
                          std::int64_t begin, std::int64_t valid, std::int64_t jp0, std::int64_t pairs, std::int64_t next) {
   const std::int64_t bs = pr->shape.block_size;
   for (std::int64_t jp = jp0; jp < pairs; ++jp) {
     prefetch_rows(pr, kv_head, dim, next, jp * bs / pairs, (jp + 1) * bs / pairs, 2);
-    const bf16* a = 2 * jp >= begin && 2 * jp < valid ? pr->value_row(page, 2 * jp, kv_head) : nullptr;
-    const bf16* b = 2 * jp + 1 >= begin && 2 * jp + 1 < valid ? pr->value_row(page, 2 * jp + 1, kv_head) : nullptr;
+    const KV* a = 2 * jp >= begin && 2 * jp < valid ? pr->value_row_as<KV>(page, 2 * jp, kv_head) : nullptr;
+    const KV* b = 2 * jp + 1 >= begin && 2 * jp + 1 < valid ? pr->value_row_as<KV>(page, 2 * jp + 1, kv_head) : nullptr;
     for (std::int64_t c = 0; c < dim; c += 32) {
-      const __m512i va = a ? _mm512_loadu_si512(a + c) : _mm512_setzero_si512();
-      const __m512i vb = b ? _mm512_loadu_si512(b + c) : _mm512_setzero_si512();
+      const __m512i va = a ? bf16_chunk(a + c) : _mm512_setzero_si512();
+      const __m512i vb = b ? bf16_chunk(b + c) : _mm512_setzero_si512();
       _mm512_store_si512(vi + jp * dim + c, _mm512_unpacklo_epi16(va, vb));
       _mm512_store_si512(vi + jp * dim + c + 16, _mm512_unpackhi_epi16(va, vb));
     }
